@@ -1,0 +1,29 @@
+"""annotate: label speech corpora with spoken language and emotion, segment by segment.
+
+The pipeline, in the order data flows through it::
+
+    discover -> decode -> segment -> features -> inference -> rows -> store
+
+``annotate.run`` is the whole pipeline as one Python function; the ``annotate``
+command line calls it. TensorFlow is imported only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("annotate")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+source"
+
+__all__ = ["__version__", "run"]
+
+
+def __getattr__(name: str):
+    # Keeps ``import annotate`` (and joblib workers importing submodules) light.
+    if name == "run":
+        from annotate.pipeline import run
+
+        return run
+    raise AttributeError(name)

@@ -1,0 +1,5 @@
+"""``python -m annotate``: the same as the ``annotate`` command."""
+
+from annotate.cli import app
+
+app(prog_name="annotate")

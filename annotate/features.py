@@ -1,0 +1,168 @@
+"""Log-mel features: a pure function of (samples, sampling rate, settings).
+
+No I/O, no printing and no TensorFlow here: the joblib workers import this
+module, and training and inference share it so that they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Everything inference must reproduce to feed a model what it was trained on.
+
+    Attributes:
+        sampling_rate: Rate the audio is resampled to, in Hz.
+        segment_s: Length of the model's input window in seconds; shorter
+            segments are padded (see :func:`fit_frames`).
+        window_s: STFT window length in seconds.
+        hop_s: STFT hop in seconds.
+        n_fft: FFT size in samples (>= window length).
+        n_mels: Number of mel bands.
+        fmin_hz: Lowest mel band edge.
+        fmax_hz: Highest mel band edge.
+        normalisation: ``"segment"`` subtracts each band's mean over the
+            segment and divides by the segment's overall standard deviation
+            (cepstral mean/variance normalisation: it removes the channel's
+            fixed colouring, one of the cues that betray a corpus), or
+            ``"none"``.
+    """
+
+    sampling_rate: int = 16000
+    segment_s: float = 3.0
+    window_s: float = 0.025
+    hop_s: float = 0.010
+    n_fft: int = 512
+    n_mels: int = 64
+    fmin_hz: float = 60.0
+    fmax_hz: float = 7800.0
+    normalisation: str = "segment"
+
+    @property
+    def hop_length(self) -> int:
+        return int(round(self.hop_s * self.sampling_rate))
+
+    @property
+    def win_length(self) -> int:
+        return int(round(self.window_s * self.sampling_rate))
+
+    @property
+    def n_frames(self) -> int:
+        """Frames in one full segment: the model's fixed input length."""
+        return 1 + int(round(self.segment_s * self.sampling_rate)) // self.hop_length
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FeatureParams:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown feature settings {sorted(unknown)}, expected {sorted(known)}")
+        return cls(**values)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(params: FeatureParams) -> np.ndarray:
+    import librosa
+
+    basis = librosa.filters.mel(
+        sr=params.sampling_rate,
+        n_fft=params.n_fft,
+        n_mels=params.n_mels,
+        fmin=params.fmin_hz,
+        fmax=params.fmax_hz,
+    )
+    return basis.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _window(params: FeatureParams) -> np.ndarray:
+    window = np.hanning(params.win_length + 1)[:-1].astype(np.float32)
+    padded = np.zeros(params.n_fft, dtype=np.float32)
+    offset = (params.n_fft - params.win_length) // 2
+    padded[offset : offset + params.win_length] = window
+    return padded
+
+
+def log_mel(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Log-mel spectrogram of a mono signal at ``params.sampling_rate``.
+
+    Frames are centred (the signal is reflect-padded by ``n_fft // 2``), so
+    a segment of ``segment_s`` seconds gives exactly ``params.n_frames`` frames.
+
+    Args:
+        samples: np.ndarray [shape=(n_samples,)], float, mono.
+        params: The feature settings.
+
+    Returns:
+        np.ndarray [shape=(frames, n_mels), dtype=float32]: natural log of
+        mel power (floored at 1e-10), not yet normalised.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    half = params.n_fft // 2
+    if samples.size == 0:
+        samples = np.zeros(1, dtype=np.float32)
+    mode = "reflect" if samples.size > half else "constant"
+    padded = np.pad(samples, half, mode=mode)
+    n_frames = 1 + (padded.size - params.n_fft) // params.hop_length
+    frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft)[:: params.hop_length]
+    frames = frames[:n_frames] * _window(params)
+    power = np.abs(np.fft.rfft(frames, n=params.n_fft, axis=1)).astype(np.float32) ** 2
+    mel = power @ _mel_basis(params).T
+    return np.log(np.maximum(mel, 1e-10)).astype(np.float32)
+
+
+def normalise(features: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Apply the model's normalisation to one segment's log-mel frames.
+
+    Args:
+        features: np.ndarray [shape=(frames, n_mels)].
+        params: The feature settings (``normalisation`` picks the method).
+
+    Returns:
+        np.ndarray [shape=(frames, n_mels), dtype=float32].
+    """
+    if params.normalisation == "none":
+        return features.astype(np.float32)
+    if params.normalisation == "segment":
+        centred = features - features.mean(axis=0, keepdims=True)
+        return (centred / (centred.std() + 1e-5)).astype(np.float32)
+    raise ValueError(f"bad normalisation {params.normalisation!r}, expected one of [none, segment]")
+
+
+def fit_frames(features: np.ndarray, n_frames: int) -> np.ndarray:
+    """Pad (by repeating the segment) or cut frames to the model's fixed length.
+
+    Repeating rather than zero-padding keeps a short clip's statistics
+    those of speech, not of an artificial silence.
+    """
+    have = features.shape[0]
+    if have == n_frames:
+        return features
+    if have > n_frames:
+        return features[:n_frames]
+    reps = -(-n_frames // max(have, 1))
+    return np.tile(features, (reps, 1))[:n_frames]
+
+
+def segment_features(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """The model input for one segment: log-mel, normalised, fitted to length.
+
+    This is the one function both training and ``annotate run`` call.
+
+    Args:
+        samples: np.ndarray [shape=(n_samples,)], mono at ``params.sampling_rate``.
+        params: The feature settings.
+
+    Returns:
+        np.ndarray [shape=(params.n_frames, params.n_mels), dtype=float32].
+    """
+    return fit_frames(normalise(log_mel(samples, params), params), params.n_frames)

@@ -1,0 +1,126 @@
+"""The worker's job: decode a span of a recording, cut it, detect speech, compute features.
+
+This runs in joblib worker processes and imports only numpy, librosa,
+soundfile and soxr (never TensorFlow). Every failure comes back as data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from annotate.decode import AudioInfo, probe, read_span
+from annotate.discover import Failure, Recording
+from annotate.errors import InputError
+from annotate.features import FeatureParams, segment_features
+from annotate.segment import is_speech, segment_bounds
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How recordings are cut and which segments count as speech."""
+
+    window_s: float = 3.0
+    hop_s: float = 3.0
+    sampling_rate: int = 16000
+    vad_threshold_dbfs: float = -45.0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A task: segments ``[first, stop)`` of one recording."""
+
+    index: int
+    recording: Recording
+    info: AudioInfo
+    bounds: np.ndarray = field(compare=False)
+    first: int
+    stop: int
+
+    @property
+    def last(self) -> bool:
+        return self.stop == len(self.bounds)
+
+
+@dataclass
+class ChunkResult:
+    """What a worker sends back for one chunk.
+
+    Attributes:
+        bounds: np.ndarray [shape=(n, 2), float64] segment start/end seconds.
+        speech: np.ndarray [shape=(n,), bool].
+        features: One array per feature setting, each
+            [shape=(n_speech, frames, n_mels), float32], speech segments only.
+    """
+
+    index: int
+    recording: Recording
+    last: bool
+    bounds: np.ndarray
+    speech: np.ndarray
+    features: dict[FeatureParams, np.ndarray]
+    failure: Failure | None = None
+
+
+def plan_chunks(
+    index: int, recording: Recording, settings: SegmentSettings, chunk_s: float
+) -> list[Chunk] | Failure:
+    """Probe a recording and split its segments into tasks of about ``chunk_s`` seconds."""
+    try:
+        info = probe(recording.source)
+    except InputError as error:
+        return Failure(recording.key, error.kind, str(error))
+    if info.frames <= 0:
+        return Failure(recording.key, "empty", "the file holds no audio samples")
+    bounds = segment_bounds(info.duration_s, settings.window_s, settings.hop_s)
+    per_chunk = max(1, int(math.floor(chunk_s / settings.hop_s)))
+    return [
+        Chunk(index, recording, info, bounds, first, min(first + per_chunk, len(bounds)))
+        for first in range(0, len(bounds), per_chunk)
+    ]
+
+
+def featurize_chunk(
+    chunk: Chunk, settings: SegmentSettings, params: tuple[FeatureParams, ...]
+) -> ChunkResult:
+    """Decode, segment, detect speech and compute each model's features for one chunk."""
+    bounds = chunk.bounds[chunk.first : chunk.stop]
+    try:
+        span_start, span_end = float(bounds[0, 0]), float(bounds[-1, 1])
+        audio = read_span(
+            chunk.recording.source, chunk.info, span_start, span_end, settings.sampling_rate
+        )
+        speech = np.zeros(len(bounds), dtype=bool)
+        pieces = []
+        for i, (start_s, end_s) in enumerate(bounds):
+            lo = int(round((start_s - span_start) * settings.sampling_rate))
+            hi = int(round((end_s - span_start) * settings.sampling_rate))
+            samples = audio[lo:hi]
+            speech[i] = is_speech(samples, settings.sampling_rate, settings.vad_threshold_dbfs)
+            if speech[i]:
+                pieces.append(samples)
+        features = {
+            p: (
+                np.stack([segment_features(s, p) for s in pieces])
+                if pieces
+                else np.zeros((0, p.n_frames, p.n_mels), np.float32)
+            )
+            for p in params
+        }
+    except InputError as error:
+        return _failed(chunk, Failure(chunk.recording.key, error.kind, str(error)))
+    except MemoryError:
+        return _failed(chunk, Failure(chunk.recording.key, "memory", "out of memory"))
+    except Exception as error:  # noqa: BLE001 - one bad file must never stop the batch
+        message = f"{type(error).__name__}: {error}"
+        return _failed(chunk, Failure(chunk.recording.key, "error", message))
+    return ChunkResult(chunk.index, chunk.recording, chunk.last, bounds, speech, features)
+
+
+def _failed(chunk: Chunk, failure: Failure) -> ChunkResult:
+    empty = np.zeros((0, 2))
+    return ChunkResult(
+        chunk.index, chunk.recording, chunk.last, empty, np.zeros(0, bool), {}, failure
+    )

@@ -1,0 +1,170 @@
+"""The model folder format: a self-describing directory, read without TensorFlow.
+
+A model folder holds::
+
+    model.json      task, labels, languages, feature settings, temperature,
+                    training data and split, validation metrics
+    model.keras     the Keras model; its output is logits, one per label
+    MODEL_CARD.md   for people: data, licences, metrics, intended use, limits
+
+:func:`read_model_folder` checks that everything inference needs is there and
+consistent and names what is missing; :mod:`annotate.inference` loads the
+weights (safe mode) once a run needs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from annotate.errors import ModelError, expected_one_of
+from annotate.features import FeatureParams
+from annotate.labels import EMOTIONS, TASKS
+
+FORMAT = "annotate-model/1"
+SPEC_FILE = "model.json"
+CARD_FILE = "MODEL_CARD.md"
+REQUIRED_KEYS = ("format", "name", "task", "labels", "languages", "weights", "features")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model folder's description (``model.json``), validated.
+
+    Attributes:
+        folder: Where the model lives.
+        name: Short name, written to the output (``emotion_model``).
+        task: One of ``language``, ``emotion``, ``attitude``.
+        labels: Output labels in the order of the model's outputs.
+        languages: Languages the model serves (ISO 639-1); ``["*"]`` for any.
+        weights: File name of the Keras model inside ``folder``.
+        features: Feature settings inference must reproduce.
+        temperature: Calibration temperature dividing the logits.
+        training: Training data, split and settings (free form).
+        metrics: Validation metrics (free form).
+    """
+
+    folder: Path
+    name: str
+    task: str
+    labels: tuple[str, ...]
+    languages: tuple[str, ...]
+    weights: str
+    features: FeatureParams
+    temperature: float = 1.0
+    training: dict = field(default_factory=dict, compare=False)
+    metrics: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def weights_path(self) -> Path:
+        return self.folder / self.weights
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "task": self.task,
+            "labels": list(self.labels),
+            "languages": list(self.languages),
+            "weights": self.weights,
+            "features": self.features.to_dict(),
+            "temperature": self.temperature,
+            "training": self.training,
+            "metrics": self.metrics,
+        }
+
+
+def read_model_folder(folder: str | Path) -> ModelSpec:
+    """Read and validate a model folder's ``model.json``.
+
+    Raises:
+        ModelError: Naming each missing file or key and each inconsistency.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder not found: {folder}")
+    spec_path = folder / SPEC_FILE
+    if not spec_path.is_file():
+        raise ModelError(f"{folder} is not a model folder: {SPEC_FILE} is missing")
+    try:
+        raw = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"{spec_path} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{spec_path} must hold a JSON object")
+    missing = [key for key in REQUIRED_KEYS if key not in raw]
+    if missing:
+        raise ModelError(f"{spec_path} lacks {', '.join(missing)}")
+    if raw["format"] != FORMAT:
+        raise ModelError(f"{spec_path}: {expected_one_of('format', raw['format'], [FORMAT])}")
+    if raw["task"] not in TASKS:
+        raise ModelError(f"{spec_path}: {expected_one_of('task', raw['task'], TASKS)}")
+    labels = raw["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelError(f"{spec_path}: labels must be a non-empty list of strings")
+    if len(set(labels)) != len(labels):
+        raise ModelError(f"{spec_path}: labels repeat: {labels}")
+    if raw["task"] == "emotion":
+        unknown = [x for x in labels if x not in EMOTIONS]
+        if unknown:
+            raise ModelError(
+                f"{spec_path}: {expected_one_of('emotion label', unknown[0], EMOTIONS)}"
+            )
+    languages = raw["languages"]
+    if not isinstance(languages, list) or not languages:
+        raise ModelError(f"{spec_path}: languages must be a non-empty list (['*'] for any)")
+    try:
+        features = FeatureParams.from_dict(raw["features"])
+    except (TypeError, ValueError) as error:
+        raise ModelError(f"{spec_path}: bad feature settings: {error}") from None
+    temperature = float(raw.get("temperature", 1.0))
+    if not temperature > 0:
+        raise ModelError(f"{spec_path}: temperature must be positive, got {temperature}")
+    weights = str(raw["weights"])
+    if Path(weights).name != weights or not weights.endswith(".keras"):
+        raise ModelError(f"{spec_path}: weights must name a .keras file inside the folder")
+    if not (folder / weights).is_file():
+        raise ModelError(f"model folder {folder} lacks its weights file {weights}")
+    if not (folder / CARD_FILE).is_file():
+        raise ModelError(f"model folder {folder} lacks {CARD_FILE}")
+    return ModelSpec(
+        folder=folder,
+        name=str(raw["name"]),
+        task=raw["task"],
+        labels=tuple(labels),
+        languages=tuple(str(x) for x in languages),
+        weights=weights,
+        features=features,
+        temperature=temperature,
+        training=dict(raw.get("training") or {}),
+        metrics=dict(raw.get("metrics") or {}),
+    )
+
+
+def write_model_folder(spec: ModelSpec, card: str) -> None:
+    """Write ``model.json`` and ``MODEL_CARD.md`` (the weights are saved by the caller)."""
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    (spec.folder / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+    (spec.folder / CARD_FILE).write_text(card)
+
+
+def folder_hash(folder: str | Path) -> str:
+    """SHA-256 over the folder's files (names and contents), as ``sha256:<hex>``."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(b"\0")
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def bundled_models_dir() -> Path:
+    """The folder of the models shipped in the package."""
+    from annotate.resources import resource_dir
+
+    return resource_dir("models")

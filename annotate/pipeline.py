@@ -1,0 +1,252 @@
+"""The whole pipeline as one function: ``run(inputs, output)``.
+
+discover -> plan chunks -> (joblib workers) decode, segment, features ->
+batched inference -> rows -> resumable store -> final Parquet tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from annotate import __version__
+from annotate.annotator import Annotator, RecordingFeatures
+from annotate.discover import Failure, discover
+from annotate.errors import AnnotateError, UsageError, expected_one_of
+from annotate.featurize import ChunkResult, SegmentSettings, featurize_chunk, plan_chunks
+from annotate.model_set import ModelSet
+from annotate.schema import load_schema
+from annotate.store import PartialStore, check_output_path, failures_path, read_metadata
+
+#: Recordings longer than this are split into several worker tasks, so that
+#: a long file is never held whole and its work spreads over the workers.
+CHUNK_S = 600.0
+#: At most this long between writes of finished work.
+FLUSH_INTERVAL_S = 5.0
+
+
+@dataclass
+class RunResult:
+    """What a run did."""
+
+    output: Path
+    failures_output: Path
+    recordings: int = 0
+    annotated: int = 0
+    skipped: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    audio_s: float = 0.0
+    already_complete: bool = False
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
+class Progress:
+    """Receives progress events; the default reports nothing (the CLI draws bars)."""
+
+    def start(self, total_recordings: int, already_done: int) -> None: ...
+
+    def advance(self, recordings: int, audio_s: float) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def run(
+    inputs: list[str | Path],
+    output: str | Path,
+    *,
+    language_model: str | Path | None = None,
+    emotion_models: dict[str, str | Path] | None = None,
+    languages: list[str] | tuple[str, ...] | None = None,
+    window_s: float = 3.0,
+    hop_s: float | None = None,
+    jobs: int | None = None,
+    batch_size: int = 256,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Annotate recordings segment by segment and write the Parquet tables.
+
+    Args:
+        inputs: Directories (walked recursively), manifests (CSV, TSV,
+            Parquet, JSONL with a ``path`` column) or audio files.
+        output: The segments table (``.parquet``); failures go to
+            ``<stem>.failures.parquet`` beside it.
+        language_model: A model folder replacing the bundled language model.
+        emotion_models: ``{language: folder}`` replacing bundled emotion models.
+        languages: Candidate languages; one language means it is known.
+        window_s: Segment length in seconds.
+        hop_s: Segment hop in seconds (default: ``window_s``).
+        jobs: Worker processes for decoding and features (default: all cores).
+        batch_size: Segments gathered per inference round; the table does
+            not depend on it.
+        overwrite: Discard partial state or output made with other settings.
+        progress: Receives progress events.
+
+    Returns:
+        What was done; failures are also in the failures table.
+
+    Raises:
+        AnnotateError: Bad arguments, models or state (never for a bad recording).
+    """
+    output = Path(output)
+    progress = progress or Progress()
+    hop_s = window_s if hop_s is None else hop_s
+    if window_s <= 0 or hop_s <= 0:
+        raise UsageError(f"window and hop must be positive, got {window_s} and {hop_s}")
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    jobs = jobs or os.cpu_count() or 1
+    check_output_path(output)
+    models = ModelSet.load(language_model, emotion_models)
+    if languages:
+        languages = tuple(dict.fromkeys(languages))
+        for code in languages:
+            if code not in models.language.labels:
+                raise UsageError(expected_one_of("language", code, models.language.labels))
+    settings = SegmentSettings(
+        window_s=window_s, hop_s=hop_s, sampling_rate=models.feature_params[0].sampling_rate
+    )
+    described = models.describe()
+    metadata = {
+        "version": __version__,
+        "schema_version": load_schema("segments")["version"],
+        "settings": {**asdict(settings), "languages": list(languages or []), "chunk_s": CHUNK_S},
+        "models": described,
+    }
+    metadata["fingerprint"] = _fingerprint(metadata)
+    result = RunResult(output, failures_path(output))
+
+    if output.exists() and not output.with_name(output.name + ".partial").exists():
+        previous = _safe_metadata(output).get("fingerprint")
+        if previous == metadata["fingerprint"] and not overwrite:
+            result.already_complete = True
+            progress.message(f"{output} is already complete with these settings; nothing to do")
+            return result
+        if not overwrite:
+            raise UsageError(f"{output} exists (made with other settings); pass --overwrite")
+
+    recordings, failures = discover(inputs)
+    result.recordings = len(recordings)
+    annotator = Annotator(models, languages).load()
+    with PartialStore(output, metadata["fingerprint"], overwrite) as store:
+        for name in store.discarded_parts:
+            progress.message(f"discarded unreadable part {name}; its recordings are redone")
+        todo = [r for r in recordings if not store.contains(r.key)]
+        result.skipped = len(recordings) - len(todo)
+        progress.start(len(recordings), result.skipped)
+        _process(todo, settings, models, annotator, store, jobs, batch_size, failures,
+                 progress, result)
+        progress.stop()
+        result.failures = failures
+        store.finalize(annotator.schema, metadata, failures)
+    return result
+
+
+def _process(todo, settings, models, annotator, store, jobs, batch_size, failures,
+             progress, result) -> None:
+    from joblib import Parallel, delayed
+
+    params = models.feature_params
+    planning_failures: list[Failure] = []
+
+    def tasks() -> Iterator:
+        for index, recording in enumerate(todo):
+            planned = plan_chunks(index, recording, settings, CHUNK_S)
+            if isinstance(planned, Failure):
+                planning_failures.append(planned)
+                continue
+            for chunk in planned:
+                yield delayed(featurize_chunk)(chunk, settings, params)
+
+    pending: list[RecordingFeatures] = []
+    pending_segments = 0
+    last_flush = time.monotonic()
+    open_recording: list[ChunkResult] = []
+
+    def flush() -> None:
+        nonlocal pending, pending_segments, last_flush
+        if pending:
+            store.write_part(annotator.annotate(pending))
+            progress.advance(len(pending), sum(r.duration_s for r in pending))
+            result.annotated += len(pending)
+            result.audio_s += sum(r.duration_s for r in pending)
+        pending, pending_segments, last_flush = [], 0, time.monotonic()
+
+    def drain_planning_failures() -> None:
+        while planning_failures:
+            failures.append(planning_failures.pop(0))
+            progress.advance(1, 0.0)
+
+    parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs",
+                        batch_size=1)
+    try:
+        for chunk_result in parallel(tasks()):
+            drain_planning_failures()
+            open_recording.append(chunk_result)
+            if not chunk_result.last:
+                continue
+            done = _assemble(open_recording)
+            open_recording = []
+            if isinstance(done, Failure):
+                failures.append(done)
+                progress.advance(1, 0.0)
+                continue
+            pending.append(done)
+            pending_segments += int(done.speech.sum())
+            if (pending_segments >= batch_size
+                    or time.monotonic() - last_flush > FLUSH_INTERVAL_S):
+                flush()
+        drain_planning_failures()
+        flush()
+    except AnnotateError:
+        raise
+    except Exception as error:  # a worker process died (killed, out of memory)
+        raise AnnotateError(
+            f"the run stopped: {type(error).__name__}: {error}. Finished recordings are kept; "
+            "run the same command again to resume"
+        ) from error
+
+
+def _assemble(chunks: list[ChunkResult]) -> RecordingFeatures | Failure:
+    """Join a recording's chunk results, or return its first failure."""
+    import numpy as np
+
+    for chunk in chunks:
+        if chunk.failure is not None:
+            return chunk.failure
+    first = chunks[0]
+    if len(chunks) == 1:
+        return RecordingFeatures(first.recording.key, first.bounds, first.speech, first.features)
+    return RecordingFeatures(
+        first.recording.key,
+        np.concatenate([c.bounds for c in chunks]),
+        np.concatenate([c.speech for c in chunks]),
+        {p: np.concatenate([c.features[p] for c in chunks]) for p in first.features},
+    )
+
+
+def _fingerprint(metadata: dict) -> str:
+    relevant = {
+        "version": metadata["version"],
+        "settings": metadata["settings"],
+        "models": [m["hash"] for m in metadata["models"]],
+        "routes": [m["routed_for"] for m in metadata["models"]],
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _safe_metadata(path: Path) -> dict:
+    try:
+        return read_metadata(path)
+    except Exception:  # noqa: BLE001 - an unreadable old output is simply replaced
+        return {}

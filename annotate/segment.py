@@ -1,0 +1,65 @@
+"""Cut a recording's timeline into fixed windows and decide which hold speech."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def segment_bounds(duration_s: float, window_s: float, hop_s: float) -> np.ndarray:
+    """Start and end times of the fixed windows covering a recording.
+
+    Windows start every ``hop_s``; the last, partial window is kept, and a
+    recording shorter than one window gives a single segment. No window is
+    emitted once an earlier one already reaches the end.
+
+    Returns:
+        np.ndarray [shape=(n_segments, 2), dtype=float64]: ``(start_s, end_s)``.
+    """
+    if window_s <= 0 or hop_s <= 0:
+        raise ValueError("window and hop must be positive")
+    if duration_s <= 0:
+        return np.zeros((0, 2))
+    # Integer arithmetic in microseconds keeps boundaries exact and repeatable.
+    duration_us, window_us, hop_us = (int(round(x * 1e6)) for x in (duration_s, window_s, hop_s))
+    bounds = []
+    start = 0
+    while start < duration_us:
+        end = min(start + window_us, duration_us)
+        bounds.append((start / 1e6, end / 1e6))
+        if end >= duration_us:
+            break
+        start += hop_us
+    return np.asarray(bounds, dtype=np.float64)
+
+
+def is_speech(
+    samples: np.ndarray,
+    sampling_rate: int,
+    threshold_dbfs: float = -45.0,
+    min_active_s: float = 0.15,
+) -> bool:
+    """Energy-based speech/no-speech decision for one segment.
+
+    A segment holds speech when at least ``min_active_s`` seconds of its 25 ms
+    frames are louder than ``threshold_dbfs`` and the loud frames are not all
+    alike (a constant tone or DC offset has no modulation, speech has).
+
+    Args:
+        samples: np.ndarray [shape=(n,)], mono float in [-1, 1].
+        sampling_rate: In Hz.
+        threshold_dbfs: Frame RMS level, in dB relative to full scale.
+        min_active_s: Minimum total duration of loud frames.
+    """
+    frame = int(0.025 * sampling_rate)
+    if samples.size < frame:
+        return False
+    n = samples.size // frame
+    frames = samples[: n * frame].reshape(n, frame).astype(np.float64)
+    frames = frames - frames.mean(axis=1, keepdims=True)  # DC is not speech
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    level = 20 * np.log10(np.maximum(rms, 1e-10))
+    active = level > threshold_dbfs
+    if active.sum() * 0.025 < min_active_s:
+        return False
+    # Speech is modulated: its frame levels spread over several dB.
+    return bool(np.std(level[active]) > 1.0 or (~active).any())

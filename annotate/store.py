@@ -1,0 +1,217 @@
+"""Where results go: the partial state of a run, resumable, and the final tables.
+
+Work in progress lives beside the output, in ``<output>.partial/``::
+
+    lock              held (flock) while a run writes; a second run refuses
+    fingerprint.json  settings + model hashes of the run that owns the state
+    parts/NNNNNN.parquet  finished recordings, each part written atomically
+
+A recording is done when its rows are in a part. A re-run with the same
+fingerprint skips what is done (``store.contains(key)``); the final table is
+written (atomically) only when every recording is done, and then the partial
+state is removed. Parts that cannot be read back (truncated, corrupted) are
+deleted and their recordings recomputed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from annotate.discover import Failure
+from annotate.errors import StateError, UsageError
+from annotate.schema import failures_schema
+
+METADATA_KEY = b"annotate"
+
+
+def failures_path(output: Path) -> Path:
+    """``out.parquet`` -> ``out.failures.parquet``."""
+    return output.with_name(output.stem + ".failures" + (output.suffix or ".parquet"))
+
+
+def check_output_path(output: Path) -> None:
+    """Fail before any work if the output cannot be written.
+
+    Raises:
+        UsageError: The folder is missing or not writable, or the output is a folder.
+    """
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"the output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"the output folder {folder} is not writable")
+    if output.is_dir():
+        raise UsageError(f"the output {output} is a directory; give a file name such as out.parquet")
+
+
+def write_atomically(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file so that it appears whole or not at all (temp + fsync + rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, write_page_checksum=True)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise StateError(
+                f"no space left to write {path} ({error.strerror}); finished work is kept, "
+                "free some space and run the same command again to resume"
+            ) from None
+        raise StateError(f"cannot write {path}: {error}") from None
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_metadata(path: Path) -> dict:
+    """The ``annotate`` key-value metadata of a written table (empty if none)."""
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+
+
+class PartialStore:
+    """The resumable state of one run (see the module docstring).
+
+    Args:
+        output: The final table's path.
+        fingerprint: Hash of everything that changes the rows.
+        overwrite: Discard existing partial state or output with another fingerprint.
+    """
+
+    def __init__(self, output: Path, fingerprint: str, overwrite: bool = False) -> None:
+        self.output = Path(output)
+        self.folder = self.output.with_name(self.output.name + ".partial")
+        self.parts = self.folder / "parts"
+        self.fingerprint = fingerprint
+        self.overwrite = overwrite
+        self._lock_handle = None
+        self._done: set[str] = set()
+        self._next_part = 0
+        self.discarded_parts: list[str] = []
+
+    def __enter__(self) -> PartialStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Take the lock, check the fingerprint and collect what is already done."""
+        self.folder.mkdir(exist_ok=True)
+        self._lock_handle = open(self.folder / "lock", "a")
+        try:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_handle.close()
+            self._lock_handle = None
+            raise StateError(
+                f"another annotate run is writing {self.output} (lock held on {self.folder}); "
+                "wait for it to finish"
+            ) from None
+        try:
+            self._check_fingerprint()
+            self._scan_parts()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_fingerprint(self) -> None:
+        stamp = self.folder / "fingerprint.json"
+        if stamp.exists():
+            try:
+                previous = json.loads(stamp.read_text()).get("fingerprint")
+            except (OSError, ValueError):
+                previous = None
+            if previous != self.fingerprint:
+                if not self.overwrite:
+                    raise StateError(
+                        f"{self.folder} holds an interrupted run with other settings or models "
+                        f"(fingerprint {str(previous)[:12]}, this run {self.fingerprint[:12]}); "
+                        "run with the same settings to resume it, or pass --overwrite to start over"
+                    )
+                shutil.rmtree(self.parts, ignore_errors=True)
+        stamp_tmp = stamp.with_suffix(".tmp")
+        stamp_tmp.write_text(json.dumps({"fingerprint": self.fingerprint}))
+        os.replace(stamp_tmp, stamp)
+        self.parts.mkdir(exist_ok=True)
+
+    def _scan_parts(self) -> None:
+        for stray in self.parts.glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
+        numbers = []
+        for part in sorted(self.parts.glob("*.parquet")):
+            try:
+                table = pq.read_table(part, page_checksum_verification=True)
+                keys = set(table.column("path").to_pylist())
+            except Exception:  # noqa: BLE001 - any unreadable part is recomputed
+                self.discarded_parts.append(part.name)
+                part.unlink(missing_ok=True)
+                continue
+            self._done |= keys
+            numbers.append(int(part.stem))
+        self._next_part = max(numbers, default=-1) + 1
+
+    def close(self) -> None:
+        """Release the lock (the partial state stays until :meth:`finalize`)."""
+        if self._lock_handle is not None:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def contains(self, key: str) -> bool:
+        """Whether the recording ``key`` is already done."""
+        return key in self._done
+
+    @property
+    def done_count(self) -> int:
+        return len(self._done)
+
+    def write_part(self, table: pa.Table) -> None:
+        """Store the rows of finished recordings (whole recordings only)."""
+        if table.num_rows == 0:
+            return
+        write_atomically(table, self.parts / f"{self._next_part:06d}.parquet")
+        self._next_part += 1
+        self._done |= set(table.column("path").to_pylist())
+
+    def finalize(self, schema: pa.Schema, metadata: dict, failures: list[Failure]) -> None:
+        """Write the failures table, then the output (sorted by path, start), then clean up."""
+        write_atomically(failures_table(failures), failures_path(self.output))
+        parts = sorted(self.parts.glob("*.parquet"))
+        tables = [pq.read_table(p).cast(schema) for p in parts]
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        table = table.sort_by([("path", "ascending"), ("start_s", "ascending")])
+        meta = {METADATA_KEY: json.dumps(metadata).encode()}
+        write_atomically(table.replace_schema_metadata(meta), self.output)
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def failures_table(failures: list[Failure]) -> pa.Table:
+    """The failures as a table of the failures schema, sorted by path."""
+    ordered = sorted(failures, key=lambda f: (f.path, f.error))
+    return pa.table(
+        {
+            "path": [f.path for f in ordered],
+            "error": [f.error for f in ordered],
+            "message": [f.message for f in ordered],
+        },
+        schema=failures_schema(),
+    )

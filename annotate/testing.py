@@ -1,0 +1,95 @@
+"""Tiny models and signals for tests and examples (no real weights needed).
+
+``create_model_folder`` writes a complete model folder in the real format
+with a small untrained (seeded) Keras network, so the pipeline, resume and
+failure tests run in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from annotate.features import FeatureParams
+from annotate.model_folder import ModelSpec, write_model_folder
+
+#: Small features so that tiny test models stay fast.
+TEST_FEATURES = FeatureParams(segment_s=1.0, n_mels=32, n_fft=512)
+
+
+def create_model_folder(
+    folder: str | Path,
+    task: str,
+    labels: list[str] | tuple[str, ...],
+    languages: list[str] | tuple[str, ...] = ("*",),
+    features: FeatureParams = TEST_FEATURES,
+    name: str | None = None,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> ModelSpec:
+    """Write a model folder holding a tiny randomly initialised CNN.
+
+    The network is deterministic for a given seed and its logits depend on the
+    input (a conv layer, pooling and a dense layer), so different signals get
+    different, stable probabilities.
+    """
+    from annotate.inference import tensorflow
+
+    keras = tensorflow().keras
+    keras.utils.set_random_seed(seed)
+    model = build_tiny_network(features, len(labels))
+    folder = Path(folder)
+    spec = ModelSpec(
+        folder=folder,
+        name=name or folder.name,
+        task=task,
+        labels=tuple(labels),
+        languages=tuple(languages),
+        weights="model.keras",
+        features=features,
+        temperature=temperature,
+        training={"data": "none: untrained test model", "seed": seed},
+        metrics={},
+    )
+    write_model_folder(spec, f"# {spec.name}\n\nAn untrained model for tests. Do not use.\n")
+    model.save(spec.weights_path)
+    return spec
+
+
+def build_tiny_network(features: FeatureParams, n_outputs: int):
+    """A few-thousand-parameter Keras CNN on (frames, n_mels) input, logits out."""
+    from annotate.inference import tensorflow
+
+    keras = tensorflow().keras
+    layers = keras.layers
+    inputs = keras.Input((features.n_frames, features.n_mels))
+    x = layers.Reshape((features.n_frames, features.n_mels, 1))(inputs)
+    x = layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(n_outputs, bias_initializer="random_normal")(x)
+    return keras.Model(inputs, outputs)
+
+
+def speech_like(duration_s: float, sampling_rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A voiced, syllable-modulated harmonic signal that the energy VAD calls speech.
+
+    Returns:
+        np.ndarray [shape=(n,), dtype=float32] in [-1, 1].
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(duration_s * sampling_rate))
+    t = np.arange(n) / sampling_rate
+    f0 = 120 + 40 * rng.random() + 20 * np.sin(2 * np.pi * 0.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sampling_rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
+    syllables = np.clip(np.sin(2 * np.pi * (3 + rng.random()) * t), 0, None) ** 2
+    noise = 0.02 * rng.standard_normal(n)
+    signal = 0.25 * voiced * syllables + noise
+    return (signal / max(np.abs(signal).max(), 1e-9) * 0.5).astype(np.float32)
+
+
+def tone(duration_s: float, freq_hz: float = 440.0, sampling_rate: int = 16000) -> np.ndarray:
+    """A steady sine at half scale (no speech)."""
+    t = np.arange(int(round(duration_s * sampling_rate))) / sampling_rate
+    return (0.5 * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)

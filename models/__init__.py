@@ -1,0 +1,1 @@
+"""Bundled model folders (installed as ``annotate.models``)."""

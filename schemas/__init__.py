@@ -1,0 +1,1 @@
+"""Output schemas (installed as ``annotate.schemas``)."""

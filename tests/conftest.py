@@ -1,0 +1,76 @@
+"""Shared fixtures: generated audio and tiny model folders (no real corpora, no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from annotate.testing import create_model_folder, speech_like, tone
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+LANGUAGES = ["en", "de", "fr", "it"]
+EMODB_LABELS = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
+FALLBACK_LABELS = ["anger", "happiness", "neutral", "sadness"]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny model folders in the real format: a language model and two emotion models."""
+    root = tmp_path_factory.mktemp("models")
+    create_model_folder(root / "language", "language", LANGUAGES, seed=1)
+    create_model_folder(root / "emotion-de", "emotion", EMODB_LABELS, languages=["de"], seed=2)
+    create_model_folder(root / "emotion-multi", "emotion", FALLBACK_LABELS, seed=3)
+    return {
+        "language": root / "language",
+        "emotion-de": root / "emotion-de",
+        "emotion-multi": root / "emotion-multi",
+    }
+
+
+@pytest.fixture(scope="session")
+def model_args(models) -> dict:
+    """Keyword arguments for ``annotate.run`` that select the tiny models."""
+    return {
+        "language_model": models["language"],
+        "emotion_models": {"de": models["emotion-de"], "*": models["emotion-multi"]},
+    }
+
+
+@pytest.fixture(scope="session")
+def model_cli_args(models) -> list[str]:
+    """The same models as command-line options."""
+    return [
+        "--language-model", str(models["language"]),
+        "--emotion-model", f"de={models['emotion-de']}",
+        "--emotion-model", f"*={models['emotion-multi']}",
+    ]
+
+
+def write_audio(path: Path, samples: np.ndarray, sampling_rate: int, **kwargs) -> Path:
+    """Write audio in the format implied by the file name (wav, flac, ogg, mp3)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, samples, sampling_rate, **kwargs)
+    return path
+
+
+@pytest.fixture
+def mixed_corpus(tmp_path) -> Path:
+    """A small corpus of several formats, rates and channel counts, plus silence and a tone."""
+    root = tmp_path / "corpus"
+    write_audio(root / "speech_16k.wav", speech_like(7.5, 16000, seed=1), 16000)
+    write_audio(root / "nested/deeper/speech_8k.WAV", speech_like(4.0, 8000, seed=2), 8000)
+    stereo = np.stack([speech_like(5.0, 44100, seed=3), speech_like(5.0, 44100, seed=4)], axis=1)
+    write_audio(root / "nested/stereo_44k.flac", stereo, 44100, subtype="PCM_24")
+    write_audio(root / "speech_48k.mp3", speech_like(3.5, 48000, seed=5), 48000)
+    write_audio(root / "speech.ogg", speech_like(2.0, 16000, seed=6), 16000)
+    write_audio(root / "short.wav", speech_like(1.2, 16000, seed=7), 16000)
+    write_audio(root / "silence.wav", np.zeros(16000 * 4, np.float32), 16000)
+    write_audio(root / "tone.wav", tone(3.0), 16000)
+    (root / "notes.tsv").write_text("not\taudio\n")
+    (root / "README.txt").write_text("not audio")
+    return root

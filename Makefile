@@ -1,0 +1,37 @@
+# Quick start: `make demo` annotates the bundled example corpus; `make test` runs the suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= demo-out
+CORPORA ?= ../shared/corpora
+
+.PHONY: demo test install models accuracy bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# A regular (non-editable) install: what users get, package data included.
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet '.[test]'
+
+demo: install
+	mkdir -p $(OUT)
+	$(BIN)/annotate run examples/corpus -o $(OUT)/example.parquet --overwrite
+	$(BIN)/annotate summarize $(OUT)/example.parquet
+
+test: install
+	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Retrain every bundled model from scratch on the corpora (fixed seeds).
+models: install
+	$(BIN)/python scripts/train_bundled_models.py --corpora $(CORPORA) --out models
+
+accuracy: install
+	$(BIN)/python benchmarks/accuracy.py --corpora $(CORPORA)
+
+bench: install
+	$(BIN)/python benchmarks/throughput.py --corpora $(CORPORA)
+
+clean:
+	rm -rf $(VENV) $(OUT) build *.egg-info

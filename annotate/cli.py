@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from annotate.errors import AnnotateError, UsageError
@@ -32,7 +33,7 @@ out = Console()
 
 
 def _fail(error: AnnotateError) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {error}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILED)
 
 
@@ -91,9 +92,10 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet and not result.already_complete:
         console.print(
-            f"wrote [bold]{result.output}[/]: {result.annotated} recordings annotated"
+            f"wrote [bold]{escape(str(result.output))}[/]: {result.annotated} recordings annotated"
             + (f", {result.skipped} resumed" if result.skipped else "")
-            + f", {result.failed} failed (see {result.failures_output})", highlight=False)
+            + f", {result.failed} failed (see {escape(str(result.failures_output))})",
+            highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(EXIT_PARTIAL)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
@@ -44,7 +45,7 @@ class BarProgress(Progress):
                         rate=f"{self.audio_s / elapsed:.0f}x real time")
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(escape(text), highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
         self.bar.stop()
@@ -78,7 +79,7 @@ class LineProgress(Progress):
                                highlight=False)
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(escape(text), highlight=False, soft_wrap=True)
 
 
 def make_progress(console: Console, quiet: bool) -> Progress:

@@ -7,7 +7,7 @@ from rich.table import Table
 
 
 def _share_table(title: str, shares: dict[str, float]) -> Table:
-    table = Table("label", "share", title=title, title_justify="left")
+    table = Table(title, "share", min_width=40)
     for label, share in sorted(shares.items(), key=lambda kv: -kv[1]):
         table.add_row(label, f"{share:6.1%}")
     return table
@@ -21,13 +21,13 @@ def print_report(console: Console, report: dict) -> None:
         f"({report['speech_segments']} with speech), "
         f"{report['audio_hours']:.3f} h audio, {report['speech_hours']:.3f} h speech"
     )
-    console.print(_share_table("language share by speech time", report["language_share_by_time"]))
-    console.print(_share_table("language by recording", report["language_share_by_recording"]))
+    console.print(_share_table("language, by speech time", report["language_share_by_time"]))
+    console.print(_share_table("language, by recording", report["language_share_by_recording"]))
     emotions = report["emotion_by_language"]
     if emotions:
         labels = sorted({e for shares in emotions.values() for e in shares})
-        table = Table("lang", *labels, title="emotion distribution per language (segments)",
-                      title_justify="left")
+        console.print("[bold]emotion distribution per language[/] (share of speech segments)")
+        table = Table("lang", *labels)
         for lang, shares in sorted(emotions.items()):
             table.add_row(lang, *(f"{shares.get(e, 0.0):.0%}" for e in labels))
         console.print(table)
@@ -42,8 +42,8 @@ def print_report(console: Console, report: dict) -> None:
     elif failures["count"] == 0:
         console.print("failures: none")
     else:
-        table = Table("path", "error", "message", title=f"failures: {failures['count']}",
-                      title_justify="left")
+        console.print(f"[bold]failures: {failures['count']}[/] (first 10)")
+        table = Table("path", "error", "message")
         for row in failures["examples"]:
             table.add_row(row["path"], row["error"], row["message"])
         console.print(table)

@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 from annotate.errors import UsageError
 from annotate.store import failures_path, read_metadata
 
+#: The language of a recording without any speech segment.
+NO_SPEECH = "(no speech)"
 #: Segments whose top probability is below this count as low-confidence.
 LOW_CONFIDENCE = 0.5
 
@@ -91,7 +93,7 @@ def summarize(path: str | Path) -> dict:
         str(k): float(v) / total_speech for k, v in speech_dur.groupby(speech["lang"]).sum().items()
     }
     if len(recordings):
-        counts = recordings["lang"].value_counts()
+        counts = recordings["lang"].fillna(NO_SPEECH).value_counts()
         report["language_share_by_recording"] = {
             str(k): int(v) / len(recordings) for k, v in counts.items()
         }

@@ -137,7 +137,7 @@ def run(
 
     recordings, failures = discover(inputs)
     result.recordings = len(recordings)
-    annotator = Annotator(models, languages).load()
+    annotator = Annotator(models, languages)
     with PartialStore(output, metadata["fingerprint"], overwrite) as store:
         for name in store.discarded_parts:
             progress.message(f"discarded unreadable part {name}; its recordings are redone")
@@ -187,10 +187,16 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
             failures.append(planning_failures.pop(0))
             progress.advance(1, 0.0)
 
-    parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs",
+    # Enough tasks in flight to keep the workers busy while the models load;
+    # each holds at most CHUNK_S of features.
+    parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="8*n_jobs",
                         batch_size=1)
     try:
-        for chunk_result in parallel(tasks()):
+        results = parallel(tasks())
+        # TensorFlow takes seconds to import: load the models while the
+        # workers already decode.
+        annotator.load()
+        for chunk_result in results:
             drain_planning_failures()
             open_recording.append(chunk_result)
             if not chunk_result.last:

@@ -139,6 +139,13 @@ def list_models() -> None:
     out.print(table)
 
 
+from annotate.cli_training import corpus, evaluate, train  # noqa: E402 - after _fail, which they use
+
+app.command()(corpus)
+app.command()(train)
+app.command()(evaluate)
+
+
 def main() -> None:  # pragma: no cover - the console script calls app()
     app()
 

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 OUT ?= demo-out
 CORPORA ?= ../shared/corpora
 
-.PHONY: demo test install models accuracy bench clean
+.PHONY: demo test install browser models accuracy bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,14 @@ demo: install
 	$(BIN)/annotate run examples/corpus -o $(OUT)/example.parquet --overwrite
 	$(BIN)/annotate summarize $(OUT)/example.parquet
 
-test: install
+# The browser test drives Debian's chromium; install it when missing and we may.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	    elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+	    else echo "install chromium for the browser test (apt-get install chromium)"; fi; }
+
+test: install browser
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Retrain every bundled model from scratch on the corpora (fixed seeds).

@@ -141,9 +141,13 @@ def list_models() -> None:
 
 from annotate.cli_training import corpus, evaluate, train  # noqa: E402 - after _fail, which they use
 
+from annotate.cli_view import app as app_command, report  # noqa: E402
+
 app.command()(corpus)
 app.command()(train)
 app.command()(evaluate)
+app.command()(report)
+app.command(name="app")(app_command)
 
 
 def main() -> None:  # pragma: no cover - the console script calls app()

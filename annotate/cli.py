@@ -52,7 +52,7 @@ def run(
     inputs: Annotated[list[Path], typer.Argument(
         help="Directories (walked recursively), manifests (.csv .tsv .parquet .jsonl with a "
              "'path' column) or audio files.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The segments table to write (.parquet).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="The segments table to write (.parquet); with --cluster also an fsspec URL (s3://...).")],
     window: Annotated[float, typer.Option(help="Segment length, seconds.")] = 3.0,
     hop: Annotated[Optional[float], typer.Option(help="Segment hop, seconds [default: the window].")] = None,
     languages: Annotated[Optional[str], typer.Option(
@@ -64,6 +64,9 @@ def run(
     batch_size: Annotated[int, typer.Option(help="Segments gathered per inference round (the table does not depend on it).")] = 256,
     overwrite: Annotated[bool, typer.Option(help="Start over, discarding partial state or an output made with other settings.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    cluster: Annotated[Optional[str], typer.Option(
+        help="Run on a Dask cluster: its scheduler's address (tcp://HOST:8786); see docs/cluster.md.")] = None,
+    shard_size: Annotated[int, typer.Option(help="Recordings per task on the cluster (with --cluster).")] = 32,
 ) -> None:
     """Annotate every recording, segment by segment, into a Parquet table.
 
@@ -80,7 +83,7 @@ def run(
             emotion_models=_parse_emotion_models(emotion_model or []),
             languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None,
             window_s=window, hop_s=hop, jobs=jobs, batch_size=batch_size,
-            overwrite=overwrite, progress=progress,
+            overwrite=overwrite, progress=progress, cluster=cluster, shard_size=shard_size,
         )
     except AnnotateError as error:
         progress.stop()

@@ -73,6 +73,8 @@ def run(
     batch_size: int = 256,
     overwrite: bool = False,
     progress: Progress | None = None,
+    cluster: str | None = None,
+    shard_size: int = 32,
 ) -> RunResult:
     """Annotate recordings segment by segment and write the Parquet tables.
 
@@ -91,6 +93,10 @@ def run(
             not depend on it.
         overwrite: Discard partial state or output made with other settings.
         progress: Receives progress events.
+        cluster: A Dask scheduler's address (``tcp://host:8786``): run on its
+            workers instead (:mod:`annotate.cluster`; ``jobs`` is then unused
+            and ``output`` may be an fsspec URL such as ``s3://bucket/out.parquet``).
+        shard_size: Recordings per cluster task.
 
     Returns:
         What was done; failures are also in the failures table.
@@ -98,6 +104,7 @@ def run(
     Raises:
         AnnotateError: Bad arguments, models or state (never for a bad recording).
     """
+    requested_output = output
     output = Path(output)
     progress = progress or Progress()
     hop_s = window_s if hop_s is None else hop_s
@@ -106,7 +113,8 @@ def run(
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     jobs = jobs or os.cpu_count() or 1
-    check_output_path(output)
+    if cluster is None:  # annotate.cluster checks the output, which may be a URL
+        check_output_path(output)
     models = ModelSet.load(language_model, emotion_models)
     if languages:
         languages = tuple(dict.fromkeys(languages))
@@ -124,6 +132,13 @@ def run(
         "models": described,
     }
     metadata["fingerprint"] = _fingerprint(metadata)
+    if cluster is not None:
+        from annotate.cluster import run_on_cluster
+
+        return run_on_cluster(
+            inputs, requested_output, models=models, settings=settings, languages=languages,
+            metadata=metadata, address=cluster, shard_size=shard_size, batch_size=batch_size,
+            overwrite=overwrite, progress=progress)
     result = RunResult(output, failures_path(output))
 
     if output.exists() and not output.with_name(output.name + ".partial").exists():

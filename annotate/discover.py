@@ -54,8 +54,11 @@ class Failure:
 
 
 def printable(name: str) -> str:
-    """A file-system name as valid UTF-8 text; undecodable bytes become ``\\xNN``."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    r"""A file-system name as valid UTF-8 text; undecodable bytes become ``\\xNN``."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (from JSON)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def extension(name: str) -> str:
@@ -151,16 +154,28 @@ def read_manifest(path: str | Path) -> tuple[list[Recording], list[Failure]]:
 def _read_delimited(path: Path, sep: str, failures: list[Failure]) -> pd.DataFrame:
     # Quoting off: Common Voice sentences contain unbalanced quotes. Short or
     # long lines are reported, not guessed at.
-    text = path.read_text(encoding="utf-8", errors="replace")
+    # utf-8-sig: spreadsheet programs start CSV files with a byte-order mark,
+    # which would otherwise hide the 'path' column.
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
     lines = text.splitlines()
     if not lines:
         raise UsageError(f"manifest {path} is empty")
-    header = lines[0].split(sep)
+    try:
+        header = [name.strip() for name in _split_line(lines[0], sep)]
+    except csv.Error as error:
+        raise UsageError(f"cannot read the header of manifest {path}: {error}") from None
+    if header.count("path") > 1:
+        raise UsageError(f"manifest {path} has {header.count('path')} 'path' columns")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        fields = line.split(sep) if sep == "\t" else next(csv.reader(io.StringIO(line)))
+        try:
+            fields = _split_line(line, sep)
+        except csv.Error as error:
+            failures.append(Failure(f"{path.name}:{number}", "manifest",
+                                    f"line {number} cannot be parsed: {error}"))
+            continue
         if len(fields) != len(header):
             failures.append(Failure(
                 f"{path.name}:{number}", "manifest",
@@ -170,11 +185,15 @@ def _read_delimited(path: Path, sep: str, failures: list[Failure]) -> pd.DataFra
     return pd.DataFrame(rows, columns=header, dtype=str)
 
 
+def _split_line(line: str, sep: str) -> list[str]:
+    return line.split(sep) if sep == "\t" else next(csv.reader(io.StringIO(line)), [])
+
+
 def _read_jsonl(path: Path, failures: list[Failure]) -> pd.DataFrame:
     import json
 
     rows = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -187,7 +206,10 @@ def _read_jsonl(path: Path, failures: list[Failure]) -> pd.DataFrame:
                                         f"line {number} is not a JSON object: {error}"))
                 continue
             rows.append(row)
-    return pd.DataFrame(rows) if rows else pd.DataFrame({"path": []})
+    # object dtype keeps each path as the Python string it was: a JSON
+    # "\udce9" is Python's escape of an undecodable file-name byte, which
+    # Arrow-backed strings would refuse.
+    return pd.DataFrame(rows, dtype=object) if rows else pd.DataFrame({"path": []})
 
 
 def discover(inputs: list[str | Path]) -> tuple[list[Recording], list[Failure]]:

@@ -72,9 +72,14 @@ def plan_chunks(
         info = probe(recording.source)
     except InputError as error:
         return Failure(recording.key, error.kind, str(error))
+    except Exception as error:  # noqa: BLE001 - one bad file must never stop the batch
+        return Failure(recording.key, "error", f"{type(error).__name__}: {error}")
     if info.frames <= 0:
         return Failure(recording.key, "empty", "the file holds no audio samples")
     bounds = segment_bounds(info.duration_s, settings.window_s, settings.hop_s)
+    if len(bounds) == 0:  # shorter than a microsecond: no segment to write
+        return Failure(recording.key, "empty",
+                       f"too short to annotate ({info.frames} samples at {info.sampling_rate} Hz)")
     per_chunk = max(1, int(math.floor(chunk_s / settings.hop_s)))
     return [
         Chunk(index, recording, info, bounds, first, min(first + per_chunk, len(bounds)))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from annotate.discover import Failure
 from annotate.features import FeatureParams
 from annotate.inference import Classifier, softmax
 from annotate.labels import EMOTIONS
@@ -27,17 +28,33 @@ class RecordingFeatures:
         key: The ``path`` of the output.
         bounds: np.ndarray [shape=(n, 2), float64] segment start/end in seconds.
         speech: np.ndarray [shape=(n,), bool].
-        features: Per feature setting, [shape=(n_speech, frames, n_mels)].
+        features: Per feature setting, the speech segments' features as one
+            array per chunk, each [shape=(n_chunk_speech, frames, n_mels)]
+            (kept apart: joining a long recording's chunks would copy them).
     """
 
     key: str
     bounds: np.ndarray
     speech: np.ndarray
-    features: dict[FeatureParams, np.ndarray]
+    features: dict[FeatureParams, list[np.ndarray]]
 
     @property
     def duration_s(self) -> float:
         return float(self.bounds[-1, 1]) if len(self.bounds) else 0.0
+
+
+def assemble_recording(chunks: list) -> RecordingFeatures | Failure:
+    """Join a recording's chunk results (``featurize.ChunkResult``), or return its first failure."""
+    for chunk in chunks:
+        if chunk.failure is not None:
+            return chunk.failure
+    first = chunks[0]
+    return RecordingFeatures(
+        first.recording.key,
+        np.concatenate([c.bounds for c in chunks]),
+        np.concatenate([c.speech for c in chunks]),
+        {p: [c.features[p] for c in chunks] for p in first.features},
+    )
 
 
 class Annotator:
@@ -86,8 +103,8 @@ class Annotator:
 
     def _language_probs(self, recordings: list[RecordingFeatures]) -> list[np.ndarray]:
         spec = self.models.language
-        stacked = _stack([r.features[spec.features] for r in recordings], spec.features)
-        logits = self.classifier(spec).logits(stacked).astype(np.float64)
+        arrays = [a for r in recordings for a in r.features[spec.features]]
+        logits = self.classifier(spec).logits(arrays).astype(np.float64)
         # Excluded languages get no probability: a softmax over the candidates.
         logits[:, ~self.candidates] = -np.inf
         probs = softmax(logits, spec.temperature) if len(logits) else logits
@@ -107,8 +124,8 @@ class Annotator:
         out: list[np.ndarray | None] = [None] * len(recordings)
         for spec in {id(s): s for s in routed if s is not None}.values():
             members = [i for i, s in enumerate(routed) if s is spec]
-            stacked = _stack([recordings[i].features[spec.features] for i in members], spec.features)
-            probs = self.classifier(spec).predict(stacked)
+            arrays = [a for i in members for a in recordings[i].features[spec.features]]
+            probs = self.classifier(spec).predict(arrays)
             for i, part in zip(members, _split(probs, [recordings[i].speech.sum() for i in members])):
                 out[i] = part
         return out
@@ -145,13 +162,6 @@ class Annotator:
             else:
                 for name in ("emotion", "emotion_p", "emotion_model", *(f"emo_{x}" for x in EMOTIONS)):
                     columns[name].append(None)
-
-
-def _stack(arrays: list[np.ndarray], params: FeatureParams) -> np.ndarray:
-    arrays = [a for a in arrays if len(a)]
-    if not arrays:
-        return np.zeros((0, params.n_frames, params.n_mels), np.float32)
-    return np.concatenate(arrays)
 
 
 def _split(rows: np.ndarray, counts: list[int]) -> list[np.ndarray]:

@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from annotate.annotator import Annotator
+from annotate.annotator import Annotator, assemble_recording
 from annotate.decode import probe, read_span
 from annotate.discover import AUDIO_EXTENSIONS, UNSUPPORTED_AUDIO_EXTENSIONS, Failure, Recording
 from annotate.errors import InputError, UsageError
 from annotate.features import FeatureParams, log_mel
 from annotate.featurize import SegmentSettings, featurize_chunk, plan_chunks
 from annotate.model_set import ModelSet
-from annotate.pipeline import CHUNK_S, _assemble
+from annotate.pipeline import CHUNK_S
 
 TITLE = "Speech annotation explorer"
 #: Largest upload accepted, in megabytes (also given to Streamlit's server).
@@ -201,7 +201,7 @@ class ClipAnnotator:
             raise _input_error(planned)
         chunks = [featurize_chunk(chunk, settings, self.models.feature_params)
                   for chunk in planned]
-        features = _assemble(chunks)
+        features = assemble_recording(chunks)
         if isinstance(features, Failure):
             raise _input_error(features)
         return self.annotator.annotate([features]).to_pandas()

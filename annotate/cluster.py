@@ -33,13 +33,13 @@ from typing import Iterator
 import pyarrow as pa
 
 from annotate import __version__
-from annotate.annotator import Annotator, RecordingFeatures
+from annotate.annotator import Annotator, RecordingFeatures, assemble_recording
 from annotate.discover import Failure, Recording, discover
 from annotate.errors import AnnotateError, ModelError, StateError, UsageError
 from annotate.featurize import SegmentSettings, featurize_chunk, plan_chunks
 from annotate.model_folder import folder_hash, read_model_folder
 from annotate.model_set import ModelSet
-from annotate.pipeline import Progress, RunResult, _assemble
+from annotate.pipeline import Progress, RunResult
 from annotate.schema import segments_schema
 from annotate.shard_store import (
     Shard,
@@ -187,7 +187,7 @@ def annotate_shard(task: ShardTask, models: ModelPayload) -> ShardResult:
         if isinstance(planned, Failure):
             result.failures.append(planned)
             continue
-        done = _assemble([featurize_chunk(chunk, task.settings, params) for chunk in planned])
+        done = assemble_recording([featurize_chunk(chunk, task.settings, params) for chunk in planned])
         if isinstance(done, Failure):
             result.failures.append(done)
             continue

@@ -101,7 +101,7 @@ class Classifier:
         _ = self._step
         return self
 
-    def logits(self, features: np.ndarray) -> np.ndarray:
+    def logits(self, features: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """Model outputs for a stack of segments.
 
         Segments go through a tf.data pipeline in batches of
@@ -109,28 +109,49 @@ class Classifier:
         sees a single shape whatever the number of segments.
 
         Args:
-            features: np.ndarray [shape=(n, frames, n_mels), dtype=float32].
+            features: np.ndarray [shape=(n, frames, n_mels), dtype=float32],
+                or a list of such arrays (taken in order, never joined: a long
+                recording's chunks are not copied into one array).
 
         Returns:
             np.ndarray [shape=(n, n_labels), dtype=float32].
         """
-        n = features.shape[0]
+        arrays = [features] if isinstance(features, np.ndarray) else list(features)
+        n = sum(len(a) for a in arrays)
         if n == 0:
             return np.zeros((0, len(self.spec.labels)), np.float32)
         tf = tensorflow()
-        dataset = (
-            tf.data.Dataset.from_tensor_slices(features.astype(np.float32, copy=False))
-            .batch(MICRO_BATCH)
-            .prefetch(2)
-        )
-        out = []
-        for batch in dataset:
-            rows = int(batch.shape[0])
-            if rows < MICRO_BATCH:
-                batch = tf.pad(batch, [[0, MICRO_BATCH - rows], [0, 0], [0, 0]])
-            out.append(self._step(batch).numpy()[:rows])
-        return np.concatenate(out).astype(np.float32)
+        shape = (MICRO_BATCH, self.spec.features.n_frames, self.spec.features.n_mels)
+        dataset = tf.data.Dataset.from_generator(
+            lambda: micro_batches(arrays, MICRO_BATCH),
+            output_signature=tf.TensorSpec(shape, tf.float32),
+        ).prefetch(2)
+        out = [self._step(batch).numpy() for batch in dataset]
+        return np.concatenate(out)[:n].astype(np.float32)
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
+    def predict(self, features: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """Calibrated probabilities, shape (n, n_labels), float64, rows summing to 1."""
         return softmax(self.logits(features), self.spec.temperature)
+
+
+def micro_batches(arrays: list[np.ndarray], size: int):
+    """Rows of ``arrays``, in order, as float32 blocks of exactly ``size`` rows.
+
+    The last block is padded with zeros; only blocks that straddle two arrays
+    are copied together.
+    """
+    pending: list[np.ndarray] = []
+    have = 0
+    for array in arrays:
+        start = 0
+        while start < len(array):
+            take = min(size - have, len(array) - start)
+            pending.append(array[start : start + take])
+            have += take
+            start += take
+            if have == size:
+                yield np.concatenate(pending).astype(np.float32, copy=False)
+                pending, have = [], 0
+    if have:
+        block = np.concatenate(pending).astype(np.float32, copy=False)
+        yield np.pad(block, [(0, size - have)] + [(0, 0)] * (block.ndim - 1))

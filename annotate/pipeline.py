@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from annotate import __version__
-from annotate.annotator import Annotator, RecordingFeatures
+from annotate.annotator import Annotator, RecordingFeatures, assemble_recording
 from annotate.discover import Failure, discover
 from annotate.errors import AnnotateError, UsageError, expected_one_of
 from annotate.featurize import ChunkResult, SegmentSettings, featurize_chunk, plan_chunks
@@ -216,7 +216,7 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
             open_recording.append(chunk_result)
             if not chunk_result.last:
                 continue
-            done = _assemble(open_recording)
+            done = assemble_recording(open_recording)
             open_recording = []
             if isinstance(done, Failure):
                 failures.append(done)
@@ -236,24 +236,6 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
             f"the run stopped: {type(error).__name__}: {error}. Finished recordings are kept; "
             "run the same command again to resume"
         ) from error
-
-
-def _assemble(chunks: list[ChunkResult]) -> RecordingFeatures | Failure:
-    """Join a recording's chunk results, or return its first failure."""
-    import numpy as np
-
-    for chunk in chunks:
-        if chunk.failure is not None:
-            return chunk.failure
-    first = chunks[0]
-    if len(chunks) == 1:
-        return RecordingFeatures(first.recording.key, first.bounds, first.speech, first.features)
-    return RecordingFeatures(
-        first.recording.key,
-        np.concatenate([c.bounds for c in chunks]),
-        np.concatenate([c.speech for c in chunks]),
-        {p: np.concatenate([c.features[p] for c in chunks]) for p in first.features},
-    )
 
 
 def _fingerprint(metadata: dict) -> str:

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from annotate.discover import Failure, Recording
 from annotate.errors import StateError
-from annotate.store import METADATA_KEY, failures_table, write_atomically
+from annotate.store import METADATA_KEY, failures_table, final_table, write_atomically
 
 #: Key of a part's key-value metadata that describes its shard.
 SHARD_KEY = b"annotate-shard"
@@ -167,18 +167,6 @@ def output_fingerprint(fs, path: str) -> str | None:
         return json.loads(meta[METADATA_KEY]).get("fingerprint")
     except Exception:  # noqa: BLE001 - an unreadable old output is simply replaced
         return None
-
-
-def final_table(tables: list[pa.Table], schema: pa.Schema, metadata: dict) -> pa.Table:
-    """The output table from the parts: one schema, sorted by (path, start), with metadata.
-
-    The same steps as :meth:`annotate.store.PartialStore.finalize`, so a
-    cluster run writes the table a local run writes.
-    """
-    tables = [t.cast(schema) for t in tables]
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    table = table.sort_by([("path", "ascending"), ("start_s", "ascending")])
-    return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
 
 
 class ShardStore:

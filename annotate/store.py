@@ -274,17 +274,25 @@ class PartialStore:
         """Write the failures table, then the output (sorted by path, start), then clean up."""
         write_atomically(failures_table(failures), failures_path(self.output))
         parts = sorted(self.parts.glob("*.parquet"))
-        tables = [pq.read_table(p).cast(schema) for p in parts]
-        table = pa.concat_tables(tables) if tables else schema.empty_table()
-        table = table.sort_by([("path", "ascending"), ("start_s", "ascending")])
-        meta = {METADATA_KEY: json.dumps(metadata).encode()}
-        write_atomically(table.replace_schema_metadata(meta), self.output)
+        table = final_table([pq.read_table(p) for p in parts], schema, metadata)
+        write_atomically(table, self.output)
         # The fingerprint goes first: if the clean-up is cut short, the parts
         # left behind are never taken for a resume of other settings.
         (self.folder / "fingerprint.json").unlink(missing_ok=True)
         shutil.rmtree(self.parts, ignore_errors=True)
         self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def final_table(tables: list[pa.Table], schema: pa.Schema, metadata: dict) -> pa.Table:
+    """The output table from its parts: one schema, sorted by (path, start), with metadata.
+
+    Local and cluster runs both write it, so they write the same table.
+    """
+    tables = [t.cast(schema) for t in tables]
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    table = table.sort_by([("path", "ascending"), ("start_s", "ascending")])
+    return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
 
 
 def failures_table(failures: list[Failure]) -> pa.Table:

@@ -1,0 +1,237 @@
+"""Throughput benchmark: `annotate run` as a user runs it, against its floor and a naive loop.
+
+Builds corpora of 16 kHz WAV in 60 s files (30 min and 2 h), 48 kHz MP3
+(30 min) and one 2-hour WAV file, from concatenated real clips of
+``--corpora`` when present, otherwise from speech-like synthetic audio. For
+each it runs ``annotate run`` in a subprocess with the default settings and
+reports wall time, multiples of real time, CPU time, peak RSS of the whole
+process tree (sampled every 50 ms), and the time to the first written part.
+On the same audio it measures the floor (decoding plus log-mel features, no
+model, with the run's parallelism) and a naive baseline (one file at a time:
+librosa.load, features, model.predict per window; timed on a subset and
+scaled per audio hour).
+
+Usage: python benchmarks/throughput.py [--corpora ../shared/corpora] [--work /tmp/annotate-bench]
+       [--language-model DIR --emotion-model LANG=DIR ...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SR = 16000
+
+
+def source_audio(corpora: Path | None, seconds: float) -> np.ndarray:
+    """About ``seconds`` of 16 kHz speech: real clips looped, or synthetic."""
+    from annotate.decode import probe, read_span
+
+    files = []
+    if corpora and corpora.is_dir():
+        for pattern in ("emodb/**/*.flac", "emovo/**/*.flac", "ravdess/**/*.flac",
+                        "commonvoice/**/*.mp3"):
+            files += sorted(glob.glob(str(corpora / pattern), recursive=True))
+    pieces, total = [], 0
+    if files:
+        for path in files:
+            info = probe(path)
+            piece = read_span(path, info, 0.0, info.duration_s, SR)
+            pieces.append(piece)
+            total += len(piece)
+            if total >= seconds * SR:
+                break
+        base = np.concatenate(pieces)
+    else:
+        from annotate.testing import speech_like
+
+        base = np.concatenate([speech_like(30.0, SR, seed=i) for i in range(int(seconds // 30) + 1)])
+    reps = int(np.ceil(seconds * SR / len(base)))
+    return np.tile(base, reps)[: int(seconds * SR)].astype(np.float32)
+
+
+def build_corpus(folder: Path, audio: np.ndarray, file_s: float, rate: int, fmt: str) -> float:
+    if folder.exists():
+        return sum(sf.info(p).duration for p in folder.iterdir())
+    import soxr
+
+    folder.mkdir(parents=True)
+    step = int(file_s * SR)
+    for i, start in enumerate(range(0, len(audio), step)):
+        piece = audio[start : start + step]
+        if rate != SR:
+            piece = soxr.resample(piece, SR, rate)
+        ext = "mp3" if fmt == "MP3" else "wav"
+        sf.write(folder / f"{i:05d}.{ext}", piece, rate, format=fmt,
+                 subtype="MPEG_LAYER_III" if fmt == "MP3" else "PCM_16")
+    return len(audio) / SR
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory in bytes of a process and all its descendants."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            ppid, pages = int(fields[1]), int(fields[21])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        total += rss.get(current, 0)
+        stack.extend(children.get(current, []))
+    return total
+
+
+def run_annotate(corpus: Path, out: Path, model_args: list[str]) -> dict:
+    for stale in (out, out.with_name(out.stem + ".failures.parquet")):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
+    cmd = [sys.executable, "-m", "annotate", "run", str(corpus), "-o", str(out), "-q", *model_args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    peak, first = 0, None
+    parts = out.with_name(out.name + ".partial") / "parts"
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        if first is None and parts.is_dir() and any(parts.glob("*.parquet")):
+            first = time.perf_counter() - start
+        time.sleep(0.05)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"annotate run failed with exit code {proc.returncode}")
+    return {
+        "wall_s": wall,
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "peak_rss_mib": peak / 2**20,
+        "first_result_s": first if first is not None else wall,
+    }
+
+
+def floor(corpus: Path, jobs: int) -> float:
+    """Decoding plus log-mel features alone, with the run's parallelism and chunking."""
+    from joblib import Parallel, delayed
+
+    from annotate.discover import discover
+    from annotate.features import FeatureParams
+    from annotate.featurize import SegmentSettings, featurize_chunk, plan_chunks
+    from annotate.pipeline import CHUNK_S
+
+    settings, params = SegmentSettings(), (FeatureParams(),)
+    start = time.perf_counter()
+    recordings, _ = discover([corpus])
+    chunks = [c for i, r in enumerate(recordings) for c in plan_chunks(i, r, settings, CHUNK_S)]
+    for _ in Parallel(n_jobs=jobs, return_as="generator")(
+        delayed(featurize_chunk)(c, settings, params) for c in chunks
+    ):
+        pass
+    return time.perf_counter() - start
+
+
+def naive(corpus: Path, model_dir: Path, budget_s: float) -> tuple[float, float]:
+    """One file at a time: librosa.load, features, model.predict per window.
+
+    Returns (seconds, audio seconds processed) for as many files as fit in ``budget_s``.
+    """
+    import librosa
+
+    from annotate.features import segment_features
+    from annotate.inference import tensorflow
+    from annotate.model_folder import read_model_folder
+
+    spec = read_model_folder(model_dir)
+    model = tensorflow().keras.models.load_model(spec.weights_path, compile=False)
+    files = sorted(corpus.iterdir())
+    start, audio_s = time.perf_counter(), 0.0
+    for path in files:
+        samples, _ = librosa.load(path, sr=SR, mono=True)
+        for lo in range(0, len(samples), 3 * SR):
+            window = samples[lo : lo + 3 * SR]
+            model.predict(segment_features(window, spec.features)[None], verbose=0)
+        audio_s += len(samples) / SR
+        if time.perf_counter() - start > budget_s:
+            break
+    return time.perf_counter() - start, audio_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpora", type=Path, default=Path("../shared/corpora"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/annotate-bench"))
+    parser.add_argument("--language-model", type=Path)
+    parser.add_argument("--emotion-model", action="append", default=[])
+    parser.add_argument("--quick", action="store_true", help="only the 30 min WAV corpus")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    model_args = []
+    if args.language_model:
+        model_args += ["--language-model", str(args.language_model)]
+    for item in args.emotion_model:
+        model_args += ["--emotion-model", item]
+    from annotate.model_folder import bundled_models_dir
+
+    language_dir = args.language_model or bundled_models_dir() / "language"
+    jobs = os.cpu_count() or 1
+    args.work.mkdir(parents=True, exist_ok=True)
+    audio = source_audio(args.corpora, 7200.0)
+    corpora = {
+        "wav16k_30min": (args.work / "wav16k_30min", audio[: 1800 * SR], 60.0, SR, "WAV"),
+        "wav16k_2h": (args.work / "wav16k_2h", audio, 60.0, SR, "WAV"),
+        "mp3_48k_30min": (args.work / "mp3_48k_30min", audio[: 1800 * SR], 60.0, 48000, "MP3"),
+        "wav16k_one_2h_file": (args.work / "wav16k_one_2h_file", audio, 7200.0, SR, "WAV"),
+    }
+    if args.quick:
+        corpora = {"wav16k_30min": corpora["wav16k_30min"]}
+    rows = {}
+    for name, (folder, samples, file_s, rate, fmt) in corpora.items():
+        duration = build_corpus(folder, samples, file_s, rate, fmt)
+        result = run_annotate(folder, args.work / f"{name}.parquet", model_args)
+        result["audio_s"] = duration
+        result["x_real_time"] = duration / result["wall_s"]
+        result["s_per_audio_hour"] = result["wall_s"] / (duration / 3600)
+        result["floor_s"] = floor(folder, jobs)
+        result["run_over_floor"] = result["wall_s"] / result["floor_s"]
+        rows[name] = result
+        print(f"{name}: {json.dumps({k: round(v, 3) for k, v in result.items()})}", flush=True)
+    naive_s, naive_audio = naive(corpora["wav16k_30min"][0], language_dir, budget_s=60.0)
+    naive_x = naive_audio / naive_s
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, {jobs} cores, "
+          f"python {platform.python_version()}")
+    print(f"{'corpus':22} {'audio h':>8} {'wall s':>8} {'x RT':>8} {'CPU s':>8} {'RSS MiB':>8} "
+          f"{'first s':>8} {'floor s':>8} {'run/floor':>9} {'s/audio h':>9}")
+    for name, r in rows.items():
+        print(f"{name:22} {r['audio_s'] / 3600:8.2f} {r['wall_s']:8.1f} {r['x_real_time']:8.0f} "
+              f"{r['cpu_s']:8.1f} {r['peak_rss_mib']:8.0f} {r['first_result_s']:8.1f} "
+              f"{r['floor_s']:8.1f} {r['run_over_floor']:9.2f} {r['s_per_audio_hour']:9.1f}")
+    run_x = rows["wav16k_30min"]["x_real_time"]
+    print(f"naive baseline (language model only, {naive_audio / 60:.1f} min timed): "
+          f"{naive_x:.0f}x real time; run/naive speed-up: {run_x / naive_x:.1f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "naive_x_real_time": naive_x}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -163,8 +163,16 @@ def folder_hash(folder: str | Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+#: Environment variable naming a folder of model folders to use instead of
+#: the bundled ones (a site-wide model set; the tests point it at their own).
+MODELS_ENV = "ANNOTATE_MODELS"
+
+
 def bundled_models_dir() -> Path:
-    """The folder of the models shipped in the package."""
+    """The folder of default models: ``$ANNOTATE_MODELS``, else the package's."""
+    import os
+
     from annotate.resources import resource_dir
 
-    return resource_dir("models")
+    override = os.environ.get(MODELS_ENV)
+    return Path(override) if override else resource_dir("models")

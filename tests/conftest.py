@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,10 @@ import soundfile as sf
 from annotate.testing import create_model_folder, speech_like, tone
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests choose their models explicitly: hide the bundled ones (subprocesses
+# inherit this). test_bundled_models.py checks the bundled models themselves.
+BUNDLED_MODELS_HIDDEN = tempfile.mkdtemp(prefix="annotate-no-bundled-models-")
+os.environ["ANNOTATE_MODELS"] = BUNDLED_MODELS_HIDDEN
 
 LANGUAGES = ["en", "de", "fr", "it"]
 EMODB_LABELS = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]

@@ -1,0 +1,55 @@
+"""The models shipped in the package: found from anywhere, complete, and applied by default."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from annotate.model_folder import read_model_folder
+from annotate.resources import resource_dir
+from annotate.testing import speech_like
+from conftest import write_audio
+
+SHIPPED = {"language", "emotion-de", "emotion-en", "emotion-it", "emotion-multi"}
+
+
+def bundled_env() -> dict:
+    env = dict(os.environ)
+    env.pop("ANNOTATE_MODELS", None)
+    return env
+
+
+def test_every_bundled_model_folder_is_complete_and_small():
+    folder = resource_dir("models")
+    found = {p.name for p in folder.iterdir() if (p / "model.json").is_file()}
+    assert found == SHIPPED
+    for name in found:
+        spec = read_model_folder(folder / name)
+        size = sum(f.stat().st_size for f in (folder / name).iterdir())
+        assert size < 5 * 2**20, (name, size)
+        assert spec.metrics and spec.training and spec.temperature > 0
+        card = (folder / name / "MODEL_CARD.md").read_text()
+        assert "Licences" in card or "licence" in card.lower()
+    language = read_model_folder(folder / "language")
+    assert set(language.labels) == {"en", "de", "fr", "it"}
+
+
+def test_bundled_models_are_used_by_default_from_any_directory(tmp_path):
+    write_audio(tmp_path / "c" / "a.wav", speech_like(3.0, seed=3), 16000)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "annotate", "run", str(tmp_path / "c"), "-o", "out.parquet",
+         "--languages", "de", "-j", "1"],
+        cwd=elsewhere, env=bundled_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    frame = pd.read_parquet(elsewhere / "out.parquet")
+    assert set(frame.loc[frame["speech"], "emotion_model"]) == {"emotion-de"}
+    metadata = json.loads(pq.read_schema(elsewhere / "out.parquet").metadata[b"annotate"])
+    names = {m["name"] for m in metadata["models"]}
+    assert SHIPPED <= names

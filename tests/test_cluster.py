@@ -25,7 +25,7 @@ from conftest import write_audio
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory):
     """A two-process Dask cluster on loopback; its workers keep their models between tests."""
-    distributed = pytest.importorskip("distributed", reason="needs annotate[distributed]")
+    import distributed  # a test dependency (the test extra includes annotate[distributed])
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address=":0", local_directory=str(tmp_path_factory.mktemp("dask")),
@@ -147,7 +147,7 @@ def test_the_command_line_does_not_import_dask():
 
 def test_the_output_can_live_on_an_object_store(tmp_path, model_args):
     """An fsspec URL as output: parts and tables are single puts (in-memory store, threads)."""
-    distributed = pytest.importorskip("distributed", reason="needs annotate[distributed]")
+    import distributed  # a test dependency (the test extra includes annotate[distributed])
     import fsspec
 
     corpus = tmp_path / "corpus"
@@ -173,7 +173,7 @@ def test_the_output_can_live_on_an_object_store(tmp_path, model_args):
 
 
 def test_an_unreachable_scheduler_is_a_usage_error(mixed_corpus, tmp_path, model_args):
-    dask = pytest.importorskip("dask", reason="needs annotate[distributed]")
+    import dask
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         with pytest.raises(UsageError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:1"):
             annotate.run([mixed_corpus], tmp_path / "o.parquet", cluster="tcp://127.0.0.1:1",

@@ -39,7 +39,7 @@ from annotate.errors import AnnotateError, ModelError, StateError, UsageError
 from annotate.featurize import SegmentSettings, featurize_chunk, plan_chunks
 from annotate.model_folder import folder_hash, read_model_folder
 from annotate.model_set import ModelSet
-from annotate.pipeline import Progress, RunResult
+from annotate.pipeline import Progress, RunResult, is_already_complete
 from annotate.schema import segments_schema
 from annotate.shard_store import (
     Shard,
@@ -275,12 +275,9 @@ def run_on_cluster(
 
     if fs.exists(path) and not fs.exists(path + ".partial"):
         previous = output_fingerprint(fs, path)
-        if previous == fingerprint and not overwrite:
+        if is_already_complete(url, previous, fingerprint, overwrite, progress):
             result.already_complete = True
-            progress.message(f"{url} is already complete with these settings; nothing to do")
             return result
-        if not overwrite:
-            raise UsageError(f"{url} exists (made with other settings); pass --overwrite")
 
     recordings, failures = discover(inputs)
     # Workers start elsewhere: give them paths that do not depend on this cwd.

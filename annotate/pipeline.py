@@ -143,12 +143,9 @@ def run(
 
     if output.exists() and not output.with_name(output.name + ".partial").exists():
         previous = _safe_metadata(output).get("fingerprint")
-        if previous == metadata["fingerprint"] and not overwrite:
+        if is_already_complete(output, previous, metadata["fingerprint"], overwrite, progress):
             result.already_complete = True
-            progress.message(f"{output} is already complete with these settings; nothing to do")
             return result
-        if not overwrite:
-            raise UsageError(f"{output} exists (made with other settings); pass --overwrite")
 
     recordings, failures = discover(inputs)
     result.recordings = len(recordings)
@@ -236,6 +233,24 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
             f"the run stopped: {type(error).__name__}: {error}. Finished recordings are kept; "
             "run the same command again to resume"
         ) from error
+
+
+def is_already_complete(output, previous: str | None, fingerprint: str, overwrite: bool,
+                        progress: Progress) -> bool:
+    """Decide what to do with a finished output found where a run would write.
+
+    Returns True when it was made with the same settings and models (nothing
+    to do); False when ``overwrite`` allows redoing it.
+
+    Raises:
+        UsageError: It was made with other settings and ``overwrite`` is off.
+    """
+    if previous == fingerprint and not overwrite:
+        progress.message(f"{output} is already complete with these settings; nothing to do")
+        return True
+    if not overwrite:
+        raise UsageError(f"{output} exists (made with other settings); pass --overwrite")
+    return False
 
 
 def _fingerprint(metadata: dict) -> str:

@@ -5,17 +5,27 @@ A model folder holds::
     model.json      task, labels, languages, feature settings, temperature,
                     training data and split, validation metrics
     model.keras     the Keras model; its output is logits, one per label
+    model.tflite    optional: the same network converted for LiteRT (float32),
+                    which runs it without TensorFlow
     MODEL_CARD.md   for people: data, licences, metrics, intended use, limits
+
+``model.json`` records the LiteRT export, when there is one, as
+``"litert": {"file": "model.tflite", "keras_sha256": "<hex>"}``: the SHA-256
+of the ``model.keras`` it was converted from. The export is current only
+while the weights still hash to it (:meth:`ModelSpec.litert_problem`), so a
+retrained or replaced ``model.keras`` is never shadowed by an old export.
 
 :func:`read_model_folder` checks that everything inference needs is there and
 consistent and names what is missing; :mod:`annotate.inference` loads the
-weights (safe mode) once a run needs them.
+network (LiteRT, or Keras in safe mode) once a run needs it, and
+:mod:`annotate.litert_export` writes the export.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +37,24 @@ FORMAT = "annotate-model/1"
 SPEC_FILE = "model.json"
 CARD_FILE = "MODEL_CARD.md"
 REQUIRED_KEYS = ("format", "name", "task", "labels", "languages", "weights", "features")
+LITERT_FILE = "model.tflite"
+
+
+@dataclass(frozen=True)
+class LiteRTExport:
+    """``model.json``'s record of the LiteRT export beside the Keras model.
+
+    Attributes:
+        file: The ``.tflite`` file inside the folder.
+        keras_sha256: SHA-256 (hex) of the Keras file it was converted from.
+    """
+
+    file: str
+    keras_sha256: str
+
+    def to_json(self) -> dict:
+        """The ``litert`` entry of ``model.json``."""
+        return {"file": self.file, "keras_sha256": self.keras_sha256}
 
 
 @dataclass(frozen=True)
@@ -44,6 +72,7 @@ class ModelSpec:
         temperature: Calibration temperature dividing the logits.
         training: Training data, split and settings (free form).
         metrics: Validation metrics (free form).
+        litert: The LiteRT export, if one was recorded (it may be stale).
     """
 
     folder: Path
@@ -56,10 +85,26 @@ class ModelSpec:
     temperature: float = 1.0
     training: dict = field(default_factory=dict, compare=False)
     metrics: dict = field(default_factory=dict, compare=False)
+    litert: LiteRTExport | None = None
 
     @property
     def weights_path(self) -> Path:
         return self.folder / self.weights
+
+    def litert_problem(self) -> str | None:
+        """Why the folder's LiteRT export cannot stand in for its Keras model, or None.
+
+        It can while ``model.json`` records it, its file exists and the Keras
+        file still hashes to the recorded ``keras_sha256``.
+        """
+        if self.litert is None:
+            return f"{SPEC_FILE} records no LiteRT export"
+        if not (self.folder / self.litert.file).is_file():
+            return f"{self.litert.file} is missing"
+        if file_sha256(self.weights_path) != self.litert.keras_sha256:
+            return (f"{self.litert.file} was converted from another {self.weights} "
+                    "(the weights changed since the export)")
+        return None
 
     def to_json(self) -> dict:
         return {
@@ -73,6 +118,7 @@ class ModelSpec:
             "temperature": self.temperature,
             "training": self.training,
             "metrics": self.metrics,
+            **({"litert": self.litert.to_json()} if self.litert else {}),
         }
 
 
@@ -129,6 +175,7 @@ def read_model_folder(folder: str | Path) -> ModelSpec:
         raise ModelError(f"model folder {folder} lacks its weights file {weights}")
     if not (folder / CARD_FILE).is_file():
         raise ModelError(f"model folder {folder} lacks {CARD_FILE}")
+    litert = _read_litert(raw.get("litert"), spec_path)
     return ModelSpec(
         folder=folder,
         name=str(raw["name"]),
@@ -140,7 +187,21 @@ def read_model_folder(folder: str | Path) -> ModelSpec:
         temperature=temperature,
         training=dict(raw.get("training") or {}),
         metrics=dict(raw.get("metrics") or {}),
+        litert=litert,
     )
+
+
+def _read_litert(raw, spec_path: Path) -> LiteRTExport | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not {"file", "keras_sha256"} <= set(raw):
+        raise ModelError(f"{spec_path}: litert must be an object with file and keras_sha256")
+    name, digest = raw["file"], raw["keras_sha256"]
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".tflite"):
+        raise ModelError(f"{spec_path}: litert.file must name a .tflite file inside the folder")
+    if not isinstance(digest, str) or not re.fullmatch("[0-9a-f]{64}", digest):
+        raise ModelError(f"{spec_path}: litert.keras_sha256 must be 64 lowercase hex digits")
+    return LiteRTExport(name, digest)
 
 
 def write_model_folder(spec: ModelSpec, card: str) -> None:
@@ -148,6 +209,15 @@ def write_model_folder(spec: ModelSpec, card: str) -> None:
     spec.folder.mkdir(parents=True, exist_ok=True)
     (spec.folder / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
     (spec.folder / CARD_FILE).write_text(card)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's contents, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def folder_hash(folder: str | Path) -> str:

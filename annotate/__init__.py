@@ -5,7 +5,8 @@ The pipeline, in the order data flows through it::
     discover -> decode -> segment -> features -> inference -> rows -> store
 
 ``annotate.run`` is the whole pipeline as one Python function; the ``annotate``
-command line calls it. TensorFlow is imported only when a model is loaded.
+command line calls it. TensorFlow is imported only to train or export a model,
+or to run one that has no current LiteRT export.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Tiny models and signals for tests and examples (no real weights needed).
 
 ``create_model_folder`` writes a complete model folder in the real format
-with a small untrained (seeded) Keras network, so the pipeline, resume and
-failure tests run in seconds.
+with a small untrained (seeded) Keras network and its LiteRT export, so the
+pipeline, resume and failure tests run in seconds.
 """
 
 from __future__ import annotations
@@ -27,12 +27,25 @@ def create_model_folder(
     name: str | None = None,
     seed: int = 0,
     temperature: float = 1.0,
+    litert: bool = True,
 ) -> ModelSpec:
     """Write a model folder holding a tiny randomly initialised CNN.
 
     The network is deterministic for a given seed and its logits depend on the
     input (a conv layer, pooling and a dense layer), so different signals get
     different, stable probabilities.
+
+    Args:
+        folder: Where to write it.
+        task: ``language``, ``emotion`` or ``attitude``.
+        labels: Output labels.
+        languages: The model's ``languages``.
+        features: Feature settings (small by default).
+        name: The model's name (default: the folder's name).
+        seed: Initialises the weights.
+        temperature: Calibration temperature.
+        litert: Also export ``model.tflite``, as ``annotate train`` does, so
+            that runs use LiteRT (False: a folder only Keras can run).
     """
     from annotate.inference import tensorflow
 
@@ -52,8 +65,14 @@ def create_model_folder(
         training={"data": "none: untrained test model", "seed": seed},
         metrics={},
     )
-    write_model_folder(spec, f"# {spec.name}\n\nAn untrained model for tests. Do not use.\n")
+    card = f"# {spec.name}\n\nAn untrained model for tests. Do not use.\n"
+    write_model_folder(spec, card)
     model.save(spec.weights_path)
+    if litert:
+        from annotate.litert_export import convert_to_litert
+
+        spec = convert_to_litert(spec)
+        write_model_folder(spec, card)
     return spec
 
 

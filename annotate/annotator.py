@@ -8,6 +8,7 @@ it picks the emotion model for every segment of that recording.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -65,10 +66,15 @@ class Annotator:
         languages: Candidate languages (a subset of the language model's
             labels); probabilities are renormalised over them. One language
             means the language is known.
+        backends: The backend of each model of ``models.specs`` (default:
+            :meth:`ModelSet.choose_backends` under ``$ANNOTATE_BACKEND``).
     """
 
-    def __init__(self, models: ModelSet, languages: tuple[str, ...] | None = None) -> None:
+    def __init__(self, models: ModelSet, languages: tuple[str, ...] | None = None,
+                 backends: Sequence[str] | None = None) -> None:
         self.models = models
+        self.backends = tuple(backends) if backends else models.choose_backends()
+        self._backend_of = {id(s): b for s, b in zip(models.specs, self.backends, strict=True)}
         self.all_languages = models.language.labels
         self.languages = tuple(languages) if languages else self.all_languages
         self.candidates = np.array([code in self.languages for code in self.all_languages])
@@ -77,7 +83,7 @@ class Annotator:
 
     def classifier(self, spec) -> Classifier:
         if id(spec) not in self._classifiers:
-            self._classifiers[id(spec)] = Classifier(spec).load()
+            self._classifiers[id(spec)] = Classifier(spec, self._backend_of[id(spec)]).load()
         return self._classifiers[id(spec)]
 
     def load(self) -> Annotator:

@@ -67,6 +67,10 @@ def run(
     cluster: Annotated[Optional[str], typer.Option(
         help="Run on a Dask cluster: its scheduler's address (tcp://HOST:8786); see docs/cluster.md.")] = None,
     shard_size: Annotated[int, typer.Option(help="Recordings per task on the cluster (with --cluster).")] = 32,
+    backend: Annotated[Optional[str], typer.Option(
+        help="How the models run: auto (LiteRT where the model folder has a current export, "
+             "else Keras), litert or keras [default: $ANNOTATE_BACKEND, else auto].",
+        show_default=False)] = None,
 ) -> None:
     """Annotate every recording, segment by segment, into a Parquet table.
 
@@ -84,6 +88,7 @@ def run(
             languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None,
             window_s=window, hop_s=hop, jobs=jobs, batch_size=batch_size,
             overwrite=overwrite, progress=progress, cluster=cluster, shard_size=shard_size,
+            backend=backend,
         )
     except AnnotateError as error:
         progress.stop()

@@ -80,17 +80,21 @@ class ModelPayload:
         hashes: The content hash of each distinct model, in the order of
             :attr:`ModelSet.specs` (the language model first).
         emotion: ``(language, index into hashes)`` for each emotion route.
+        backends: The backend the driver chose for each model (workers use
+            the same, whatever their environment).
     """
 
     files: dict[str, dict[str, bytes]]
     hashes: tuple[str, ...]
     emotion: tuple[tuple[str, int], ...]
+    backends: tuple[str, ...]
 
     @classmethod
     def from_models(cls, models: ModelSet, described: list[dict]) -> ModelPayload:
-        """Read the folders of ``models``; ``described`` is ``models.describe()``."""
+        """Read the folders of ``models``; ``described`` is ``models.describe(backends)``."""
         specs = models.specs
         hashes = tuple(entry["hash"] for entry in described)
+        backends = tuple(entry["backend"] for entry in described)
         files = {}
         for spec, digest in zip(specs, hashes, strict=True):
             folder = Path(spec.folder)
@@ -98,12 +102,12 @@ class ModelPayload:
                              for p in sorted(folder.rglob("*")) if p.is_file()}
         index = {id(spec): i for i, spec in enumerate(specs)}
         emotion = tuple((code, index[id(spec)]) for code, spec in models.emotion.items())
-        return cls(files, hashes, emotion)
+        return cls(files, hashes, emotion, backends)
 
     @property
     def key(self) -> tuple:
-        """Identifies the models and their routes (not the bytes, which the hashes name)."""
-        return self.hashes, self.emotion
+        """Identifies the models, routes and backends (not the bytes, which the hashes name)."""
+        return self.hashes, self.emotion, self.backends
 
     def materialise(self, root: Path) -> ModelSet:
         """Write each folder once under ``root/<hex>`` and read the model set back.
@@ -149,7 +153,8 @@ def worker_annotator(models: ModelPayload, languages: tuple[str, ...] | None) ->
         if key not in _annotators:
             root = _worker_directory() / "annotate-models"
             root.mkdir(parents=True, exist_ok=True)
-            _annotators[key] = Annotator(models.materialise(root), languages).load()
+            _annotators[key] = Annotator(models.materialise(root), languages,
+                                         models.backends).load()
         return _annotators[key]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from annotate.errors import ModelError, UsageError
 from annotate.features import FeatureParams
@@ -90,8 +91,27 @@ class ModelSet:
         """The distinct feature settings the models need (usually one)."""
         return tuple(dict.fromkeys(spec.features for spec in self.specs))
 
-    def describe(self) -> list[dict]:
-        """Name, task, languages, folder and content hash of each model."""
+    def choose_backends(self, requested: str | None = None) -> tuple[str, ...]:
+        """The backend running each model of :attr:`specs`, ``"litert"`` or ``"keras"``.
+
+        Args:
+            requested: ``"auto"``, ``"litert"`` or ``"keras"``; None reads
+                ``$ANNOTATE_BACKEND`` (see :func:`annotate.inference.choose_backend`).
+
+        Raises:
+            UsageError: ``requested`` is not a backend.
+            ModelError: LiteRT was asked for but cannot run a model.
+        """
+        from annotate.inference import choose_backend
+
+        return tuple(choose_backend(spec, requested) for spec in self.specs)
+
+    def describe(self, backends: Sequence[str]) -> list[dict]:
+        """Name, task, languages, folder, content hash and backend of each model.
+
+        Args:
+            backends: The backend of each model of :attr:`specs` (:meth:`choose_backends`).
+        """
         routes = {id(s): sorted(k for k, v in self.emotion.items() if v is s) for s in self.specs}
         return [
             {
@@ -101,8 +121,9 @@ class ModelSet:
                 "routed_for": routes[id(spec)] if spec.task == "emotion" else None,
                 "folder": str(spec.folder),
                 "hash": folder_hash(spec.folder),
+                "backend": backend,
             }
-            for spec in self.specs
+            for spec, backend in zip(self.specs, backends, strict=True)
         ]
 
 

@@ -75,6 +75,7 @@ def run(
     progress: Progress | None = None,
     cluster: str | None = None,
     shard_size: int = 32,
+    backend: str | None = None,
 ) -> RunResult:
     """Annotate recordings segment by segment and write the Parquet tables.
 
@@ -97,6 +98,10 @@ def run(
             workers instead (:mod:`annotate.cluster`; ``jobs`` is then unused
             and ``output`` may be an fsspec URL such as ``s3://bucket/out.parquet``).
         shard_size: Recordings per cluster task.
+        backend: How the models run: ``"auto"`` (LiteRT for each model whose
+            folder has a current export, else Keras), ``"litert"`` or
+            ``"keras"``; default ``$ANNOTATE_BACKEND``, else ``auto``. The
+            backend of each model is in the output's metadata and fingerprint.
 
     Returns:
         What was done; failures are also in the failures table.
@@ -124,7 +129,8 @@ def run(
     settings = SegmentSettings(
         window_s=window_s, hop_s=hop_s, sampling_rate=models.feature_params[0].sampling_rate
     )
-    described = models.describe()
+    backends = models.choose_backends(backend)
+    described = models.describe(backends)
     metadata = {
         "version": __version__,
         "schema_version": load_schema("segments")["version"],
@@ -149,7 +155,7 @@ def run(
 
     recordings, failures = discover(inputs)
     result.recordings = len(recordings)
-    annotator = Annotator(models, languages)
+    annotator = Annotator(models, languages, backends)
     with PartialStore(output, metadata["fingerprint"], overwrite) as store:
         for name in store.discarded_parts:
             progress.message(f"discarded unreadable part {name}; its recordings are redone")
@@ -205,8 +211,8 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
                         batch_size=1)
     try:
         results = parallel(tasks())
-        # TensorFlow takes seconds to import: load the models while the
-        # workers already decode.
+        # A Keras model takes seconds to load (TensorFlow's import): load the
+        # models while the workers already decode.
         annotator.load()
         for chunk_result in results:
             drain_planning_failures()
@@ -259,6 +265,8 @@ def _fingerprint(metadata: dict) -> str:
         "settings": metadata["settings"],
         "models": [m["hash"] for m in metadata["models"]],
         "routes": [m["routed_for"] for m in metadata["models"]],
+        # LiteRT and Keras agree to about 1e-6, not to the bit.
+        "backends": [m["backend"] for m in metadata["models"]],
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 

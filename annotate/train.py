@@ -342,6 +342,9 @@ def fit_model_folder(
     model.save(folder / "model.keras")
     spec = ModelSpec(folder=folder, name=name, task=task, labels=tuple(labels),
                      languages=tuple(languages), weights="model.keras", features=features)
+    from annotate.litert_export import convert_to_litert
+
+    spec = convert_to_litert(spec, required=False)  # model.tflite for `annotate run`
     # The saved model, loaded as `annotate run` loads it, gives the validation outputs.
     logits = Classifier(spec).load().logits(val_features)
     temperature = fit_temperature(logits, val_true[owner])

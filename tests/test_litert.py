@@ -320,3 +320,24 @@ def test_a_corrupt_export_is_refused(tmp_path, models):
     (folder / "model.tflite").write_bytes(b"junk" * 100)
     with pytest.raises(ModelError, match="cannot load .*model.tflite"):
         Classifier(read_model_folder(folder)).load()
+
+
+def test_annotate_train_exports_and_measures_what_annotate_run_will_use(tmp_path, monkeypatch):
+    """The trained folder has a current export, and its card's metrics came from LiteRT."""
+    from annotate.corpora import read_corpus
+    from annotate.inference import LiteRTNetwork
+    from annotate.testing import make_toy_emodb
+    from annotate.train import train
+
+    calls = []
+    outputs = LiteRTNetwork.outputs
+    monkeypatch.setattr(LiteRTNetwork, "outputs",
+                        lambda self, arrays: calls.append(len(arrays)) or outputs(self, arrays))
+    corpus = read_corpus("emodb", make_toy_emodb(tmp_path / "emodb", per_emotion=2))
+    spec = train("emotion", [corpus], tmp_path / "emo", epochs=1, batch_size=8,
+                 features=TEST_FEATURES, network={"filters": [4, 8, 8, 8]}, jobs=1, seed=3)
+    written = read_model_folder(spec.folder)
+    assert written.litert is not None and written.litert_problem() is None
+    assert Classifier(written).backend == "litert"
+    assert calls  # the validation logits behind the metrics
+    assert written.metrics["per_segment"]["n"] > 0

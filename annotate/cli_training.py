@@ -106,7 +106,9 @@ def train(
         help="What the model labels: language, emotion or attitude.", show_default=False)],
     corpus: CorpusOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="The model folder to write.")],
-    architecture: Annotated[str, typer.Option(help="Network: cnn or crnn.")] = "cnn",
+    architecture: Annotated[str, typer.Option(
+        help="Network: cnn, crnn, stats (utterance statistics, linear) or cnn_stats "
+        "(the CNN with a statistics branch).")] = "cnn",
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 30,
     batch_size: Annotated[int, typer.Option(help="Crops per gradient step.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
@@ -127,6 +129,11 @@ def train(
     jobs: Annotated[Optional[int], typer.Option(
         "--jobs", "-j", help="Worker processes for decoding and features [default: all cores].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    init_from: Annotated[Optional[Path], typer.Option(
+        help="A model folder whose matching layers start the network (transfer learning, "
+        "e.g. from a model trained on more corpora).")] = None,
+    freeze_initialised: Annotated[bool, typer.Option(
+        help="With --init-from: keep the copied layers fixed, train only the rest.")] = False,
 ) -> None:
     """Train a language, emotion or attitude model folder on labelled corpora."""
     try:
@@ -144,7 +151,7 @@ def train(
             augment=not no_augment, features=FeatureParams(segment_s=segment_s),
             languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None,
             progress=_say, max_files_per_corpus=max_files_per_corpus, jobs=jobs,
-            overwrite=overwrite,
+            overwrite=overwrite, init_from=init_from, freeze_initialised=freeze_initialised,
         )
     except AnnotateError as error:
         raise _fail(error) from None

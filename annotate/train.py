@@ -26,14 +26,14 @@ import numpy as np
 
 from annotate.augment import AugmentSettings
 from annotate.corpora.base import Corpus
-from annotate.errors import InputError, UsageError, expected_one_of
+from annotate.errors import InputError, ModelError, UsageError, expected_one_of
 from annotate.evaluate import (
     classification_metrics,
     recording_probabilities,
     unweighted_average_recall,
 )
 from annotate.features import FeatureParams
-from annotate.model_folder import ModelSpec, write_model_folder
+from annotate.model_folder import ModelSpec, folder_hash, read_model_folder, write_model_folder
 from annotate.networks import ARCHITECTURES, network_options
 from annotate.training_data import (
     Crops,
@@ -153,6 +153,8 @@ def train(
     jobs: int | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    init_from: str | Path | None = None,
+    freeze_initialised: bool = False,
 ) -> ModelSpec:
     """Train a model on labelled corpora and write its model folder.
 
@@ -180,6 +182,14 @@ def train(
         jobs: Worker processes for decoding and features (default: all cores).
         name: The model's name (default: the folder's name).
         overwrite: Replace an existing ``output_dir``.
+        init_from: A model folder whose weights start the network (transfer
+            learning): every layer with the same name and weight shapes is
+            copied, the output layer never. The folder's name and hash are
+            recorded in the card. LOSO retraining (``annotate evaluate``)
+            starts from scratch, since the donor may have heard the speaker.
+        freeze_initialised: Keep the copied layers fixed and train only the
+            rest (with the CNN: the output layer, a linear probe of the
+            donor's features): for corpora with very few speakers.
 
     Returns:
         The written model's spec (also readable with ``read_model_folder``).
@@ -201,6 +211,7 @@ def train(
     if languages:
         check_languages(languages)
     check_output_dir(output_dir, overwrite)
+    donor = read_model_folder(init_from) if init_from is not None else None
     items = collect_items(corpora, task, max_files_per_corpus, seed)
     split = split_by_speaker(items, validation_fraction, seed)
     described = split.describe()
@@ -223,6 +234,10 @@ def train(
         "split": {**described, "seed": seed, "validation_fraction": validation_fraction},
         "hyperparameters": hyper.to_dict(),
         "max_files_per_corpus": max_files_per_corpus,
+        "initialised_from": None if donor is None else {
+            "name": donor.name, "folder": str(donor.folder), "hash": folder_hash(donor.folder),
+            "frozen": freeze_initialised,
+        },
         "failed_files": [
             {"path": f.path, "error": f.error, "message": f.message}
             for f in [*crop_failures, *val_failures]
@@ -238,6 +253,7 @@ def train(
             languages=model_languages(task, labels, items, languages),
             crops=crops, validation=validation, hyper=hyper, features=features,
             training=training, name=name or output_dir.name, progress=report, jobs=jobs,
+            donor=donor, freeze_initialised=freeze_initialised,
         )
         spec.training["seconds"] = round(time.monotonic() - started, 1)
         write_model_folder(spec, model_card(spec))
@@ -305,6 +321,8 @@ def fit_model_folder(
     name: str,
     progress: Report | None = None,
     jobs: int | None = None,
+    donor: ModelSpec | None = None,
+    freeze_initialised: bool = False,
 ) -> ModelSpec:
     """Fit a network on loaded data, calibrate and measure it, write its folder.
 
@@ -322,6 +340,8 @@ def fit_model_folder(
         name: The model's name.
         progress: Receives one line per epoch.
         jobs: Worker processes for the augmentation.
+        donor: A model whose matching layers initialise the network.
+        freeze_initialised: Do not train the layers copied from ``donor``.
 
     Returns:
         The spec written to ``folder``.
@@ -337,7 +357,7 @@ def fit_model_folder(
     index = {label: i for i, label in enumerate(labels)}
     val_true = validation.meta["label"].map(index).to_numpy(np.int64)
     model, fit = _fit_network(crops, val_features, val_true[owner], labels, hyper, features,
-                              report, jobs)
+                              report, jobs, donor, freeze_initialised)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
     spec = ModelSpec(folder=folder, name=name, task=task, labels=tuple(labels),
@@ -383,6 +403,7 @@ def fit_model_folder(
                            "the training crops",
         "epochs_run": fit["epochs_run"],
         "best_epoch": fit["best_epoch"],
+        **({"layers_initialised": fit["layers_initialised"]} if donor is not None else {}),
         "history": fit["history"],
         "parameters": int(model.count_params()),
         "software": _versions(),
@@ -392,7 +413,8 @@ def fit_model_folder(
     return spec
 
 
-def _fit_network(crops, val_features, val_true, labels, hyper, features, report, jobs):
+def _fit_network(crops, val_features, val_true, labels, hyper, features, report, jobs,
+                 donor=None, freeze=False):
     """Fit a fresh network; return it (best validation-loss weights) and the history."""
     from annotate.inference import tensorflow
 
@@ -401,7 +423,7 @@ def _fit_network(crops, val_features, val_true, labels, hyper, features, report,
     keras.utils.set_random_seed(hyper.seed)
     with _deterministic_ops(tf):
         return _fit_seeded(tf, crops, val_features, val_true, labels, hyper, features,
-                           report, jobs)
+                           report, jobs, donor, freeze)
 
 
 @contextlib.contextmanager
@@ -424,11 +446,19 @@ def _deterministic_ops(tf):
             tf_config.disable_op_determinism()
 
 
-def _fit_seeded(tf, crops, val_features, val_true, labels, hyper, features, report, jobs):
+def _fit_seeded(tf, crops, val_features, val_true, labels, hyper, features, report, jobs,
+                donor=None, freeze=False):
     from annotate.networks import build_network
 
     keras = tf.keras
     model = build_network(hyper.architecture, features, len(labels), hyper.network)
+    copied = copy_matching_layers(model, donor) if donor is not None else []
+    if donor is not None:
+        report(f"initialised {len(copied)} layers from {donor.name}: {', '.join(copied)}"
+               + (" (kept fixed)" if freeze else ""))
+        for layer in model.layers:
+            if layer.name in copied and freeze:
+                layer.trainable = False
     model.compile(
         optimizer=keras.optimizers.Adam(hyper.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -458,7 +488,38 @@ def _fit_seeded(tf, crops, val_features, val_true, labels, hyper, features, repo
         "epochs_run": len(monitor.history["loss"]),
         "best_epoch": monitor.best_epoch + 1,
         "history": monitor.history,
+        "layers_initialised": copied,
     }
+
+
+def copy_matching_layers(model, donor: ModelSpec) -> list[str]:
+    """Copy into ``model`` the weights of the donor's layers with the same name and shapes.
+
+    The output layer (``logits``) is never copied: the labels differ.
+
+    Raises:
+        ModelError: The donor's features differ (its filters would not fit),
+            or no layer matches.
+    """
+    from annotate.inference import Classifier
+
+    if donor.features.n_mels != model.input_shape[-1]:
+        raise ModelError(f"{donor.folder}: its features ({donor.features.n_mels} mel bands) do "
+                         f"not match this model's ({model.input_shape[-1]})")
+    source = {layer.name: layer for layer in Classifier(donor).keras_model.layers}
+    copied = []
+    for layer in model.layers:
+        theirs = source.get(layer.name)
+        if layer.name == "logits" or theirs is None or not layer.weights:
+            continue
+        weights = theirs.get_weights()
+        if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
+            continue
+        layer.set_weights(weights)
+        copied.append(layer.name)
+    if not copied:
+        raise ModelError(f"{donor.folder}: no layer matches this network by name and shape")
+    return copied
 
 
 def _epoch_monitor(tf, val_features, val_true, labels, hyper, report):

@@ -10,6 +10,7 @@ that a tiny network can learn them in a few epochs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -159,19 +160,58 @@ def test_networks_output_logits_and_load_in_safe_mode(architecture, tmp_path):
     assert np.allclose(loaded(x, training=False), model(x, training=False), atol=1e-5)
 
 
+def test_statistics_networks_output_logits_and_load_in_safe_mode(tmp_path):
+    from annotate.inference import tensorflow
+    from annotate.networks import build_network
+
+    keras = tensorflow().keras
+    x = np.random.default_rng(0).standard_normal((3, TEST_FEATURES.n_frames, TEST_FEATURES.n_mels))
+    x = x.astype(np.float32)
+    for architecture, options in (("stats", {}), ("cnn_stats", {"filters": [4, 8]}),
+                                  ("cnn", {"filters": [4, 8], "input_pool": [2, 2]})):
+        model = build_network(architecture, TEST_FEATURES, 5, options)
+        assert model.output_shape == (None, 5)
+        model.save(tmp_path / f"{architecture}.keras")
+        loaded = keras.models.load_model(tmp_path / f"{architecture}.keras", compile=False,
+                                         safe_mode=True)
+        assert np.allclose(loaded(x, training=False), model(x, training=False), atol=1e-5)
+
+
+def test_statistics_branch_computes_the_documented_functionals():
+    import scipy.fft
+
+    from annotate.inference import tensorflow
+    from annotate.networks import build_network
+
+    keras = tensorflow().keras
+    model = build_network("stats", TEST_FEATURES, 3, {"n_cepstra": 6})
+    statistics = keras.Model(model.input, model.get_layer("statistics").output)
+    x = np.random.default_rng(1).standard_normal((2, TEST_FEATURES.n_frames, TEST_FEATURES.n_mels))
+    x = x.astype(np.float32)
+    got = statistics(x, training=False).numpy()
+    expected = []
+    for segment in x:
+        streams = (segment, scipy.fft.dct(segment, type=2, norm="ortho", axis=1)[:, :6],
+                   np.diff(segment, axis=0))
+        expected.append(np.concatenate([
+            f for a in streams for f in (a.mean(0), (a**2).mean(0), a.max(0), -a.min(0))
+        ]))
+    assert np.allclose(got, np.array(expected), atol=1e-4)
+
+
 def test_default_networks_are_small():
     from annotate.features import FeatureParams
     from annotate.networks import build_network
 
-    for architecture in ("cnn", "crnn"):
+    for architecture in ("cnn", "crnn", "stats", "cnn_stats"):
         params = build_network(architecture, FeatureParams(), 7).count_params()
-        assert 20_000 < params < 350_000  # < 1.5 MB saved in float32
+        assert 2_000 < params < 350_000  # < 1.5 MB saved in float32
 
 
 def test_unknown_architecture_or_option_lists_the_valid_ones():
     from annotate.networks import network_options
 
-    with pytest.raises(UsageError, match=r"expected one of \[cnn, crnn\]"):
+    with pytest.raises(UsageError, match=r"expected one of \[cnn, cnn_stats, crnn, stats\]"):
         network_options("transformer")
     with pytest.raises(UsageError, match="dropout"):
         network_options("cnn", {"dropuot": 0.1})
@@ -327,10 +367,51 @@ def test_cross_lingual_languages_and_bad_arguments(corpus, trained, tmp_path):
     spec, _ = trained
     with pytest.raises(UsageError, match="--overwrite"):
         train("emotion", [corpus], spec.folder, **TRAIN_ARGS)
-    with pytest.raises(UsageError, match=r"expected one of \[cnn, crnn\]"):
+    with pytest.raises(UsageError, match=r"expected one of \[cnn, cnn_stats, crnn, stats\]"):
         train("emotion", [corpus], tmp_path / "x", architecture="resnet")
     with pytest.raises(UsageError, match="epochs must be at least 1"):
         train("emotion", [corpus], tmp_path / "x", epochs=0)
+
+
+def test_fine_tuning_starts_from_the_donor_and_records_it(corpus, trained, tmp_path):
+    from annotate.inference import tensorflow
+    from annotate.model_folder import folder_hash
+    from annotate.train import train
+
+    keras = tensorflow().keras
+    donor, _ = trained
+    lines = []
+    args = {**TRAIN_ARGS, "epochs": 2}
+    tuned = train("emotion", [corpus], tmp_path / "tuned", init_from=donor.folder,
+                  freeze_initialised=True, progress=lines.append, **args)
+    record = tuned.training["initialised_from"]
+    assert record["name"] == donor.name and record["hash"] == folder_hash(donor.folder)
+    assert record["frozen"] is True
+    copied = tuned.training["layers_initialised"]
+    assert "b0_conv" in copied and "logits" not in copied
+    assert any(line.startswith("initialised ") and "(kept fixed)" in line for line in lines)
+    theirs = keras.models.load_model(donor.weights_path, compile=False)
+    ours = keras.models.load_model(tuned.weights_path, compile=False)
+    for name in copied:  # frozen: still the donor's weights after training
+        for a, b in zip(theirs.get_layer(name).get_weights(), ours.get_layer(name).get_weights()):
+            assert np.array_equal(a, b)
+    assert not np.array_equal(theirs.get_layer("logits").get_weights()[0],
+                              ours.get_layer("logits").get_weights()[0])
+    scratch = train("emotion", [corpus], tmp_path / "scratch", **args)
+    assert scratch.training["initialised_from"] is None
+
+
+def test_fine_tuning_refuses_a_donor_that_does_not_fit(corpus, trained, tmp_path):
+    from annotate.errors import ModelError
+    from annotate.train import train
+
+    donor, _ = trained
+    with pytest.raises(ModelError, match="mel bands"):
+        train("emotion", [corpus], tmp_path / "x", init_from=donor.folder,
+              **{**TRAIN_ARGS, "features": dataclasses.replace(TEST_FEATURES, n_mels=12)})
+    with pytest.raises(ModelError, match="no layer matches"):
+        train("emotion", [corpus], tmp_path / "y", init_from=donor.folder,
+              **{**TRAIN_ARGS, "architecture": "stats", "network": {}})
 
 
 def test_worker_and_command_modules_do_not_import_tensorflow():

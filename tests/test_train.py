@@ -393,7 +393,9 @@ def test_fine_tuning_starts_from_the_donor_and_records_it(corpus, trained, tmp_p
     theirs = keras.models.load_model(donor.weights_path, compile=False)
     ours = keras.models.load_model(tuned.weights_path, compile=False)
     for name in copied:  # frozen: still the donor's weights after training
-        for a, b in zip(theirs.get_layer(name).get_weights(), ours.get_layer(name).get_weights()):
+        pairs = zip(theirs.get_layer(name).get_weights(), ours.get_layer(name).get_weights(),
+                    strict=True)
+        for a, b in pairs:
             assert np.array_equal(a, b)
     assert not np.array_equal(theirs.get_layer("logits").get_weights()[0],
                               ours.get_layer("logits").get_weights()[0])

@@ -2,10 +2,11 @@
 
 corpora -> recordings for the task -> speaker-independent split -> speech
 crops (training) and whole recordings cut as ``annotate run`` cuts them
-(validation) -> network fitted with class-balanced loss, fresh augmentation
-every epoch and early stopping on validation loss -> temperature fitted on
-validation logits -> validation metrics per recording and per segment ->
-``model.keras`` + ``model.json`` + ``MODEL_CARD.md``.
+(validation) -> network (fresh, or started from a donor model's layers)
+fitted with class-balanced loss, fresh augmentation every epoch and early
+stopping on validation loss -> ``model.keras`` and its LiteRT export
+``model.tflite`` -> temperature fitted on validation logits -> validation
+metrics per recording and per segment -> ``model.json`` + ``MODEL_CARD.md``.
 
 TensorFlow is imported inside the functions that need it.
 """

@@ -72,16 +72,46 @@ class FeatureParams:
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(params: FeatureParams) -> np.ndarray:
-    import librosa
+    """Slaney-style mel filterbank, area-normalised: ``librosa.filters.mel``'s default.
 
-    basis = librosa.filters.mel(
-        sr=params.sampling_rate,
-        n_fft=params.n_fft,
-        n_mels=params.n_mels,
-        fmin=params.fmin_hz,
-        fmax=params.fmax_hz,
-    )
-    return basis.astype(np.float32)
+    Written out here (and tested equal to librosa's) because importing
+    ``librosa.filters`` costs every feature worker 1-4 s at start-up.
+
+    Returns:
+        np.ndarray [shape=(n_mels, 1 + n_fft // 2), dtype=float32].
+    """
+    freqs = np.fft.rfftfreq(params.n_fft, 1.0 / params.sampling_rate)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(params.fmin_hz), _hz_to_mel(params.fmax_hz),
+                                   params.n_mels + 2))
+    widths = np.diff(edges)
+    ramps = np.subtract.outer(edges, freqs)
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    # float32 before scaling, in librosa's order, so that the two are equal bit for bit.
+    weights = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights
+
+
+#: The Slaney mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above.
+_MEL_HZ_PER_MEL = 200.0 / 3
+_MEL_BREAK_HZ = 1000.0
+_MEL_LOG_STEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz):
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / _MEL_HZ_PER_MEL
+    log_part = np.log(np.maximum(hz, 1e-10) / _MEL_BREAK_HZ) / _MEL_LOG_STEP
+    above = _MEL_BREAK_HZ / _MEL_HZ_PER_MEL + log_part
+    return np.where(hz >= _MEL_BREAK_HZ, above, linear)
+
+
+def _mel_to_hz(mel):
+    mel = np.asarray(mel, dtype=np.float64)
+    break_mel = _MEL_BREAK_HZ / _MEL_HZ_PER_MEL
+    above = _MEL_BREAK_HZ * np.exp(_MEL_LOG_STEP * (mel - break_mel))
+    return np.where(mel >= break_mel, above, mel * _MEL_HZ_PER_MEL)
 
 
 @functools.lru_cache(maxsize=8)

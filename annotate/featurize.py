@@ -1,6 +1,6 @@
 """The worker's job: decode a span of a recording, cut it, detect speech, compute features.
 
-This runs in joblib worker processes and imports only numpy, librosa,
+This runs in joblib worker processes and imports only numpy, scipy,
 soundfile and soxr (never TensorFlow). Every failure comes back as data.
 """
 

@@ -137,6 +137,15 @@ def log_mel(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
         np.ndarray [shape=(frames, n_mels), dtype=float32]: natural log of
         mel power (floored at 1e-10), not yet normalised.
     """
+    return _mel_of_power(power_spectrum(samples, params), params)
+
+
+def power_spectrum(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Power of the centred STFT frames: the part of :func:`log_mel` before the mel bands.
+
+    Returns:
+        np.ndarray [shape=(frames, 1 + n_fft // 2), dtype=float32].
+    """
     samples = np.asarray(samples, dtype=np.float32)
     half = params.n_fft // 2
     if samples.size == 0:
@@ -148,7 +157,10 @@ def log_mel(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     frames = frames[:n_frames] * _window(params)
     # scipy's FFT keeps float32 and is 2-4x faster than numpy's here.
     spectrum = scipy.fft.rfft(frames, n=params.n_fft, axis=1)
-    power = spectrum.real**2 + spectrum.imag**2
+    return spectrum.real**2 + spectrum.imag**2
+
+
+def _mel_of_power(power: np.ndarray, params: FeatureParams) -> np.ndarray:
     mel = power @ _mel_basis(params).T
     return np.log(np.maximum(mel, 1e-10)).astype(np.float32)
 
@@ -199,3 +211,26 @@ def segment_features(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
         np.ndarray [shape=(params.n_frames, params.n_mels), dtype=float32].
     """
     return fit_frames(normalise(log_mel(samples, params), params), params.n_frames)
+
+
+def _stft_key(params: FeatureParams) -> tuple:
+    return (params.sampling_rate, params.n_fft, params.hop_length, params.win_length)
+
+
+def segment_features_each(
+    samples: np.ndarray, params: tuple[FeatureParams, ...]
+) -> list[np.ndarray]:
+    """:func:`segment_features` for several models' settings, one STFT per frame layout.
+
+    Models that differ only in their mel bands (a band-limited language
+    model beside full-band emotion models) share the costly part.
+    Each result equals ``segment_features(samples, p)`` exactly.
+    """
+    powers: dict[tuple, np.ndarray] = {}
+    out = []
+    for p in params:
+        key = _stft_key(p)
+        if key not in powers:
+            powers[key] = power_spectrum(samples, p)
+        out.append(fit_frames(normalise(_mel_of_power(powers[key], p), p), p.n_frames))
+    return out

@@ -14,7 +14,7 @@ import numpy as np
 from annotate.decode import AudioInfo, probe, read_span
 from annotate.discover import Failure, Recording
 from annotate.errors import InputError
-from annotate.features import FeatureParams, segment_features
+from annotate.features import FeatureParams, segment_features_each
 from annotate.segment import is_speech, segment_bounds
 
 
@@ -106,13 +106,14 @@ def featurize_chunk(
             speech[i] = is_speech(samples, settings.sampling_rate, settings.vad_threshold_dbfs)
             if speech[i]:
                 pieces.append(samples)
+        per_piece = [segment_features_each(s, params) for s in pieces]
         features = {
             p: (
-                np.stack([segment_features(s, p) for s in pieces])
+                np.stack([each[i] for each in per_piece])
                 if pieces
                 else np.zeros((0, p.n_frames, p.n_mels), np.float32)
             )
-            for p in params
+            for i, p in enumerate(params)
         }
     except InputError as error:
         return _failed(chunk, Failure(chunk.recording.key, error.kind, str(error)))

@@ -59,3 +59,21 @@ def test_feature_workers_do_not_import_librosa():
             ".astype('float32'), FeatureParams()); sys.exit('librosa' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_settings_that_share_a_frame_layout_share_the_stft_and_give_the_same_features(
+    monkeypatch,
+):
+    from annotate import features
+
+    samples = speech_like(3.0, 16000, seed=2)
+    settings = (FeatureParams(), FeatureParams(fmin_hz=300.0, fmax_hz=3400.0, n_mels=40),
+                FeatureParams(hop_s=0.02))
+    calls = []
+    real = features.power_spectrum
+    monkeypatch.setattr(features, "power_spectrum", lambda x, p: calls.append(p) or real(x, p))
+    each = features.segment_features_each(samples, settings)
+    assert calls == [settings[0], settings[2]]  # the band-limited one reused the first STFT
+    monkeypatch.undo()
+    for ours, params in zip(each, settings, strict=True):
+        assert np.array_equal(ours, segment_features(samples, params))

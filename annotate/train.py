@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -34,7 +35,7 @@ from annotate.evaluate import (
     unweighted_average_recall,
 )
 from annotate.features import FeatureParams
-from annotate.model_folder import ModelSpec, folder_hash, read_model_folder, write_model_folder
+from annotate.model_folder import ModelSpec, file_sha256, read_model_folder, write_model_folder
 from annotate.networks import ARCHITECTURES, network_options
 from annotate.training_data import (
     Crops,
@@ -185,8 +186,8 @@ def train(
         overwrite: Replace an existing ``output_dir``.
         init_from: A model folder whose weights start the network (transfer
             learning): every layer with the same name and weight shapes is
-            copied, the output layer never. The folder's name and hash are
-            recorded in the card. LOSO retraining (``annotate evaluate``)
+            copied, the output layer never. The donor's name and the SHA-256
+            of its ``model.keras`` are recorded in the card. LOSO retraining (``annotate evaluate``)
             starts from scratch, since the donor may have heard the speaker.
         freeze_initialised: Keep the copied layers fixed and train only the
             rest (with the CNN: the output layer, a linear probe of the
@@ -236,7 +237,8 @@ def train(
         "hyperparameters": hyper.to_dict(),
         "max_files_per_corpus": max_files_per_corpus,
         "initialised_from": None if donor is None else {
-            "name": donor.name, "folder": str(donor.folder), "hash": folder_hash(donor.folder),
+            "name": donor.name, "folder": str(donor.folder),
+            "keras_sha256": file_sha256(donor.weights_path),
             "frozen": freeze_initialised,
         },
         "failed_files": [
@@ -646,11 +648,17 @@ def model_card(spec: ModelSpec) -> str:
     hyper = training.get("hyperparameters", {})
     split = training.get("split", {})
     corpora = training.get("corpora", [])
+    served = ", ".join(spec.languages)
+    if spec.languages == ("*",):
+        served = ("any language without its own model (`*`): a cross-lingual model, applied "
+                  "by `annotate run` to languages it never heard in training (French among "
+                  "them when no French model is installed)")
+    donor = training.get("initialised_from")
     lines = [
         f"# {spec.name}",
         "",
         f"A {spec.task} classifier trained by `annotate train`. Labels: "
-        f"{', '.join(spec.labels)}. Languages served: {', '.join(spec.languages)}.",
+        f"{', '.join(spec.labels)}. Languages served: {served}.",
         "",
         "## Data",
         "",
@@ -669,9 +677,16 @@ def model_card(spec: ModelSpec) -> str:
         "",
         "## Training",
         "",
-        f"{hyper.get('architecture')} network ({training.get('parameters')} parameters) on "
-        f"{spec.features.segment_s} s log-mel segments ({spec.features.n_mels} bands, "
-        f"{spec.features.normalisation} normalisation); {training.get('epochs_run')} epochs run, "
+        f"{hyper.get('architecture')} network ({training.get('parameters')} parameters, "
+        f"options {json.dumps(hyper.get('network', {}))}) on "
+        f"{spec.features.segment_s} s log-mel segments ({spec.features.n_mels} bands "
+        f"{spec.features.fmin_hz:g}-{spec.features.fmax_hz:g} Hz, "
+        f"{spec.features.normalisation} normalisation); "
+        + (f"started from the weights of `{donor['name']}` (model.keras SHA-256 "
+           f"{donor['keras_sha256'][:12]}...; "
+           f"{len(training.get('layers_initialised', []))} layers copied"
+           f"{', kept fixed' if donor.get('frozen') else ''}); " if donor else "")
+        + f"{training.get('epochs_run')} epochs run, "
         f"best at epoch {training.get('best_epoch')} (early stopping on validation loss); "
         f"batch {hyper.get('batch_size')}, learning rate {hyper.get('learning_rate')}, "
         f"seed {hyper.get('seed')}; augmentation {'on' if hyper.get('augment') else 'off'}; "

@@ -11,7 +11,10 @@ candidates. A telephone-band test (8 kHz, Common Voice clips from
 ``commonvoice_extra``, a sample never used in training) checks robustness to
 the channel. ``--loso`` adds leave-one-speaker-out retraining for EmoDB and
 EMOVO (``annotate evaluate --protocol loso``) with the bundled models'
-hyperparameters.
+hyperparameters. Beside the models, the issue's strongest anchor is measured
+on the same split when ``opensmile`` and ``scikit-learn`` are installed
+(``pip install '.[bench]'``): openSMILE ComParE 2016 functionals, standardised,
+and a linear SVM trained on the training speakers.
 
 Usage: python benchmarks/accuracy.py --corpora ../shared/corpora [--models models] [--loso]
        [--json results.json]
@@ -101,6 +104,59 @@ def telephone_set(corpora: Path, work: Path) -> dict[str, str]:
     return truth
 
 
+def _smile_functionals(paths: list[str]) -> np.ndarray:
+    import opensmile
+    import soundfile as sf
+
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.ComParE_2016,
+                            feature_level=opensmile.FeatureLevel.Functionals)
+    rows = []
+    for path in paths:
+        samples, rate = sf.read(path, dtype="float32", always_2d=True)
+        rows.append(smile.process_signal(samples.mean(axis=1), rate).to_numpy()[0])
+    return np.nan_to_num(np.array(rows, dtype=np.float64))
+
+
+def opensmile_baseline(corpus, jobs: int = 2) -> dict | None:
+    """The issue's strongest anchor on our split: ComParE 2016 + a linear SVM.
+
+    Functionals standardised, the SVM trained on the training speakers of
+    :mod:`annotate.heldout` and scored on the held-out ones.
+
+    Returns None when ``opensmile`` or ``scikit-learn`` is missing.
+    """
+    try:
+        import opensmile  # noqa: F401
+        from joblib import Parallel, delayed
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import LinearSVC
+    except ImportError:
+        return None
+    parts = {}
+    for part in ("train", "test"):
+        items = heldout.split(corpus, part).items
+        paths = [str(corpus.root / p) for p in items["path"]]
+        blocks = [paths[i::jobs] for i in range(jobs)]
+        features = Parallel(n_jobs=jobs)(delayed(_smile_functionals)(b) for b in blocks)
+        order = [i for j in range(jobs) for i in range(j, len(paths), jobs)]
+        x = np.empty((len(paths), features[0].shape[1]))
+        x[order] = np.concatenate(features)
+        parts[part] = (x, items["label"].to_numpy())
+    labels = sorted(set(parts["train"][1]))
+    model = make_pipeline(StandardScaler(), LinearSVC(C=1e-3, class_weight="balanced",
+                                                      max_iter=20000))
+    model.fit(*parts["train"])
+    x_test, y_test = parts["test"]
+    predicted = model.predict(x_test)
+    probs = np.eye(len(labels))[[labels.index(p) for p in predicted]]  # hard decisions
+    keep = np.isin(y_test, labels)
+    true = np.array([labels.index(y) for y in y_test[keep]])
+    metrics = classification_metrics(true, probs[keep], labels)
+    metrics["ece"] = float("nan")  # an SVM gives no probabilities
+    return metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpora", type=Path, default=Path("../shared/corpora"))
@@ -127,6 +183,9 @@ def main() -> None:
             results[f"emotion: {name}"] = score(rows, dict(zip(items["path"], items["label"])),
                                                 "emo_")
             results[f"emotion: {name}"]["speakers"] = sorted(items["speaker"].unique())
+            baseline = opensmile_baseline(read_corpus(name, args.corpora / name))
+            if baseline is not None:
+                results[f"  ComParE + linear SVM: {name}"] = baseline
     if (args.corpora / "commonvoice_extra").is_dir():
         truth = telephone_set(args.corpora, work)
         rows = annotate_manifest(list(truth), work, "telephone", args.models, None)

@@ -34,7 +34,9 @@ test: install browser
 models: install
 	$(BIN)/python scripts/train_bundled_models.py --corpora $(CORPORA) --out models
 
+# The 'bench' extra adds openSMILE + scikit-learn for the issue's ComParE + SVM anchor.
 accuracy: install
+	$(BIN)/python -m pip install --quiet '.[bench]'
 	$(BIN)/python benchmarks/accuracy.py --corpora $(CORPORA)
 
 bench: install

@@ -295,11 +295,14 @@ def micro_batches(arrays: list[np.ndarray], size: int):
     """Rows of ``arrays``, in order, as float32 blocks of exactly ``size`` rows.
 
     The last block is padded with zeros; only blocks that straddle two arrays
-    are copied together.
+    are copied together. An item that is not an array yet (features spilled
+    to disk, :class:`annotate.spill.SpilledFeatures`) is read when its turn
+    comes, so that only one is in memory at a time.
     """
     pending: list[np.ndarray] = []
     have = 0
-    for array in arrays:
+    for item in arrays:
+        array = np.asarray(item)
         start = 0
         while start < len(array):
             take = min(size - have, len(array) - start)

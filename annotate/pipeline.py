@@ -21,6 +21,7 @@ from annotate.errors import AnnotateError, UsageError, expected_one_of
 from annotate.featurize import ChunkResult, SegmentSettings, featurize_chunk, plan_chunks
 from annotate.model_set import ModelSet
 from annotate.schema import load_schema
+from annotate.spill import SpillFolder
 from annotate.store import PartialStore, check_output_path, failures_path, read_metadata
 
 #: Recordings longer than this are split into several worker tasks, so that
@@ -28,6 +29,10 @@ from annotate.store import PartialStore, check_output_path, failures_path, read_
 CHUNK_S = 600.0
 #: At most this long between writes of finished work.
 FLUSH_INTERVAL_S = 5.0
+#: Features of one recording held in memory while its later chunks are read;
+#: past this they wait on disk (a 600 s chunk holds about 15 MB per feature
+#: setting), so that memory does not grow with a recording's length.
+SPILL_BUDGET_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -190,6 +195,8 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
     pending_segments = 0
     last_flush = time.monotonic()
     open_recording: list[ChunkResult] = []
+    spill = SpillFolder(store.folder, SPILL_BUDGET_BYTES)
+    held_bytes = 0  # of the open recording's features, in memory
 
     def flush() -> None:
         nonlocal pending, pending_segments, last_flush
@@ -198,6 +205,8 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
             progress.advance(len(pending), sum(r.duration_s for r in pending))
             result.annotated += len(pending)
             result.audio_s += sum(r.duration_s for r in pending)
+            for recording in pending:
+                spill.release(recording.features)
         pending, pending_segments, last_flush = [], 0, time.monotonic()
 
     def drain_planning_failures() -> None:
@@ -216,11 +225,15 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
         annotator.load()
         for chunk_result in results:
             drain_planning_failures()
+            chunk_result.features, held_bytes = spill.keep(chunk_result.features, held_bytes)
             open_recording.append(chunk_result)
             if not chunk_result.last:
                 continue
             done = assemble_recording(open_recording)
-            open_recording = []
+            if isinstance(done, Failure):
+                for chunk in open_recording:
+                    spill.release(chunk.features)
+            open_recording, held_bytes = [], 0
             if isinstance(done, Failure):
                 failures.append(done)
                 progress.advance(1, 0.0)
@@ -239,6 +252,8 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
             f"the run stopped: {type(error).__name__}: {error}. Finished recordings are kept; "
             "run the same command again to resume"
         ) from error
+    finally:
+        spill.close()
 
 
 def is_already_complete(output, previous: str | None, fingerprint: str, overwrite: bool,

@@ -154,6 +154,28 @@ def test_long_recording_is_split_into_chunks_with_the_same_rows(tmp_path, model_
     np.testing.assert_allclose(a[LANG_COLS].to_numpy(), b[LANG_COLS].to_numpy(), atol=1e-3)
 
 
+def test_long_recording_features_wait_on_disk_and_give_the_same_table(tmp_path, model_args,
+                                                                       monkeypatch):
+    from annotate import spill
+
+    write_audio(tmp_path / "c" / "long.flac", speech_like(40.0), 16000)
+    write_audio(tmp_path / "c" / "short.flac", speech_like(5.0, seed=3), 16000)
+    monkeypatch.setattr("annotate.pipeline.CHUNK_S", 9.0)  # 3 segments per task
+    in_memory, spilled = tmp_path / "memory.parquet", tmp_path / "spilled.parquet"
+    annotate.run([tmp_path / "c"], in_memory, jobs=2, **model_args)
+    saved, loaded = [], []
+    real_keep, real_array = spill.SpillFolder.keep, spill.SpilledFeatures.__array__
+    monkeypatch.setattr(spill.SpillFolder, "keep", lambda self, f, held: (
+        saved.append(self) or real_keep(self, f, held)))
+    monkeypatch.setattr(spill.SpilledFeatures, "__array__", lambda self, *a, **k: (
+        loaded.append(self.path) or real_array(self, *a, **k)))
+    monkeypatch.setattr("annotate.pipeline.SPILL_BUDGET_BYTES", 0)  # everything waits on disk
+    annotate.run([tmp_path / "c"], spilled, jobs=2, **model_args)
+    assert saved[0].spilled_bytes > 0 and loaded  # features did go through files
+    pd.testing.assert_frame_equal(pd.read_parquet(in_memory), pd.read_parquet(spilled))
+    assert not spilled.with_name(spilled.name + ".partial").exists()  # files cleaned up
+
+
 def test_output_readable_by_pyarrow_dataset_and_pandas_without_help(annotated):
     result, frame = annotated
     assert frame["start_s"].dtype == np.float64 and frame["speech"].dtype == bool

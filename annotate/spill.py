@@ -76,6 +76,7 @@ class SpillFolder:
                     item.path.unlink(missing_ok=True)
 
     def close(self) -> None:
+        """Remove the folder and whatever is still in it."""
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None

@@ -26,11 +26,11 @@ from annotate.store import PartialStore, check_output_path, failures_path, read_
 
 #: Recordings longer than this are split into several worker tasks, so that
 #: a long file is never held whole and its work spreads over the workers.
-CHUNK_S = 600.0
+CHUNK_S = 120.0
 #: At most this long between writes of finished work.
 FLUSH_INTERVAL_S = 5.0
 #: Features of one recording held in memory while its later chunks are read;
-#: past this they wait on disk (a 600 s chunk holds about 15 MB per feature
+#: past this they wait on disk (a 120 s chunk holds about 3 MB per feature
 #: setting), so that memory does not grow with a recording's length.
 SPILL_BUDGET_BYTES = 32 * 2**20
 

@@ -6,9 +6,12 @@ batched inference -> rows -> resumable store -> final Parquet tables.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -181,6 +184,7 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
 
     params = models.feature_params
     planning_failures: list[Failure] = []
+    _ignore_loky_cancel_race()
 
     def tasks() -> Iterator:
         for index, recording in enumerate(todo):
@@ -219,7 +223,8 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
     parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="8*n_jobs",
                         batch_size=1)
     try:
-        results = parallel(tasks())
+        with _workers_ignore_ctrl_c():
+            results = parallel(tasks())
         # A Keras model takes seconds to load (TensorFlow's import): load the
         # models while the workers already decode.
         annotator.load()
@@ -254,6 +259,52 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
         ) from error
     finally:
         spill.close()
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Start the worker processes with SIGINT ignored (they inherit it through exec).
+
+    Ctrl-C in a terminal reaches the whole process group: the workers would
+    die mid-task with tracebacks of their own while the main process stops
+    the run cleanly (exit 130, finished work kept). Only the main process
+    should hear it; it is deaf for the moment the workers take to spawn.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ignore_loky_cancel_race() -> None:
+    """Keep a known joblib race out of the user's terminal (installed once per process).
+
+    When Ctrl-C interrupts a run, joblib cancels the queued tasks while
+    loky's manager thread may be handing one of them to a worker; the thread
+    then dies with ``KeyError`` in ``add_call_item_to_queue`` and prints a
+    traceback. The run stops cleanly all the same (exit 130, finished work
+    kept). Only that exception, from that thread, is silenced.
+    """
+    global _LOKY_HOOK_INSTALLED
+    if _LOKY_HOOK_INSTALLED:
+        return
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        thread = args.thread.name if args.thread is not None else ""
+        if thread == "ExecutorManagerThread" and args.exc_type is KeyError:
+            return
+        default(args)
+
+    threading.excepthook = hook
+    _LOKY_HOOK_INSTALLED = True
+
+
+_LOKY_HOOK_INSTALLED = False
 
 
 def is_already_complete(output, previous: str | None, fingerprint: str, overwrite: bool,

@@ -210,7 +210,7 @@ def segment_features(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     Returns:
         np.ndarray [shape=(params.n_frames, params.n_mels), dtype=float32].
     """
-    return fit_frames(normalise(log_mel(samples, params), params), params.n_frames)
+    return segment_features_each(samples, (params,))[0]
 
 
 def _stft_key(params: FeatureParams) -> tuple:

@@ -137,12 +137,9 @@ def opensmile_baseline(corpus, jobs: int = 2) -> dict | None:
     for part in ("train", "test"):
         items = heldout.split(corpus, part).items
         paths = [str(corpus.root / p) for p in items["path"]]
-        blocks = [paths[i::jobs] for i in range(jobs)]
+        blocks = [list(b) for b in np.array_split(paths, jobs) if len(b)]  # in order
         features = Parallel(n_jobs=jobs)(delayed(_smile_functionals)(b) for b in blocks)
-        order = [i for j in range(jobs) for i in range(j, len(paths), jobs)]
-        x = np.empty((len(paths), features[0].shape[1]))
-        x[order] = np.concatenate(features)
-        parts[part] = (x, items["label"].to_numpy())
+        parts[part] = (np.concatenate(features), items["label"].to_numpy())
     labels = sorted(set(parts["train"][1]))
     model = make_pipeline(StandardScaler(), LinearSVC(C=1e-3, class_weight="balanced",
                                                       max_iter=20000))

@@ -14,10 +14,12 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from annotate.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Extensions libsndfile decodes (case-insensitive).
 AUDIO_EXTENSIONS = frozenset(
@@ -111,6 +113,8 @@ def read_manifest(path: str | Path) -> tuple[list[Recording], list[Failure]]:
     Raises:
         UsageError: The manifest cannot be read at all or has no ``path`` column.
     """
+    import pandas as pd  # here: a run over folders need not import it (0.3 s)
+
     path = Path(path)
     suffix = path.suffix.lower()
     failures: list[Failure] = []
@@ -156,6 +160,8 @@ def _read_delimited(path: Path, sep: str, failures: list[Failure]) -> pd.DataFra
     # long lines are reported, not guessed at.
     # utf-8-sig: spreadsheet programs start CSV files with a byte-order mark,
     # which would otherwise hide the 'path' column.
+    import pandas as pd
+
     text = path.read_text(encoding="utf-8-sig", errors="replace")
     lines = text.splitlines()
     if not lines:
@@ -191,6 +197,8 @@ def _split_line(line: str, sep: str) -> list[str]:
 
 def _read_jsonl(path: Path, failures: list[Failure]) -> pd.DataFrame:
     import json
+
+    import pandas as pd
 
     rows = []
     with open(path, encoding="utf-8-sig", errors="replace") as handle:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import math
 import os
 import stat
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +30,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from annotate import c_stderr
 from annotate.discover import printable
 from annotate.errors import InputError
 
@@ -45,7 +46,9 @@ TRUNCATION_TOLERANCE_S = 0.5
 #: Lines the decoders print on the C level (mpg123 inside libsndfile) that
 #: are caught and kept out of the terminal; they go into failure messages.
 _DECODER_CHATTER = ("Note: ", "Warning: Xing", "[src/libmpg123/", "[libmpg123/")
-_capture_lock = threading.RLock()
+#: libsndfile formats whose decoder prints there (others report errors only
+#: through libsndfile's return codes).
+CHATTY_FORMATS = frozenset({"MP3"})
 
 
 @dataclass(frozen=True)
@@ -191,13 +194,21 @@ def read_span(
         else None
     )
     position = first
-    with open_audio(path) as handle, decoder_messages() as notes:
+    notes: list[str] = []
+    # Catching decoder output takes a process-wide lock: hold it around the
+    # decoder calls of formats that print, so that threads resample, and
+    # decode other formats, side by side.
+    caught = (functools.partial(decoder_messages, notes) if info.format in CHATTY_FORMATS
+              else contextlib.nullcontext)
+    with open_audio(path) as handle:
         try:
             if first:
-                handle.seek(first)
+                with caught():
+                    handle.seek(first)
             while position < last:
                 count = min(BLOCK_FRAMES, last - position)
-                block = handle.read(count, dtype="float32", always_2d=True)
+                with caught():
+                    block = handle.read(count, dtype="float32", always_2d=True)
                 if block.shape[0] == 0:
                     break
                 position += block.shape[0]
@@ -226,7 +237,7 @@ def read_span(
 
 
 @contextlib.contextmanager
-def decoder_messages() -> Iterator[list[str]]:
+def decoder_messages(notes: list[str] | None = None) -> Iterator[list[str]]:
     """Catch what C decoders print to file descriptor 2 while the block runs.
 
     mpg123 (inside libsndfile) prints notes such as ``Note: Illegal
@@ -235,11 +246,14 @@ def decoder_messages() -> Iterator[list[str]]:
     table) instead of breaking up the progress display; anything else
     written to descriptor 2 meanwhile (another thread) is passed on.
 
+    Args:
+        notes: Where the lines go (default: a new list).
+
     Yields:
-        A list filled, when the block ends, with the decoder lines caught.
+        ``notes``, to which the decoder lines caught are added when the block ends.
     """
-    notes: list[str] = []
-    with _capture_lock:
+    notes = [] if notes is None else notes
+    with c_stderr.LOCK:
         try:
             sys.stderr.flush()
             sink = tempfile.TemporaryFile()  # not a pipe: it cannot fill up and block

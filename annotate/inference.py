@@ -18,13 +18,13 @@ this module; the joblib workers that compute features never do.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from functools import cache, cached_property
 
 import numpy as np
 
+from annotate.c_stderr import muted
 from annotate.errors import ModelError, UsageError, expected_one_of
 from annotate.model_folder import ModelSpec
 
@@ -48,25 +48,12 @@ BACKEND_ENV = "ANNOTATE_BACKEND"
 LITERT_THREADS = 2
 
 
-@contextlib.contextmanager
-def stderr_muted():
-    """Mute file descriptor 2: C++ start-up notes bypass Python's logging (errors still raise)."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def tensorflow():
     """Import TensorFlow once per process, quietly."""
     global _tf
     if _tf is None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        with stderr_muted():
+        with muted():
             import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")
@@ -252,7 +239,7 @@ class LiteRTNetwork:
         try:
             interpreter.resize_tensor_input(
                 inputs[0]["index"], [MICRO_BATCH, spec.features.n_frames, spec.features.n_mels])
-            with stderr_muted():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+            with muted():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise ModelError(f"cannot prepare {path}: {error}") from None

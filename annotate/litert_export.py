@@ -97,7 +97,8 @@ def convert_to_litert(spec: ModelSpec, required: bool = True) -> ModelSpec:
 
 def _converted(spec: ModelSpec) -> bytes:
     """The LiteRT conversion of ``spec``'s Keras model, checked against it."""
-    from annotate.inference import MICRO_BATCH, Classifier, LiteRTNetwork, stderr_muted, tensorflow
+    from annotate.c_stderr import muted
+    from annotate.inference import MICRO_BATCH, Classifier, LiteRTNetwork, tensorflow
 
     model = Classifier(spec, backend="keras").keras_model  # safe mode, shapes checked
     tf = tensorflow()
@@ -109,7 +110,7 @@ def _converted(spec: ModelSpec) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # LiteRT alone runs it
     try:
         # The converter prints where it saved a temporary SavedModel, and notes from C++.
-        with contextlib.redirect_stdout(io.StringIO()), stderr_muted():
+        with contextlib.redirect_stdout(io.StringIO()), muted():
             blob = converter.convert()
     except Exception as error:  # the converter raises many types; all mean "cannot convert"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

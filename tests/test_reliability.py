@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import unicodedata
 from pathlib import Path
 
@@ -149,6 +150,34 @@ def test_no_traceback_and_no_decoder_noise(bad_run):
     # caught in the decoder and put in the failure message instead.
     assert "Illegal Audio-MPEG-Header" not in proc.stderr
     assert "resync" not in proc.stderr
+
+
+def test_threads_redirecting_descriptor_2_leave_it_where_it_was():
+    # A feature thread catching decoder notes and the main thread muting
+    # LiteRT's start-up line once restored each other's redirection: the
+    # rest of the run's messages went to a deleted file.
+    from annotate.c_stderr import muted
+    from annotate.decode import decoder_messages
+
+    original = os.fstat(2)
+    stop = threading.Event()
+
+    def catch_decoder_notes() -> None:
+        while not stop.is_set():
+            with decoder_messages():
+                pass
+
+    thread = threading.Thread(target=catch_decoder_notes)
+    thread.start()
+    try:
+        for _ in range(2000):
+            with muted():
+                pass
+    finally:
+        stop.set()
+        thread.join()
+    now = os.fstat(2)
+    assert (now.st_dev, now.st_ino) == (original.st_dev, original.st_ino)
 
 
 def test_every_input_is_either_annotated_or_a_failure(bad_run):

@@ -60,7 +60,10 @@ def run(
     language_model: Annotated[Optional[Path], typer.Option(help="Language model folder replacing the bundled one.")] = None,
     emotion_model: Annotated[Optional[list[str]], typer.Option(
         help="LANG=DIR: an emotion model folder for recordings in LANG ('*' for all others). Repeatable.")] = None,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes for decoding and features [default: all cores].")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Parallel jobs decoding and computing features [default: all cores].")] = None,
+    workers: Annotated[str, typer.Option(
+        help="Run those jobs as threads or processes; auto: threads up to 2 jobs (no start-up cost), "
+             "processes beyond (no shared interpreter lock).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Segments gathered per inference round (the table does not depend on it).")] = 256,
     overwrite: Annotated[bool, typer.Option(help="Start over, discarding partial state or an output made with other settings.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
@@ -88,7 +91,7 @@ def run(
             languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None,
             window_s=window, hop_s=hop, jobs=jobs, batch_size=batch_size,
             overwrite=overwrite, progress=progress, cluster=cluster, shard_size=shard_size,
-            backend=backend,
+            backend=backend, workers=workers,
         )
     except AnnotateError as error:
         progress.stop()

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -32,6 +33,17 @@ from annotate.store import PartialStore, check_output_path, failures_path, read_
 CHUNK_S = 120.0
 #: At most this long between writes of finished work.
 FLUSH_INTERVAL_S = 5.0
+#: How decoding and features run beside inference: ``threads`` of the main
+#: process, or worker ``processes``; ``auto`` takes threads up to
+#: :data:`THREADS_UP_TO` jobs. Threads start at once and hand features over
+#: without copies; numpy, scipy's FFT, libsndfile and soxr release the GIL,
+#: but the Python between their calls does not, which processes avoid on
+#: many cores (docs/benchmarks.md).
+WORKERS = ("auto", "threads", "processes")
+#: On 2 cores, 2 threads computed features as fast as 2 processes (0.61 s
+#: against 0.57 s for 30 min of audio) and saved the 0.7 s that worker
+#: processes take to start and import.
+THREADS_UP_TO = 2
 #: Features of one recording held in memory while its later chunks are read;
 #: past this they wait on disk (a 120 s chunk holds about 3 MB per feature
 #: setting), so that memory does not grow with a recording's length.
@@ -84,6 +96,7 @@ def run(
     cluster: str | None = None,
     shard_size: int = 32,
     backend: str | None = None,
+    workers: str = "auto",
 ) -> RunResult:
     """Annotate recordings segment by segment and write the Parquet tables.
 
@@ -97,7 +110,7 @@ def run(
         languages: Candidate languages; one language means it is known.
         window_s: Segment length in seconds.
         hop_s: Segment hop in seconds (default: ``window_s``).
-        jobs: Worker processes for decoding and features (default: all cores).
+        jobs: Parallel decoding and feature jobs (default: all cores).
         batch_size: Segments gathered per inference round; the table does
             not depend on it.
         overwrite: Discard partial state or output made with other settings.
@@ -110,6 +123,8 @@ def run(
             folder has a current export, else Keras), ``"litert"`` or
             ``"keras"``; default ``$ANNOTATE_BACKEND``, else ``auto``. The
             backend of each model is in the output's metadata and fingerprint.
+        workers: Whether the jobs are ``"threads"`` or ``"processes"``;
+            ``"auto"`` picks (:data:`WORKERS`). The table does not depend on it.
 
     Returns:
         What was done; failures are also in the failures table.
@@ -126,6 +141,7 @@ def run(
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     jobs = jobs or os.cpu_count() or 1
+    workers = resolve_workers(workers, jobs)
     if cluster is None:  # annotate.cluster checks the output, which may be a URL
         check_output_path(output)
     models = ModelSet.load(language_model, emotion_models)
@@ -170,7 +186,7 @@ def run(
         todo = [r for r in recordings if not store.contains(r.key)]
         result.skipped = len(recordings) - len(todo)
         progress.start(len(recordings), result.skipped)
-        _process(todo, settings, models, annotator, store, jobs, batch_size, failures,
+        _process(todo, settings, models, annotator, store, jobs, workers, batch_size, failures,
                  progress, result)
         progress.stop()
         result.failures = failures
@@ -178,9 +194,38 @@ def run(
     return result
 
 
-def _process(todo, settings, models, annotator, store, jobs, batch_size, failures,
+def resolve_workers(workers: str, jobs: int) -> str:
+    """``"threads"`` or ``"processes"`` for a :data:`WORKERS` request and a number of jobs.
+
+    Raises:
+        UsageError: ``workers`` is not one of :data:`WORKERS`.
+    """
+    if workers not in WORKERS:
+        raise UsageError(expected_one_of("workers", workers, WORKERS))
+    if workers == "auto":
+        return "threads" if jobs <= THREADS_UP_TO else "processes"
+    return workers
+
+
+def parallel_features(jobs: int, workers: str, **options):
+    """A joblib ``Parallel`` for feature tasks, and the context to run it in.
+
+    Threads share the process, so its BLAS (numpy's mel projection) is held
+    to one thread for the duration: its own threads would only compete with
+    the jobs. Worker processes get that limit from joblib.
+    """
+    from joblib import Parallel
+    from threadpoolctl import threadpool_limits
+
+    backend = {"threads": "threading", "processes": "loky"}[workers]
+    limits = (threadpool_limits(1, user_api="blas") if workers == "threads" and jobs > 1
+              else contextlib.nullcontext())
+    return Parallel(n_jobs=jobs, backend=backend, **options), limits
+
+
+def _process(todo, settings, models, annotator, store, jobs, workers, batch_size, failures,
              progress, result) -> None:
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
     params = models.feature_params
     planning_failures: list[Failure] = []
@@ -220,45 +265,61 @@ def _process(todo, settings, models, annotator, store, jobs, batch_size, failure
 
     # Enough tasks in flight to keep the workers busy while the models load;
     # each holds at most CHUNK_S of features.
-    parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="8*n_jobs",
-                        batch_size=1)
-    try:
-        with _workers_ignore_ctrl_c():
-            results = parallel(tasks())
-        # A Keras model takes seconds to load (TensorFlow's import): load the
-        # models while the workers already decode.
-        annotator.load()
-        for chunk_result in results:
+    parallel, limits = parallel_features(jobs, workers, return_as="generator",
+                                         pre_dispatch="8*n_jobs", batch_size=1)
+    results = None
+    with limits:
+        try:
+            with _workers_ignore_ctrl_c():
+                results = parallel(tasks())
+            # A Keras model takes seconds to load (TensorFlow's import): load the
+            # models while the workers already decode.
+            annotator.load()
+            for chunk_result in results:
+                drain_planning_failures()
+                chunk_result.features, held_bytes = spill.keep(chunk_result.features, held_bytes)
+                open_recording.append(chunk_result)
+                if not chunk_result.last:
+                    continue
+                done = assemble_recording(open_recording)
+                if isinstance(done, Failure):
+                    for chunk in open_recording:
+                        spill.release(chunk.features)
+                open_recording, held_bytes = [], 0
+                if isinstance(done, Failure):
+                    failures.append(done)
+                    progress.advance(1, 0.0)
+                    continue
+                pending.append(done)
+                pending_segments += int(done.speech.sum())
+                if (pending_segments >= batch_size
+                        or time.monotonic() - last_flush > FLUSH_INTERVAL_S):
+                    flush()
             drain_planning_failures()
-            chunk_result.features, held_bytes = spill.keep(chunk_result.features, held_bytes)
-            open_recording.append(chunk_result)
-            if not chunk_result.last:
-                continue
-            done = assemble_recording(open_recording)
-            if isinstance(done, Failure):
-                for chunk in open_recording:
-                    spill.release(chunk.features)
-            open_recording, held_bytes = [], 0
-            if isinstance(done, Failure):
-                failures.append(done)
-                progress.advance(1, 0.0)
-                continue
-            pending.append(done)
-            pending_segments += int(done.speech.sum())
-            if (pending_segments >= batch_size
-                    or time.monotonic() - last_flush > FLUSH_INTERVAL_S):
-                flush()
-        drain_planning_failures()
-        flush()
-    except AnnotateError:
-        raise
-    except Exception as error:  # a worker process died (killed, out of memory)
-        raise AnnotateError(
-            f"the run stopped: {type(error).__name__}: {error}. Finished recordings are kept; "
-            "run the same command again to resume"
-        ) from error
-    finally:
-        spill.close()
+            flush()
+        except AnnotateError:
+            raise
+        except Exception as error:  # a worker process died (killed, out of memory)
+            raise AnnotateError(
+                f"the run stopped: {type(error).__name__}: {error}. Finished recordings are kept; "
+                "run the same command again to resume"
+            ) from error
+        finally:
+            _stop_quietly(results)
+            spill.close()
+
+
+def _stop_quietly(results) -> None:
+    """Cancel what is left of a stopped run's tasks (Ctrl-C, an error) without joblib's warning.
+
+    joblib warns that finished tasks went unused; the user has already been
+    told why the run stopped, and those recordings are redone on resume.
+    """
+    if results is None:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tasks have been successfully executed")
+        results.close()
 
 
 @contextlib.contextmanager

@@ -66,6 +66,10 @@ def test_usage_errors_exit_2_before_any_work(corpus, tmp_path, model_cli_args):
     bad_lang = runner.invoke(app, ["run", str(corpus), "-o", str(tmp_path / "o.parquet"),
                                    "--languages", "xx", *model_cli_args])
     assert bad_lang.exit_code == 2 and "expected one of [de, en, fr, it]" in bad_lang.output
+    bad_workers = runner.invoke(app, ["run", str(corpus), "-o", str(tmp_path / "o.parquet"),
+                                      "--workers", "fibers", *model_cli_args])
+    assert bad_workers.exit_code == 2
+    assert "expected one of [auto, processes, threads]" in bad_workers.output
     assert not (tmp_path / "o.parquet.partial").exists()
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from joblib import delayed as joblib_delayed
 
 import annotate
 from annotate.errors import UsageError
@@ -113,11 +114,43 @@ def test_window_and_hop(tmp_path, model_args):
     np.testing.assert_allclose(bounds, [[0, 2], [1.5, 3.5], [3.0, 5.0]])
 
 
-def test_table_does_not_depend_on_jobs_or_batch_size(mixed_corpus, tmp_path, model_args):
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_table_does_not_depend_on_jobs_workers_or_batch_size(mixed_corpus, tmp_path, model_args,
+                                                             workers):
+    (mixed_corpus / "broken.wav").write_bytes(b"RIFF junk")
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     annotate.run([mixed_corpus], a, jobs=1, batch_size=1, **model_args)
-    annotate.run([mixed_corpus], b, jobs=2, batch_size=1000, **model_args)
+    annotate.run([mixed_corpus], b, jobs=2, workers=workers, batch_size=1000, **model_args)
     pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+    failures = [pq.read_table(path.with_name(path.stem + ".failures.parquet")) for path in (a, b)]
+    assert failures[0].equals(failures[1]) and failures[0].num_rows == 1
+
+
+def test_auto_workers_are_threads_on_few_cores_and_processes_beyond():
+    from annotate.pipeline import THREADS_UP_TO, resolve_workers
+
+    assert resolve_workers("auto", THREADS_UP_TO) == "threads"
+    assert resolve_workers("auto", THREADS_UP_TO + 1) == "processes"
+    assert resolve_workers("processes", 1) == "processes"
+    with pytest.raises(UsageError, match=r"bad workers 'fibers', expected one of \[auto, "):
+        resolve_workers("fibers", 2)
+
+
+def test_feature_threads_hold_numpys_blas_to_one_thread_and_give_it_back():
+    from threadpoolctl import threadpool_info
+
+    from annotate.pipeline import parallel_features
+
+    def blas_threads():
+        return {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()
+                if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    parallel, limits = parallel_features(2, "threads")
+    with limits:
+        inside = parallel(joblib_delayed(blas_threads)() for _ in range(2))
+    assert inside == [{path: 1 for path in before}] * 2
+    assert blas_threads() == before
 
 
 def test_a_broken_file_becomes_a_failure_row_and_the_batch_goes_on(mixed_corpus, tmp_path,

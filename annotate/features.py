@@ -143,20 +143,26 @@ def log_mel(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
 def power_spectrum(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     """Power of the centred STFT frames: the part of :func:`log_mel` before the mel bands.
 
+    Args:
+        samples: np.ndarray [shape=(..., n_samples)]: one signal, or a stack
+            of equally long ones, each padded and framed on its own.
+        params: The feature settings.
+
     Returns:
-        np.ndarray [shape=(frames, 1 + n_fft // 2), dtype=float32].
+        np.ndarray [shape=(..., frames, 1 + n_fft // 2), dtype=float32].
     """
     samples = np.asarray(samples, dtype=np.float32)
     half = params.n_fft // 2
-    if samples.size == 0:
-        samples = np.zeros(1, dtype=np.float32)
-    mode = "reflect" if samples.size > half else "constant"
-    padded = np.pad(samples, half, mode=mode)
-    n_frames = 1 + (padded.size - params.n_fft) // params.hop_length
-    frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft)[:: params.hop_length]
-    frames = frames[:n_frames] * _window(params)
-    # scipy's FFT keeps float32 and is 2-4x faster than numpy's here.
-    spectrum = scipy.fft.rfft(frames, n=params.n_fft, axis=1)
+    if samples.shape[-1] == 0:
+        samples = np.zeros((*samples.shape[:-1], 1), dtype=np.float32)
+    mode = "reflect" if samples.shape[-1] > half else "constant"
+    padded = np.pad(samples, [(0, 0)] * (samples.ndim - 1) + [(half, half)], mode=mode)
+    n_frames = 1 + (padded.shape[-1] - params.n_fft) // params.hop_length
+    frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft, axis=-1)
+    frames = frames[..., : n_frames * params.hop_length : params.hop_length, :] * _window(params)
+    # scipy's FFT keeps float32 and is 2-4x faster than numpy's here; it
+    # transforms each frame on its own, so a stack gives every signal its own bits.
+    spectrum = scipy.fft.rfft(frames, n=params.n_fft, axis=-1)
     return spectrum.real**2 + spectrum.imag**2
 
 
@@ -166,20 +172,21 @@ def _mel_of_power(power: np.ndarray, params: FeatureParams) -> np.ndarray:
 
 
 def normalise(features: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """Apply the model's normalisation to one segment's log-mel frames.
+    """Apply the model's normalisation to each segment's log-mel frames.
 
     Args:
-        features: np.ndarray [shape=(frames, n_mels)].
+        features: np.ndarray [shape=(..., frames, n_mels)]: one segment or a stack.
         params: The feature settings (``normalisation`` picks the method).
 
     Returns:
-        np.ndarray [shape=(frames, n_mels), dtype=float32].
+        np.ndarray [shape=(..., frames, n_mels), dtype=float32].
     """
     if params.normalisation == "none":
         return features.astype(np.float32)
     if params.normalisation == "segment":
-        centred = features - features.mean(axis=0, keepdims=True)
-        return (centred / (centred.std() + 1e-5)).astype(np.float32)
+        centred = features - features.mean(axis=-2, keepdims=True)
+        scale = centred.std(axis=(-2, -1), keepdims=True)
+        return (centred / (scale + 1e-5)).astype(np.float32)
     raise ValueError(f"bad normalisation {params.normalisation!r}, expected one of [none, segment]")
 
 
@@ -188,20 +195,25 @@ def fit_frames(features: np.ndarray, n_frames: int) -> np.ndarray:
 
     Repeating rather than zero-padding keeps a short clip's statistics
     those of speech, not of an artificial silence.
+
+    Args:
+        features: np.ndarray [shape=(..., frames, n_mels)]: one segment or a stack.
+        n_frames: The length wanted.
     """
-    have = features.shape[0]
+    have = features.shape[-2]
     if have == n_frames:
         return features
     if have > n_frames:
-        return features[:n_frames]
+        return features[..., :n_frames, :]
     reps = -(-n_frames // max(have, 1))
-    return np.tile(features, (reps, 1))[:n_frames]
+    return np.tile(features, (reps, 1))[..., :n_frames, :]
 
 
 def segment_features(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     """The model input for one segment: log-mel, normalised, fitted to length.
 
-    This is the one function both training and ``annotate run`` call.
+    Training computes this for every crop; ``annotate run`` computes the
+    same for stacks of segments (:func:`features_of_segments`).
 
     Args:
         samples: np.ndarray [shape=(n_samples,)], mono at ``params.sampling_rate``.
@@ -210,27 +222,35 @@ def segment_features(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     Returns:
         np.ndarray [shape=(params.n_frames, params.n_mels), dtype=float32].
     """
-    return segment_features_each(samples, (params,))[0]
+    return features_of_segments(np.asarray(samples)[None], (params,))[0][0]
 
 
 def _stft_key(params: FeatureParams) -> tuple:
     return (params.sampling_rate, params.n_fft, params.hop_length, params.win_length)
 
 
-def segment_features_each(
-    samples: np.ndarray, params: tuple[FeatureParams, ...]
+def features_of_segments(
+    segments: np.ndarray, params: tuple[FeatureParams, ...]
 ) -> list[np.ndarray]:
-    """:func:`segment_features` for several models' settings, one STFT per frame layout.
+    """:func:`segment_features` of a stack of equally long segments, for several models' settings.
 
     Models that differ only in their mel bands (a band-limited language
-    model beside full-band emotion models) share the costly part.
-    Each result equals ``segment_features(samples, p)`` exactly.
+    model beside full-band emotion models) share one STFT, and a stack
+    pays the Python between numpy calls once for all its segments. Each
+    segment gets the bits it would get alone.
+
+    Args:
+        segments: np.ndarray [shape=(n, n_samples)], mono at the settings' rate.
+        params: The settings of each model.
+
+    Returns:
+        One array per setting, [shape=(n, p.n_frames, p.n_mels), dtype=float32].
     """
     powers: dict[tuple, np.ndarray] = {}
     out = []
     for p in params:
         key = _stft_key(p)
         if key not in powers:
-            powers[key] = power_spectrum(samples, p)
+            powers[key] = power_spectrum(segments, p)
         out.append(fit_frames(normalise(_mel_of_power(powers[key], p), p), p.n_frames))
     return out

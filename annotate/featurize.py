@@ -7,6 +7,7 @@ soundfile and soxr (never TensorFlow). Every failure comes back as data.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,8 +15,14 @@ import numpy as np
 from annotate.decode import AudioInfo, probe, read_span
 from annotate.discover import Failure, Recording
 from annotate.errors import InputError
-from annotate.features import FeatureParams, segment_features_each
-from annotate.segment import is_speech, segment_bounds
+from annotate.features import FeatureParams, features_of_segments
+from annotate.segment import segment_bounds, speech_mask
+
+#: Segments computed together: the Python between numpy calls is paid once
+#: per stack, so threads wait less for each other (two threads: 0.55-0.60 s
+#: for the features of 30 min instead of 0.64-0.72 s); larger stacks fall out
+#: of the cache (8: slower on one thread).
+STACK = 4
 
 
 @dataclass(frozen=True)
@@ -94,26 +101,24 @@ def featurize_chunk(
     bounds = chunk.bounds[chunk.first : chunk.stop]
     try:
         span_start, span_end = float(bounds[0, 0]), float(bounds[-1, 1])
-        audio = read_span(
-            chunk.recording.source, chunk.info, span_start, span_end, settings.sampling_rate
-        )
+        rate = settings.sampling_rate
+        audio = read_span(chunk.recording.source, chunk.info, span_start, span_end, rate)
+        starts = np.rint((bounds[:, 0] - span_start) * rate).astype(int)
+        ends = np.rint((bounds[:, 1] - span_start) * rate).astype(int)
+        pieces = [audio[lo:hi] for lo, hi in zip(starts, ends, strict=True)]
         speech = np.zeros(len(bounds), dtype=bool)
-        pieces = []
-        for i, (start_s, end_s) in enumerate(bounds):
-            lo = int(round((start_s - span_start) * settings.sampling_rate))
-            hi = int(round((end_s - span_start) * settings.sampling_rate))
-            samples = audio[lo:hi]
-            speech[i] = is_speech(samples, settings.sampling_rate, settings.vad_threshold_dbfs)
-            if speech[i]:
-                pieces.append(samples)
-        per_piece = [segment_features_each(s, params) for s in pieces]
+        for group in _stacks(pieces, range(len(pieces))):
+            speech[group] = speech_mask(np.stack([pieces[i] for i in group]), rate,
+                                        settings.vad_threshold_dbfs)
+        parts: dict[FeatureParams, list[np.ndarray]] = {p: [] for p in params}
+        for group in _stacks(pieces, np.flatnonzero(speech)):
+            stacked = features_of_segments(np.stack([pieces[i] for i in group]), params)
+            for p, part in zip(params, stacked, strict=True):
+                parts[p].append(part)
         features = {
-            p: (
-                np.stack([each[i] for each in per_piece])
-                if pieces
-                else np.zeros((0, p.n_frames, p.n_mels), np.float32)
-            )
-            for i, p in enumerate(params)
+            p: (np.concatenate(parts[p]) if parts[p]
+                else np.zeros((0, p.n_frames, p.n_mels), np.float32))
+            for p in params
         }
     except InputError as error:
         return _failed(chunk, Failure(chunk.recording.key, error.kind, str(error)))
@@ -123,6 +128,18 @@ def featurize_chunk(
         message = f"{type(error).__name__}: {error}"
         return _failed(chunk, Failure(chunk.recording.key, "error", message))
     return ChunkResult(chunk.index, chunk.recording, chunk.last, bounds, speech, features)
+
+
+def _stacks(pieces: list[np.ndarray], indices) -> Iterator[list[int]]:
+    """``indices`` in order, in runs of at most :data:`STACK` pieces of equal length."""
+    group: list[int] = []
+    for i in indices:
+        if group and (len(group) == STACK or len(pieces[i]) != len(pieces[group[0]])):
+            yield group
+            group = []
+        group.append(int(i))
+    if group:
+        yield group
 
 
 def _failed(chunk: Chunk, failure: Failure) -> ChunkResult:

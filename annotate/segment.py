@@ -50,16 +50,39 @@ def is_speech(
         threshold_dbfs: Frame RMS level, in dB relative to full scale.
         min_active_s: Minimum total duration of loud frames.
     """
+    return bool(speech_mask(np.asarray(samples)[None], sampling_rate, threshold_dbfs,
+                            min_active_s)[0])
+
+
+def speech_mask(
+    segments: np.ndarray,
+    sampling_rate: int,
+    threshold_dbfs: float = -45.0,
+    min_active_s: float = 0.15,
+) -> np.ndarray:
+    """:func:`is_speech` of each of a stack of equally long segments.
+
+    Args:
+        segments: np.ndarray [shape=(m, n)], mono float in [-1, 1].
+        sampling_rate: In Hz.
+        threshold_dbfs: Frame RMS level, in dB relative to full scale.
+        min_active_s: Minimum total duration of loud frames.
+
+    Returns:
+        np.ndarray [shape=(m,), dtype=bool].
+    """
     frame = int(0.025 * sampling_rate)
-    if samples.size < frame:
-        return False
-    n = samples.size // frame
-    frames = samples[: n * frame].reshape(n, frame).astype(np.float64)
-    frames = frames - frames.mean(axis=1, keepdims=True)  # DC is not speech
-    rms = np.sqrt(np.mean(frames**2, axis=1))
+    count, size = segments.shape
+    if size < frame:
+        return np.zeros(count, dtype=bool)
+    n = size // frame
+    frames = segments[:, : n * frame].reshape(count, n, frame).astype(np.float64)
+    frames = frames - frames.mean(axis=-1, keepdims=True)  # DC is not speech
+    rms = np.sqrt(np.mean(frames**2, axis=-1))
     level = 20 * np.log10(np.maximum(rms, 1e-10))
     active = level > threshold_dbfs
-    if active.sum() * 0.025 < min_active_s:
-        return False
+    loud_enough = active.sum(axis=-1) * 0.025 >= min_active_s
     # Speech is modulated: its frame levels spread over several dB.
-    return bool(np.std(level[active]) > 1.0 or (~active).any())
+    rows = zip(loud_enough, level, active, strict=True)
+    return np.array([bool(enough and (np.std(lv[on]) > 1.0 or (~on).any()))
+                     for enough, lv, on in rows], dtype=bool)

@@ -1,7 +1,8 @@
 """The worker's job: decode a span of a recording, cut it, detect speech, compute features.
 
-This runs in joblib worker processes and imports only numpy, scipy,
-soundfile and soxr (never TensorFlow). Every failure comes back as data.
+This runs in joblib workers (threads of the main process, or worker
+processes that import only numpy, scipy, soundfile and soxr, never
+TensorFlow). Every failure comes back as data.
 """
 
 from __future__ import annotations

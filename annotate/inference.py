@@ -12,8 +12,8 @@ Two backends run the same network and give the same logits (to about 1e-6):
   has no current export or LiteRT does not import.
 
 :func:`choose_backend` picks one per model (``$ANNOTATE_BACKEND`` or
-``annotate run --backend`` can force either). Only the main process imports
-this module; the joblib workers that compute features never do.
+``annotate run --backend`` can force either). Feature worker processes never
+import this module.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The whole pipeline as one function: ``run(inputs, output)``.
 
-discover -> plan chunks -> (joblib workers) decode, segment, features ->
+discover -> plan chunks -> (joblib threads or processes) decode, segment, features ->
 batched inference -> rows -> resumable store -> final Parquet tables.
 """
 

@@ -7,9 +7,11 @@ each it runs ``annotate run`` in a subprocess with the default settings and
 reports wall time, multiples of real time, CPU time, peak RSS of the whole
 process tree (sampled every 50 ms), and the time to the first written part.
 On the same audio it measures the floor (decoding plus log-mel features, no
-model, with the run's parallelism and the models' feature settings) and a naive baseline (one file at a time:
-librosa.load, features, model.predict per window; timed on a subset and
-scaled per audio hour).
+model, with the run's parallelism and the models' feature settings), the
+networks alone (the language and an emotion model on every speech segment),
+their sum (the arithmetic a run cannot avoid), and a naive baseline (one file
+at a time: librosa.load, features, model.predict per window; timed on a
+subset and scaled per audio hour).
 
 Usage: python benchmarks/throughput.py [--corpora ../shared/corpora] [--work /tmp/annotate-bench]
        [--language-model DIR --emotion-model LANG=DIR ...] [--quick]
@@ -129,30 +131,70 @@ def run_annotate(corpus: Path, out: Path, model_args: list[str]) -> dict:
     }
 
 
-def floor(corpus: Path, jobs: int, params: tuple) -> float:
+def floor(corpus: Path, jobs: int, params: tuple) -> tuple[float, list]:
     """Decoding plus log-mel features alone, as the run does them.
 
-    Same parallelism, chunking and feature settings (``params``: those of the
-    run's models), fresh workers included.
+    Same parallelism (the run's ``--workers auto`` choice for ``jobs``),
+    chunking and feature settings (``params``: those of the run's models),
+    worker start-up included, no model. Also returns the chunk results.
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed
     from joblib.externals.loky import get_reusable_executor
 
     from annotate.discover import discover
     from annotate.featurize import SegmentSettings, featurize_chunk, plan_chunks
-    from annotate.pipeline import CHUNK_S
+    from annotate.pipeline import CHUNK_S, parallel_features, resolve_workers
 
     # The run starts its workers; so does the floor (joblib would reuse warm ones).
     get_reusable_executor().shutdown(wait=True)
     settings = SegmentSettings()
+    workers = resolve_workers("auto", jobs)
     start = time.perf_counter()
     recordings, _ = discover([corpus])
     chunks = [c for i, r in enumerate(recordings) for c in plan_chunks(i, r, settings, CHUNK_S)]
-    for _ in Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(featurize_chunk)(c, settings, params) for c in chunks
-    ):
-        pass
-    return time.perf_counter() - start
+    parallel, limits = parallel_features(jobs, workers, return_as="generator")
+    with limits:
+        results = list(parallel(delayed(featurize_chunk)(c, settings, params) for c in chunks))
+    return time.perf_counter() - start, results
+
+
+def start_up_s() -> float:
+    """What every run pays before its first feature: the interpreter and its imports.
+
+    Median of 3 fresh interpreters importing what ``annotate run`` imports
+    (pyarrow pulls in pandas on its first conversion).
+    """
+    code = ("import annotate.cli, annotate.pipeline, annotate.annotator, annotate.inference, "
+            "annotate.featurize, pandas, ai_edge_litert.interpreter")
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[1]
+
+
+def network_ms_per_segment(models, results: list) -> float:
+    """Milliseconds per speech segment for the language model plus one emotion model.
+
+    Every speech segment goes through both, whatever the routing (the
+    emotion networks share one architecture); measured on the run's backends
+    with the corpus's own features.
+    """
+    from annotate.inference import Classifier
+
+    backends = dict(zip(map(id, models.specs), models.choose_backends(), strict=True))
+    emotion = next(iter(models.emotion.values()))
+    cost = 0.0
+    for spec in (models.language, emotion):
+        features = [r.features[spec.features] for r in results if r.features]
+        n = sum(len(f) for f in features)
+        classifier = Classifier(spec, backends[id(spec)]).load()
+        classifier.logits(features[:1])  # first call
+        start = time.perf_counter()
+        classifier.logits(features)
+        cost += (time.perf_counter() - start) / n * 1e3
+    return cost
 
 
 def naive(corpus: Path, model_dir: Path, budget_s: float) -> tuple[float, float]:
@@ -201,7 +243,8 @@ def main() -> None:
 
     language_dir = args.language_model or bundled_models_dir() / "language"
     emotion = dict(item.split("=", 1) for item in args.emotion_model)
-    feature_params = ModelSet.load(args.language_model, emotion).feature_params
+    models = ModelSet.load(args.language_model, emotion)
+    feature_params = models.feature_params
     jobs = os.cpu_count() or 1
     args.work.mkdir(parents=True, exist_ok=True)
     audio = source_audio(args.corpora, 7200.0)
@@ -215,32 +258,53 @@ def main() -> None:
     if args.quick:
         corpora = {"wav16k_30min": corpora["wav16k_30min"]}
     rows = {}
+    network_ms = None
     for name, (folder, samples, file_s, rate, fmt) in corpora.items():
         duration = build_corpus(folder, samples, file_s, rate, fmt)
         result = run_annotate(folder, args.work / f"{name}.parquet", model_args)
         result["audio_s"] = duration
         result["x_real_time"] = duration / result["wall_s"]
         result["s_per_audio_hour"] = result["wall_s"] / (duration / 3600)
-        result["floor_s"] = floor(folder, jobs, feature_params)
+        result["floor_s"], chunk_results = floor(folder, jobs, feature_params)
         result["run_over_floor"] = result["wall_s"] / result["floor_s"]
+        if network_ms is None:
+            network_ms = network_ms_per_segment(models, chunk_results)
+        segments = sum(len(r.speech) for r in chunk_results)
+        speech = sum(int(r.speech.sum()) for r in chunk_results)
+        del chunk_results
+        # What the arithmetic alone takes: features with the run's parallelism,
+        # then both networks on every speech segment with LiteRT's threads.
+        result["networks_s"] = speech * network_ms / 1e3
+        result["arithmetic_s"] = result["floor_s"] + result["networks_s"]
+        result["run_over_arithmetic"] = result["wall_s"] / result["arithmetic_s"]
+        result["segments"], result["speech_segments"] = segments, speech
         rows[name] = result
         print(f"{name}: {json.dumps({k: round(v, 3) for k, v in result.items()})}", flush=True)
+    start_s = start_up_s()
     naive_s, naive_audio = naive(corpora["wav16k_30min"][0], language_dir, budget_s=60.0)
     naive_x = naive_audio / naive_s
     print()
+    from annotate.pipeline import resolve_workers
+
     print(f"machine: {platform.processor() or platform.machine()}, {jobs} cores, "
-          f"python {platform.python_version()}")
+          f"python {platform.python_version()}; feature workers: {resolve_workers('auto', jobs)}; "
+          f"networks: {network_ms:.2f} ms per speech segment (language + emotion); "
+          f"interpreter and imports: {start_s:.2f} s")
     print(f"{'corpus':22} {'audio h':>8} {'wall s':>8} {'x RT':>8} {'CPU s':>8} {'RSS MiB':>8} "
-          f"{'first s':>8} {'floor s':>8} {'run/floor':>9} {'s/audio h':>9}")
+          f"{'first s':>8} {'floor s':>8} {'run/floor':>9} {'nets s':>8} {'run/arith':>9} "
+          f"{'s/audio h':>9}")
     for name, r in rows.items():
-        print(f"{name:22} {r['audio_s'] / 3600:8.2f} {r['wall_s']:8.1f} {r['x_real_time']:8.0f} "
+        print(f"{name:22} {r['audio_s'] / 3600:8.2f} {r['wall_s']:8.2f} {r['x_real_time']:8.0f} "
               f"{r['cpu_s']:8.1f} {r['peak_rss_mib']:8.0f} {r['first_result_s']:8.1f} "
-              f"{r['floor_s']:8.1f} {r['run_over_floor']:9.2f} {r['s_per_audio_hour']:9.1f}")
+              f"{r['floor_s']:8.2f} {r['run_over_floor']:9.2f} {r['networks_s']:8.2f} "
+              f"{r['run_over_arithmetic']:9.2f} {r['s_per_audio_hour']:9.2f}")
     run_x = rows["wav16k_30min"]["x_real_time"]
     print(f"naive baseline (language model only, {naive_audio / 60:.1f} min timed): "
           f"{naive_x:.0f}x real time; run/naive speed-up: {run_x / naive_x:.1f}x")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "naive_x_real_time": naive_x}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "naive_x_real_time": naive_x,
+                                         "network_ms_per_segment": network_ms,
+                                         "start_up_s": start_s}, indent=2))
 
 
 if __name__ == "__main__":

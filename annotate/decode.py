@@ -24,7 +24,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -172,6 +172,28 @@ def read_span(
         InputError: Decoding failed, or the audio ends well before the
             header says (``kind="truncated"``).
     """
+    if info.format in CHATTY_FORMATS and c_stderr.can_quiet():
+        # Silenced through the C stderr stream, which threads can share, so
+        # that they decode side by side; a failure is decoded again with the
+        # notes caught on descriptor 2 (one thread at a time), for its message.
+        try:
+            return _read_span(path, info, start_s, end_s, sampling_rate, c_stderr.quiet)
+        except InputError:
+            pass
+    if info.format in CHATTY_FORMATS:
+        notes: list[str] = []
+        return _read_span(path, info, start_s, end_s, sampling_rate,
+                          functools.partial(decoder_messages, notes), notes)
+    return _read_span(path, info, start_s, end_s, sampling_rate, contextlib.nullcontext)
+
+
+def _read_span(path, info: AudioInfo, start_s: float, end_s: float, sampling_rate: int,
+               decoder_call, notes: Sequence[str] = ()) -> np.ndarray:
+    """:func:`read_span`, with every decoder call inside ``decoder_call()``.
+
+    ``notes`` are the decoder's lines that ``decoder_call`` catches, for the
+    message of a failure.
+    """
     src_rate = info.sampling_rate
     ctx = CONTEXT_S if src_rate != sampling_rate else 0.0
     first = max(0, int(math.floor((start_s - ctx) * src_rate)))
@@ -194,20 +216,14 @@ def read_span(
         else None
     )
     position = first
-    notes: list[str] = []
-    # Catching decoder output takes a process-wide lock: hold it around the
-    # decoder calls of formats that print, so that threads resample, and
-    # decode other formats, side by side.
-    caught = (functools.partial(decoder_messages, notes) if info.format in CHATTY_FORMATS
-              else contextlib.nullcontext)
     with open_audio(path) as handle:
         try:
             if first:
-                with caught():
+                with decoder_call():
                     handle.seek(first)
             while position < last:
                 count = min(BLOCK_FRAMES, last - position)
-                with caught():
+                with decoder_call():
                     block = handle.read(count, dtype="float32", always_2d=True)
                 if block.shape[0] == 0:
                     break
@@ -253,7 +269,7 @@ def decoder_messages(notes: list[str] | None = None) -> Iterator[list[str]]:
         ``notes``, to which the decoder lines caught are added when the block ends.
     """
     notes = [] if notes is None else notes
-    with c_stderr.LOCK:
+    with c_stderr.exclusive():
         try:
             sys.stderr.flush()
             sink = tempfile.TemporaryFile()  # not a pipe: it cannot fill up and block

@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 import annotate
 import annotate.pipeline
+from annotate import c_stderr
 from annotate.cli import app
 from annotate.testing import speech_like
 
@@ -178,6 +179,49 @@ def test_threads_redirecting_descriptor_2_leave_it_where_it_was():
         thread.join()
     now = os.fstat(2)
     assert (now.st_dev, now.st_ino) == (original.st_dev, original.st_ino)
+
+
+@pytest.mark.skipif(not c_stderr.can_quiet(), reason="no C stderr variable to swap here")
+def test_quiet_threads_drop_c_stderr_together_and_exclusive_sections_wait_for_them(capfd):
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.fputs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    libc.fflush.argtypes = [ctypes.c_void_p]
+    variable = c_stderr._stream_and_sink()[0]
+
+    def c_print(text: str) -> None:  # as mpg123 prints: through the C stderr stream
+        libc.fputs(text.encode(), variable.value)
+        libc.fflush(variable.value)
+
+    inside, release, order = threading.Barrier(3, timeout=30), threading.Event(), []
+
+    def decode_quietly(name: str) -> None:
+        with c_stderr.quiet():
+            inside.wait()
+            c_print(f"Note: from {name}\n")
+            release.wait()
+        order.append(f"{name} left")
+
+    threads = [threading.Thread(target=decode_quietly, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    inside.wait()  # both quiet at once: neither waited for the other
+
+    def catch() -> None:
+        with c_stderr.exclusive():
+            order.append("exclusive entered")
+
+    waiter = threading.Thread(target=catch)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # waits for the quiet ones
+    release.set()
+    for thread in [*threads, waiter]:
+        thread.join()
+    assert order[-1] == "exclusive entered"
+    c_print("after\n")
+    assert capfd.readouterr().err == "after\n"
 
 
 def test_every_input_is_either_annotated_or_a_failure(bad_run):

@@ -1,5 +1,5 @@
 """``python -m annotate``: the same as the ``annotate`` command."""
 
-from annotate.cli import app
+from annotate.cli import main
 
-app(prog_name="annotate")
+main()

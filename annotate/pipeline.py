@@ -6,14 +6,10 @@ batched inference -> rows -> resumable store -> final Parquet tables.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import signal
-import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -27,23 +23,19 @@ from annotate.model_set import ModelSet
 from annotate.schema import load_schema
 from annotate.spill import SpillFolder
 from annotate.store import PartialStore, check_output_path, failures_path, read_metadata
+from annotate.workers import (
+    ignore_ctrl_c,
+    parallel_features,
+    resolve_workers,
+    silence_loky_cancel_race,
+    stop_quietly,
+)
 
 #: Recordings longer than this are split into several worker tasks, so that
 #: a long file is never held whole and its work spreads over the workers.
 CHUNK_S = 120.0
 #: At most this long between writes of finished work.
 FLUSH_INTERVAL_S = 5.0
-#: How decoding and features run beside inference: ``threads`` of the main
-#: process, or worker ``processes``; ``auto`` takes threads up to
-#: :data:`THREADS_UP_TO` jobs. Threads start at once and hand features over
-#: without copies; numpy, scipy's FFT, libsndfile and soxr release the GIL,
-#: but the Python between their calls does not, which processes avoid on
-#: many cores (docs/benchmarks.md).
-WORKERS = ("auto", "threads", "processes")
-#: On 2 cores, 2 threads computed features as fast as 2 processes (0.61 s
-#: against 0.57 s for 30 min of audio) and saved the 0.7 s that worker
-#: processes take to start and import.
-THREADS_UP_TO = 2
 #: Features of one recording held in memory while its later chunks are read;
 #: past this they wait on disk (a 120 s chunk holds about 3 MB per feature
 #: setting), so that memory does not grow with a recording's length.
@@ -124,7 +116,8 @@ def run(
             ``"keras"``; default ``$ANNOTATE_BACKEND``, else ``auto``. The
             backend of each model is in the output's metadata and fingerprint.
         workers: Whether the jobs are ``"threads"`` or ``"processes"``;
-            ``"auto"`` picks (:data:`WORKERS`). The table does not depend on it.
+            ``"auto"`` picks (:data:`annotate.workers.WORKERS`). The table
+            does not depend on it.
 
     Returns:
         What was done; failures are also in the failures table.
@@ -194,42 +187,13 @@ def run(
     return result
 
 
-def resolve_workers(workers: str, jobs: int) -> str:
-    """``"threads"`` or ``"processes"`` for a :data:`WORKERS` request and a number of jobs.
-
-    Raises:
-        UsageError: ``workers`` is not one of :data:`WORKERS`.
-    """
-    if workers not in WORKERS:
-        raise UsageError(expected_one_of("workers", workers, WORKERS))
-    if workers == "auto":
-        return "threads" if jobs <= THREADS_UP_TO else "processes"
-    return workers
-
-
-def parallel_features(jobs: int, workers: str, **options):
-    """A joblib ``Parallel`` for feature tasks, and the context to run it in.
-
-    Threads share the process, so its BLAS (numpy's mel projection) is held
-    to one thread for the duration: its own threads would only compete with
-    the jobs. Worker processes get that limit from joblib.
-    """
-    from joblib import Parallel
-    from threadpoolctl import threadpool_limits
-
-    backend = {"threads": "threading", "processes": "loky"}[workers]
-    limits = (threadpool_limits(1, user_api="blas") if workers == "threads" and jobs > 1
-              else contextlib.nullcontext())
-    return Parallel(n_jobs=jobs, backend=backend, **options), limits
-
-
 def _process(todo, settings, models, annotator, store, jobs, workers, batch_size, failures,
              progress, result) -> None:
     from joblib import delayed
 
     params = models.feature_params
     planning_failures: list[Failure] = []
-    _ignore_loky_cancel_race()
+    silence_loky_cancel_race()
 
     def tasks() -> Iterator:
         for index, recording in enumerate(todo):
@@ -270,7 +234,7 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
     results = None
     with limits:
         try:
-            with _workers_ignore_ctrl_c():
+            with ignore_ctrl_c(workers):
                 results = parallel(tasks())
             # A Keras model takes seconds to load (TensorFlow's import): load the
             # models while the workers already decode.
@@ -305,67 +269,8 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
                 "run the same command again to resume"
             ) from error
         finally:
-            _stop_quietly(results)
+            stop_quietly(results)
             spill.close()
-
-
-def _stop_quietly(results) -> None:
-    """Cancel what is left of a stopped run's tasks (Ctrl-C, an error) without joblib's warning.
-
-    joblib warns that finished tasks went unused; the user has already been
-    told why the run stopped, and those recordings are redone on resume.
-    """
-    if results is None:
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tasks have been successfully executed")
-        results.close()
-
-
-@contextlib.contextmanager
-def _workers_ignore_ctrl_c():
-    """Start the worker processes with SIGINT ignored (they inherit it through exec).
-
-    Ctrl-C in a terminal reaches the whole process group: the workers would
-    die mid-task with tracebacks of their own while the main process stops
-    the run cleanly (exit 130, finished work kept). Only the main process
-    should hear it; it is deaf for the moment the workers take to spawn.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _ignore_loky_cancel_race() -> None:
-    """Keep a known joblib race out of the user's terminal (installed once per process).
-
-    When Ctrl-C interrupts a run, joblib cancels the queued tasks while
-    loky's manager thread may be handing one of them to a worker; the thread
-    then dies with ``KeyError`` in ``add_call_item_to_queue`` and prints a
-    traceback. The run stops cleanly all the same (exit 130, finished work
-    kept). Only that exception, from that thread, is silenced.
-    """
-    global _LOKY_HOOK_INSTALLED
-    if _LOKY_HOOK_INSTALLED:
-        return
-    default = threading.excepthook
-
-    def hook(args) -> None:
-        thread = args.thread.name if args.thread is not None else ""
-        if thread == "ExecutorManagerThread" and args.exc_type is KeyError:
-            return
-        default(args)
-
-    threading.excepthook = hook
-    _LOKY_HOOK_INSTALLED = True
-
-
-_LOKY_HOOK_INSTALLED = False
 
 
 def is_already_complete(output, previous: str | None, fingerprint: str, overwrite: bool,

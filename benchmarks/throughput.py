@@ -143,7 +143,8 @@ def floor(corpus: Path, jobs: int, params: tuple) -> tuple[float, list]:
 
     from annotate.discover import discover
     from annotate.featurize import SegmentSettings, featurize_chunk, plan_chunks
-    from annotate.pipeline import CHUNK_S, parallel_features, resolve_workers
+    from annotate.pipeline import CHUNK_S
+    from annotate.workers import parallel_features, resolve_workers
 
     # The run starts its workers; so does the floor (joblib would reuse warm ones).
     get_reusable_executor().shutdown(wait=True)
@@ -284,7 +285,7 @@ def main() -> None:
     naive_s, naive_audio = naive(corpora["wav16k_30min"][0], language_dir, budget_s=60.0)
     naive_x = naive_audio / naive_s
     print()
-    from annotate.pipeline import resolve_workers
+    from annotate.workers import resolve_workers
 
     print(f"machine: {platform.processor() or platform.machine()}, {jobs} cores, "
           f"python {platform.python_version()}; feature workers: {resolve_workers('auto', jobs)}; "

@@ -70,12 +70,12 @@ def resume(corpus: Path, out: Path, model_args, progress: Progress | None = None
     return annotate.run([corpus], out, progress=progress, **RUN_OPTIONS, **model_args)
 
 
-def start_cli(corpus: Path, out: Path, model_cli_args) -> subprocess.Popen:
+def start_cli(corpus: Path, out: Path, model_cli_args, *extra: str) -> subprocess.Popen:
     """``python -m annotate run`` in its own process group (as a shell job would be)."""
     with open(out.with_name("run.log"), "ab") as log:  # removed before tables are compared
         return subprocess.Popen(
             [sys.executable, "-m", "annotate", "run", str(corpus), "-o", str(out), *CLI_OPTIONS,
-             *model_cli_args],
+             *extra, *model_cli_args],
             stdout=log, stderr=log, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
@@ -197,8 +197,9 @@ def test_kill_9_many_trials(corpus, tmp_path, model_args, model_cli_args, refere
     assert len(outcomes) >= 20
 
 
+@pytest.mark.parametrize("workers", ["threads", "processes"])
 def test_a_second_run_refuses_and_ctrl_c_exits_130_then_the_run_resumes(
-        corpus, tmp_path, model_args, model_cli_args, reference):
+        corpus, tmp_path, model_args, model_cli_args, reference, workers):
     """Two faults on one live run (a subprocess each costs seconds of TensorFlow start-up).
 
     The first run is held mid-way (SIGSTOP) with its lock taken; a second run
@@ -207,7 +208,7 @@ def test_a_second_run_refuses_and_ctrl_c_exits_130_then_the_run_resumes(
     it with exit code 130; a resume writes the uninterrupted table.
     """
     out = workdir(tmp_path, "lock-and-sigint")
-    first = start_cli(corpus, out, model_cli_args)
+    first = start_cli(corpus, out, model_cli_args, "--workers", workers)
     try:
         assert wait_until(lambda: len(parts_of(out)) >= 1, first)
         os.killpg(first.pid, signal.SIGSTOP)

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from conftest import EMODB_LABELS, FALLBACK_LABELS, LANGUAGES, write_audio
 from joblib import delayed as joblib_delayed
 
 import annotate
@@ -16,7 +17,6 @@ from annotate.errors import UsageError
 from annotate.labels import EMOTIONS
 from annotate.schema import segments_schema
 from annotate.testing import speech_like
-from conftest import EMODB_LABELS, FALLBACK_LABELS, LANGUAGES, write_audio
 
 LANG_COLS = [f"lang_{c}" for c in LANGUAGES]
 EMO_COLS = [f"emo_{e}" for e in EMOTIONS]
@@ -127,7 +127,7 @@ def test_table_does_not_depend_on_jobs_workers_or_batch_size(mixed_corpus, tmp_p
 
 
 def test_auto_workers_are_threads_on_few_cores_and_processes_beyond():
-    from annotate.pipeline import THREADS_UP_TO, resolve_workers
+    from annotate.workers import THREADS_UP_TO, resolve_workers
 
     assert resolve_workers("auto", THREADS_UP_TO) == "threads"
     assert resolve_workers("auto", THREADS_UP_TO + 1) == "processes"
@@ -139,7 +139,7 @@ def test_auto_workers_are_threads_on_few_cores_and_processes_beyond():
 def test_feature_threads_hold_numpys_blas_to_one_thread_and_give_it_back():
     from threadpoolctl import threadpool_info
 
-    from annotate.pipeline import parallel_features
+    from annotate.workers import parallel_features
 
     def blas_threads():
         return {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()

@@ -1,0 +1,116 @@
+"""How the feature jobs run beside inference: threads of the main process, or worker processes.
+
+:func:`parallel_features` gives the joblib ``Parallel`` and the context to
+run it in, :func:`ignore_ctrl_c` starts worker processes deaf to Ctrl-C, and
+:func:`stop_quietly` cancels what a stopped run left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import warnings
+
+from annotate.errors import UsageError, expected_one_of
+
+#: How decoding and features run beside inference: ``threads`` of the main
+#: process, or worker ``processes``; ``auto`` takes threads up to
+#: :data:`THREADS_UP_TO` jobs. Threads start at once and hand features over
+#: without copies; numpy, scipy's FFT, libsndfile and soxr release the GIL,
+#: but the Python between their calls does not, which processes avoid on
+#: many cores (docs/benchmarks.md).
+WORKERS = ("auto", "threads", "processes")
+#: On 2 cores, 2 threads computed features as fast as 2 processes (0.61 s
+#: against 0.57 s for 30 min of audio) and saved the 0.7 s that worker
+#: processes take to start and import.
+THREADS_UP_TO = 2
+
+
+def resolve_workers(workers: str, jobs: int) -> str:
+    """``"threads"`` or ``"processes"`` for a :data:`WORKERS` request and a number of jobs.
+
+    Raises:
+        UsageError: ``workers`` is not one of :data:`WORKERS`.
+    """
+    if workers not in WORKERS:
+        raise UsageError(expected_one_of("workers", workers, WORKERS))
+    if workers == "auto":
+        return "threads" if jobs <= THREADS_UP_TO else "processes"
+    return workers
+
+
+def parallel_features(jobs: int, workers: str, **options):
+    """A joblib ``Parallel`` for feature tasks, and the context to run it in.
+
+    Threads share the process, so its BLAS (numpy's mel projection) is held
+    to one thread for the duration: its own threads would only compete with
+    the jobs. Worker processes get that limit from joblib.
+    """
+    from joblib import Parallel
+    from threadpoolctl import threadpool_limits
+
+    backend = {"threads": "threading", "processes": "loky"}[workers]
+    limits = (threadpool_limits(1, user_api="blas") if workers == "threads" and jobs > 1
+              else contextlib.nullcontext())
+    return Parallel(n_jobs=jobs, backend=backend, **options), limits
+
+
+def stop_quietly(results) -> None:
+    """Cancel what is left of a stopped run's tasks (Ctrl-C, an error) without joblib's warning.
+
+    joblib warns that finished tasks went unused; the user has already been
+    told why the run stopped, and those recordings are redone on resume.
+    """
+    if results is None:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tasks have been successfully executed")
+        results.close()
+
+
+@contextlib.contextmanager
+def ignore_ctrl_c(workers: str):
+    """Start worker processes with SIGINT ignored (they inherit it through exec).
+
+    Ctrl-C in a terminal reaches the whole process group: the workers would
+    die mid-task with tracebacks of their own while the main process stops
+    the run cleanly (exit 130, finished work kept). Only the main process
+    should hear it; it is deaf for the moment the workers take to spawn.
+    Threads need nothing of this.
+    """
+    if workers != "processes" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def silence_loky_cancel_race() -> None:
+    """Keep a known joblib race out of the user's terminal (installed once per process).
+
+    When Ctrl-C interrupts a run, joblib cancels the queued tasks while
+    loky's manager thread may be handing one of them to a worker; the thread
+    then dies with ``KeyError`` in ``add_call_item_to_queue`` and prints a
+    traceback. The run stops cleanly all the same (exit 130, finished work
+    kept). Only that exception, from that thread, is silenced.
+    """
+    global _LOKY_HOOK_INSTALLED
+    if _LOKY_HOOK_INSTALLED:
+        return
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        thread = args.thread.name if args.thread is not None else ""
+        if thread == "ExecutorManagerThread" and args.exc_type is KeyError:
+            return
+        default(args)
+
+    threading.excepthook = hook
+    _LOKY_HOOK_INSTALLED = True
+
+
+_LOKY_HOOK_INSTALLED = False

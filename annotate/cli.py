@@ -175,9 +175,9 @@ def _imports_kept_from_the_collector() -> Iterator[None]:
     """Import without garbage collection, then freeze what was imported.
 
     Imports make no garbage worth collecting, and modules live as long as the
-    process. The collector spent 0.12-0.13 s of a run (30 min of audio) in
-    270 collections, most over the objects of numpy, scipy, pyarrow, pandas
-    and LiteRT; with this, 0.01 s. Only in the ``annotate`` process itself
+    process. The collector spent 0.12-0.15 s of a run (30 min of audio) in
+    271 collections, most over the objects of numpy, scipy, pyarrow, pandas
+    and LiteRT; with this, 0.02 s in 98. Only in the ``annotate`` process itself
     (:func:`main`): a program or test calling the commands keeps its collector.
     """
     if not _IN_OWN_PROCESS:

@@ -40,11 +40,11 @@ BACKENDS = ("auto", "keras", "litert")
 #: Environment variable holding the default backend request.
 BACKEND_ENV = "ANNOTATE_BACKEND"
 
-#: LiteRT interpreter threads (capped at the cores). Measured inside
-#: `annotate run` on 40 copies of examples/corpus (1120 segment inferences,
-#: the two joblib feature workers beside it, a 2-core machine also training
-#: a model), median of 5 runs: 1 thread 4.7 ms/segment and 11.5 s in all,
-#: 2 threads 3.9 ms/segment and 9.4 s. The logits are the same bits either way.
+#: LiteRT interpreter threads (capped at the cores). Measured through
+#: `annotate run` with the two feature threads beside it on a 2-core machine,
+#: interleaved: 2 h of WAV in 3.76-3.93 s with 2 threads against 4.21-4.30 s
+#: with 1, 30 min in 1.60-1.69 s against 1.76-1.78 s, at the same CPU time.
+#: The logits are the same bits either way.
 LITERT_THREADS = 2
 
 

@@ -12,7 +12,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # A regular (non-editable) install: what users get, package data included.
+# build/ is cleared first: setuptools packs whatever build/lib holds, so modules
+# moved or deleted since the last build would otherwise be installed again.
 install: $(BIN)/python
+	rm -rf build
 	$(BIN)/python -m pip install --quiet '.[test]'
 
 demo: install

@@ -1,4 +1,4 @@
-"""One exception hierarchy for the library; only ``cli.py`` turns it into exit codes."""
+"""One exception hierarchy for the library; only :mod:`annotate.cli` turns it into exit codes."""
 
 from __future__ import annotations
 

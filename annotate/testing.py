@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from annotate.features import FeatureParams
-from annotate.model_folder import ModelSpec, write_model_folder
+from annotate.modelling.model_folder import ModelSpec, write_model_folder
 
 #: Small features so that tiny test models stay fast.
 TEST_FEATURES = FeatureParams(segment_s=1.0, n_mels=32, n_fft=512)
@@ -47,7 +47,7 @@ def create_model_folder(
         litert: Also export ``model.tflite``, as ``annotate train`` does, so
             that runs use LiteRT (False: a folder only Keras can run).
     """
-    from annotate.inference import tensorflow
+    from annotate.modelling.inference import tensorflow
 
     keras = tensorflow().keras
     keras.utils.set_random_seed(seed)
@@ -69,7 +69,7 @@ def create_model_folder(
     write_model_folder(spec, card)
     model.save(spec.weights_path)
     if litert:
-        from annotate.litert_export import convert_to_litert
+        from annotate.modelling.litert_export import convert_to_litert
 
         spec = convert_to_litert(spec)
         write_model_folder(spec, card)
@@ -78,7 +78,7 @@ def create_model_folder(
 
 def build_tiny_network(features: FeatureParams, n_outputs: int):
     """A few-thousand-parameter Keras CNN on (frames, n_mels) input, logits out."""
-    from annotate.inference import tensorflow
+    from annotate.modelling.inference import tensorflow
 
     keras = tensorflow().keras
     layers = keras.layers

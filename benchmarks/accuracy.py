@@ -1,7 +1,7 @@
 """Accuracy of the bundled models on speakers they never heard, through `annotate run`.
 
 For every corpus in ``--corpora`` the held-out speakers of
-:mod:`annotate.heldout` are written to a manifest and annotated with
+:mod:`annotate.training.heldout` are written to a manifest and annotated with
 ``annotate.run`` (the same function as the command line) using the bundled
 models (or ``--models DIR``); each recording's label is the duration-weighted
 mean of its segments' probabilities (``annotate summarize --per-recording``).
@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 
 import annotate
-from annotate import heldout
-from annotate.corpora import read_corpus
-from annotate.evaluate import classification_metrics
 from annotate.labels import LANGUAGES
-from annotate.summarize import per_recording
+from annotate.training import heldout
+from annotate.training.corpora import read_corpus
+from annotate.training.evaluate import classification_metrics
+from annotate.views.summarize import per_recording
 
 #: Figures the issue gives for the same kind of split, for comparison.
 ANCHORS = {
@@ -83,10 +83,10 @@ def score(rows: pd.DataFrame, truth: dict[str, str], prefix: str) -> dict:
 
 def telephone_set(corpora: Path, work: Path) -> dict[str, str]:
     """Common Voice clips never used in training, band-limited to 8 kHz telephone audio."""
-    from annotate.augment import telephone
-    from annotate.decode import probe, read_span
-
     import soundfile as sf
+
+    from annotate.audio.decode import probe, read_span
+    from annotate.training.augment import telephone
 
     truth = {}
     folder = work / "telephone"
@@ -121,7 +121,7 @@ def opensmile_baseline(corpus, jobs: int = 2) -> dict | None:
     """The issue's strongest anchor on our split: ComParE 2016 + a linear SVM.
 
     Functionals standardised, the SVM trained on the training speakers of
-    :mod:`annotate.heldout` and scored on the held-out ones.
+    :mod:`annotate.training.heldout` and scored on the held-out ones.
 
     Returns None when ``opensmile`` or ``scikit-learn`` is missing.
     """
@@ -188,8 +188,8 @@ def main() -> None:
         rows = annotate_manifest(list(truth), work, "telephone", args.models, None)
         results["language: telephone (never trained on)"] = score(rows, truth, "lang_")
     if args.loso:
-        from annotate.evaluate import evaluate
-        from annotate.model_folder import bundled_models_dir
+        from annotate.modelling.model_folder import bundled_models_dir
+        from annotate.training.evaluate import evaluate
 
         models = args.models or bundled_models_dir()
         for name, model in (("emodb", "emotion-de"), ("emovo", "emotion-it")):

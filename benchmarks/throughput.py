@@ -39,7 +39,7 @@ SR = 16000
 
 def source_audio(corpora: Path | None, seconds: float) -> np.ndarray:
     """About ``seconds`` of 16 kHz speech: real clips looped, or synthetic."""
-    from annotate.decode import probe, read_span
+    from annotate.audio.decode import probe, read_span
 
     files = []
     if corpora and corpora.is_dir():
@@ -141,10 +141,10 @@ def floor(corpus: Path, jobs: int, params: tuple) -> tuple[float, list]:
     from joblib import delayed
     from joblib.externals.loky import get_reusable_executor
 
-    from annotate.discover import discover
-    from annotate.featurize import SegmentSettings, featurize_chunk, plan_chunks
-    from annotate.pipeline import CHUNK_S
-    from annotate.workers import parallel_features, resolve_workers
+    from annotate.audio.discover import discover
+    from annotate.pipeline.featurize import SegmentSettings, featurize_chunk, plan_chunks
+    from annotate.pipeline.local import CHUNK_S
+    from annotate.pipeline.workers import parallel_features, resolve_workers
 
     # The run starts its workers; so does the floor (joblib would reuse warm ones).
     get_reusable_executor().shutdown(wait=True)
@@ -165,8 +165,9 @@ def start_up_s() -> float:
     Median of 3 fresh interpreters importing what ``annotate run`` imports
     (pyarrow pulls in pandas on its first conversion).
     """
-    code = ("import annotate.cli, annotate.pipeline, annotate.annotator, annotate.inference, "
-            "annotate.featurize, pandas, ai_edge_litert.interpreter")
+    code = ("import annotate.cli, annotate.pipeline.local, annotate.pipeline.annotator, "
+            "annotate.modelling.inference, annotate.pipeline.featurize, pandas, "
+            "ai_edge_litert.interpreter")
     times = []
     for _ in range(3):
         start = time.perf_counter()
@@ -182,7 +183,7 @@ def network_ms_per_segment(models, results: list) -> float:
     emotion networks share one architecture); measured on the run's backends
     with the corpus's own features.
     """
-    from annotate.inference import Classifier
+    from annotate.modelling.inference import Classifier
 
     backends = dict(zip(map(id, models.specs), models.choose_backends(), strict=True))
     emotion = next(iter(models.emotion.values()))
@@ -206,8 +207,8 @@ def naive(corpus: Path, model_dir: Path, budget_s: float) -> tuple[float, float]
     import librosa
 
     from annotate.features import segment_features
-    from annotate.inference import tensorflow
-    from annotate.model_folder import read_model_folder
+    from annotate.modelling.inference import tensorflow
+    from annotate.modelling.model_folder import read_model_folder
 
     spec = read_model_folder(model_dir)
     model = tensorflow().keras.models.load_model(spec.weights_path, compile=False)
@@ -239,8 +240,8 @@ def main() -> None:
         model_args += ["--language-model", str(args.language_model)]
     for item in args.emotion_model:
         model_args += ["--emotion-model", item]
-    from annotate.model_folder import bundled_models_dir
-    from annotate.model_set import ModelSet
+    from annotate.modelling.model_folder import bundled_models_dir
+    from annotate.modelling.model_set import ModelSet
 
     language_dir = args.language_model or bundled_models_dir() / "language"
     emotion = dict(item.split("=", 1) for item in args.emotion_model)
@@ -285,7 +286,7 @@ def main() -> None:
     naive_s, naive_audio = naive(corpora["wav16k_30min"][0], language_dir, budget_s=60.0)
     naive_x = naive_audio / naive_s
     print()
-    from annotate.workers import resolve_workers
+    from annotate.pipeline.workers import resolve_workers
 
     print(f"machine: {platform.processor() or platform.machine()}, {jobs} cores, "
           f"python {platform.python_version()}; feature workers: {resolve_workers('auto', jobs)}; "

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from annotate.errors import AnnotateError  # noqa: E402
-from annotate.litert_export import export_litert  # noqa: E402
+from annotate.modelling.litert_export import export_litert  # noqa: E402
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from annotate.corpora import Corpus
+from annotate.training.corpora import Corpus
 
 VOICES = {"en": ["en-us", "en-gb", "en-gb-scotland"], "de": ["de"], "fr": ["fr", "fr-be"],
           "it": ["it"]}

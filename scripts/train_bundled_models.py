@@ -1,8 +1,8 @@
 """Retrain every bundled model from scratch, reproducibly (fixed seeds).
 
 Trains on the training speakers of the corpora in ``--corpora`` (the
-held-out speakers of :mod:`annotate.heldout` are never used), with
-``annotate.train.train`` -- the same code as ``annotate train`` -- and writes
+held-out speakers of :mod:`annotate.training.heldout` are never used), with
+``annotate.training.train.train`` -- the same code as ``annotate train`` -- and writes
 the model folders and their cards into ``--out`` (default ``models/``):
 
     emotion-multi  EmoDB + EMOVO + RAVDESS, from scratch: the shared backbone, and
@@ -30,11 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from annotate import heldout  # noqa: E402
-from annotate.corpora import read_corpus  # noqa: E402
 from annotate.features import FeatureParams  # noqa: E402
-from annotate.model_folder import read_model_folder  # noqa: E402
-from annotate.train import model_card, train  # noqa: E402
+from annotate.modelling.model_folder import read_model_folder  # noqa: E402
+from annotate.training import heldout  # noqa: E402
+from annotate.training.corpora import read_corpus  # noqa: E402
+from annotate.training.train import model_card, train  # noqa: E402
 
 SEED = 20261125
 LANGUAGE_SAMPLES_PER_EMOTION_CORPUS = 120
@@ -71,7 +71,7 @@ def write_card(spec) -> None:
     (spec.folder / "MODEL_CARD.md").write_text(
         model_card(spec) + f"\n## Licences of the training data\n\n{LICENCES}\n\n"
         "Held-out test speakers (never used here) are listed in "
-        "`annotate/heldout.py`; `benchmarks/accuracy.py` measures them.\n"
+        "`annotate/training/heldout.py`; `benchmarks/accuracy.py` measures them.\n"
     )
 
 

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import typer
+from conftest import LANGUAGES, write_audio
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
 import annotate
-from annotate import app_logic as logic
-from annotate.cli_view import APP_SCRIPT, app_config, app_environment, streamlit_command
+from annotate.cli.views import APP_SCRIPT, app_config, app_environment, streamlit_command
 from annotate.errors import InputError, ModelError, UsageError
 from annotate.testing import speech_like
-from conftest import LANGUAGES, write_audio
+from annotate.views import app_logic as logic
 
 
 def wav_bytes(samples: np.ndarray, sampling_rate: int = 16000) -> bytes:
@@ -122,7 +122,7 @@ def test_the_command_runs_this_app_script_with_the_options(models, tmp_path):
 
 
 def test_the_app_command_refuses_bad_options_before_starting_anything(models, tmp_path):
-    from annotate.cli_view import app, report
+    from annotate.cli.views import app, report
 
     cli = typer.Typer()
     cli.command()(report)
@@ -141,7 +141,7 @@ def test_the_app_command_refuses_bad_options_before_starting_anything(models, tm
 
 
 def test_the_commands_module_stays_light():
-    code = ("import sys, annotate.cli_view; "
+    code = ("import sys, annotate.cli.views; "
             "print(sorted({m.split('.')[0] for m in sys.modules} "
             "& {'matplotlib', 'streamlit', 'tensorflow'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

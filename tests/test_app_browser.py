@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from annotate.app_logic import TITLE, AppConfig
-from annotate.cli_view import start_app
+from annotate.cli.views import start_app
+from annotate.views.app_logic import TITLE, AppConfig
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 START_TIMEOUT_S = 60

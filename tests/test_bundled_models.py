@@ -9,11 +9,11 @@ import sys
 
 import pandas as pd
 import pyarrow.parquet as pq
+from conftest import write_audio
 
-from annotate.model_folder import read_model_folder
+from annotate.modelling.model_folder import read_model_folder
 from annotate.resources import resource_dir
 from annotate.testing import speech_like
-from conftest import write_audio
 
 SHIPPED = {"language", "emotion-de", "emotion-en", "emotion-it", "emotion-multi"}
 

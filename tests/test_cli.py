@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import write_audio
 from typer.testing import CliRunner
 
 from annotate.cli import app
 from annotate.testing import speech_like
-from conftest import write_audio
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()

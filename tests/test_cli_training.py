@@ -1,6 +1,6 @@
 """Tests of the ``corpus``, ``train`` and ``evaluate`` commands through typer's CliRunner.
 
-The commands are registered on a small app here, as ``annotate/cli.py`` does.
+The commands are registered on a small app here, as ``annotate.cli`` does.
 """
 
 # Test names say what each test checks.
@@ -22,8 +22,8 @@ import soundfile as sf
 import typer
 from typer.testing import CliRunner
 
-from annotate.cli_training import corpus, evaluate, train
-from annotate.model_folder import read_model_folder
+from annotate.cli.training import corpus, evaluate, train
+from annotate.modelling.model_folder import read_model_folder
 from annotate.testing import voice
 
 SR = 16000

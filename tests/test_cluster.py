@@ -10,16 +10,16 @@ import sys
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_audio
 from typer.testing import CliRunner
 
 import annotate
 from annotate.cli import app
 from annotate.errors import StateError, UsageError
-from annotate.pipeline import Progress
-from annotate.shard_store import SHARD_KEY
-from annotate.store import read_metadata
+from annotate.pipeline.local import Progress
+from annotate.pipeline.shard_store import SHARD_KEY
+from annotate.pipeline.store import read_metadata
 from annotate.testing import speech_like
-from conftest import write_audio
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,10 @@ class Started(Progress):
 
 def test_cluster_run_writes_the_local_runs_tables(mixed_corpus, tmp_path, model_args,
                                                    scheduler):
-    sys.modules.pop("annotate.cluster", None)
+    sys.modules.pop("annotate.pipeline.cluster", None)
     local, clustered = tmp_path / "local.parquet", tmp_path / "cluster.parquet"
     annotate.run([mixed_corpus], local, jobs=1, **model_args)
-    assert "annotate.cluster" not in sys.modules, "a local run must not load the Dask code"
+    assert "annotate.pipeline.cluster" not in sys.modules, "a local run must not load the Dask code"
 
     result = annotate.run([mixed_corpus], clustered, cluster=scheduler, shard_size=3,
                           **model_args)
@@ -79,7 +79,8 @@ def test_a_rerun_recomputes_only_the_shards_whose_part_is_missing_or_broken(
         mixed_corpus, tmp_path, model_args, scheduler, monkeypatch):
     out = tmp_path / "out.parquet"
     with monkeypatch.context() as patch:
-        patch.setattr("annotate.shard_store.ShardStore.finalize", interrupt_before_the_tables)
+        patch.setattr("annotate.pipeline.shard_store.ShardStore.finalize",
+                      interrupt_before_the_tables)
         with pytest.raises(Interrupted):
             annotate.run([mixed_corpus], out, cluster=scheduler, shard_size=3, **model_args)
     parts = sorted((tmp_path / "out.parquet.partial" / "parts").glob("*.parquet"))
@@ -107,7 +108,8 @@ def test_other_settings_against_partial_state_stop(mixed_corpus, tmp_path, model
                                                   scheduler, monkeypatch):
     out = tmp_path / "out.parquet"
     (mixed_corpus / "nested").rename(tmp_path / "elsewhere")  # fewer recordings, faster
-    monkeypatch.setattr("annotate.shard_store.ShardStore.finalize", interrupt_before_the_tables)
+    monkeypatch.setattr("annotate.pipeline.shard_store.ShardStore.finalize",
+                        interrupt_before_the_tables)
     with pytest.raises(Interrupted):
         annotate.run([mixed_corpus], out, cluster=scheduler, **model_args)
     with pytest.raises(StateError, match="other settings or models"):
@@ -137,7 +139,7 @@ def test_without_dask_the_cluster_option_says_what_to_install(mixed_corpus, tmp_
 
 
 def test_the_command_line_does_not_import_dask():
-    code = ("import sys, annotate.cli, annotate.pipeline; "
+    code = ("import sys, annotate.cli, annotate.pipeline.local; "
             "print(sorted(m for m in ('dask', 'distributed', 'fsspec') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

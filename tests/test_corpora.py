@@ -15,7 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from annotate.corpora import (
+from annotate.errors import InputError, UsageError
+from annotate.labels import ATTITUDES, EMOTIONS
+from annotate.training.corpora import (
     CORPORA,
     Corpus,
     attack,
@@ -26,9 +28,7 @@ from annotate.corpora import (
     ravdess,
     read_corpus,
 )
-from annotate.corpora.base import COMMON_COLUMNS
-from annotate.errors import InputError, UsageError
-from annotate.labels import ATTITUDES, EMOTIONS
+from annotate.training.corpora.base import COMMON_COLUMNS
 
 
 def make_files(root: Path, names: list[str]) -> None:

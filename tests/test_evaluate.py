@@ -18,15 +18,15 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 import numpy as np
 import pytest
 
-from annotate.corpora import read_corpus
 from annotate.errors import InputError, ModelError, UsageError
-from annotate.evaluate import (
+from annotate.testing import TEST_FEATURES, create_model_folder, make_toy_emodb
+from annotate.training.corpora import read_corpus
+from annotate.training.evaluate import (
     classification_metrics,
     evaluate,
     expected_calibration_error,
     plot_confusion,
 )
-from annotate.testing import TEST_FEATURES, create_model_folder, make_toy_emodb
 
 SR = 16000
 
@@ -42,7 +42,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(corpus, tmp_path_factory):
-    from annotate.train import train
+    from annotate.training.train import train
 
     return train("emotion", [corpus], tmp_path_factory.mktemp("models") / "emo", epochs=3,
                  batch_size=8, learning_rate=1e-2, augment=False, features=TEST_FEATURES,
@@ -106,8 +106,8 @@ def test_holdout_result_shape(holdout, model):
 
 
 def test_holdout_predictions_equal_annotate_run(holdout, model, corpus, tmp_path):
-    from annotate.pipeline import run
-    from annotate.summarize import per_recording, read_output
+    from annotate.pipeline.local import run
+    from annotate.views.summarize import per_recording, read_output
 
     language = create_model_folder(tmp_path / "lang", "language", ["de", "en"])
     run([corpus.root / "wav"], tmp_path / "out.parquet", language_model=language.folder,

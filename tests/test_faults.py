@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 import annotate
 from annotate.cli import app
-from annotate.pipeline import Progress
+from annotate.pipeline.local import Progress
 from annotate.testing import speech_like
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -380,8 +380,8 @@ def test_unwritable_output_folders_fail_before_any_work(corpus, tmp_path, model_
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the output folder was checked")
 
-    monkeypatch.setattr("annotate.pipeline.discover", no_work)
-    monkeypatch.setattr("annotate.pipeline.ModelSet.load", no_work)
+    monkeypatch.setattr("annotate.pipeline.local.discover", no_work)
+    monkeypatch.setattr("annotate.pipeline.local.ModelSet.load", no_work)
     runner = CliRunner()
 
     missing = runner.invoke(app, ["run", str(corpus), "-o", str(tmp_path / "no" / "out.parquet"),
@@ -396,7 +396,7 @@ def test_unwritable_output_folders_fail_before_any_work(corpus, tmp_path, model_
             source.chmod(0o555)
         elif folder is None:  # root without mount: os.access stands in
             folder = source
-            monkeypatch.setattr("annotate.store.os.access", lambda *a, **k: False)
+            monkeypatch.setattr("annotate.pipeline.store.os.access", lambda *a, **k: False)
         result = runner.invoke(app, ["run", str(corpus), "-o", str(folder / "out.parquet"),
                                      *model_cli_args])
         assert result.exit_code == 2

@@ -6,12 +6,12 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import write_audio
 
 import annotate
-from annotate.discover import discover
+from annotate.audio.discover import discover
 from annotate.errors import UsageError
 from annotate.testing import speech_like
-from conftest import write_audio
 
 
 @pytest.fixture

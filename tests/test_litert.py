@@ -20,10 +20,10 @@ import annotate
 from annotate.cli import app
 from annotate.errors import ModelError, UsageError
 from annotate.features import segment_features
-from annotate.inference import MICRO_BATCH, Classifier, tensorflow
-from annotate.litert_export import convert_to_litert, export_litert
-from annotate.model_folder import ModelSpec, read_model_folder, write_model_folder
-from annotate.networks import ARCHITECTURES, build_network
+from annotate.modelling.inference import MICRO_BATCH, Classifier, tensorflow
+from annotate.modelling.litert_export import convert_to_litert, export_litert
+from annotate.modelling.model_folder import ModelSpec, read_model_folder, write_model_folder
+from annotate.modelling.networks import ARCHITECTURES, build_network
 from annotate.testing import TEST_FEATURES, create_model_folder, speech_like
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,7 +304,7 @@ def test_a_conversion_that_does_not_match_is_refused_or_left_to_keras(tmp_path, 
     """Exporting refuses; training keeps the model on Keras, without the old export."""
     spec = create_model_folder(tmp_path / "m", "emotion", ["anger", "neutral"], seed=4,
                                litert=False)
-    monkeypatch.setattr("annotate.litert_export.EXPORT_TOLERANCE", -1.0)
+    monkeypatch.setattr("annotate.modelling.litert_export.EXPORT_TOLERANCE", -1.0)
     with pytest.raises(ModelError, match="the LiteRT conversion differs from the Keras model"):
         export_litert(spec.folder)
     assert not (spec.folder / "model.tflite").exists()
@@ -324,10 +324,10 @@ def test_a_corrupt_export_is_refused(tmp_path, models):
 
 def test_annotate_train_exports_and_measures_what_annotate_run_will_use(tmp_path, monkeypatch):
     """The trained folder has a current export, and its card's metrics came from LiteRT."""
-    from annotate.corpora import read_corpus
-    from annotate.inference import LiteRTNetwork
+    from annotate.modelling.inference import LiteRTNetwork
     from annotate.testing import make_toy_emodb
-    from annotate.train import train
+    from annotate.training.corpora import read_corpus
+    from annotate.training.train import train
 
     calls = []
     outputs = LiteRTNetwork.outputs

@@ -12,8 +12,8 @@ from conftest import write_audio
 from typer.testing import CliRunner
 
 from annotate.cli import app
-from annotate.inference import tensorflow
-from annotate.model_folder import folder_hash
+from annotate.modelling.inference import tensorflow
+from annotate.modelling.model_folder import folder_hash
 from annotate.testing import TEST_FEATURES, speech_like
 
 runner = CliRunner()

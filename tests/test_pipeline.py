@@ -127,7 +127,7 @@ def test_table_does_not_depend_on_jobs_workers_or_batch_size(mixed_corpus, tmp_p
 
 
 def test_auto_workers_are_threads_on_few_cores_and_processes_beyond():
-    from annotate.workers import THREADS_UP_TO, resolve_workers
+    from annotate.pipeline.workers import THREADS_UP_TO, resolve_workers
 
     assert resolve_workers("auto", THREADS_UP_TO) == "threads"
     assert resolve_workers("auto", THREADS_UP_TO + 1) == "processes"
@@ -139,7 +139,7 @@ def test_auto_workers_are_threads_on_few_cores_and_processes_beyond():
 def test_feature_threads_hold_numpys_blas_to_one_thread_and_give_it_back():
     from threadpoolctl import threadpool_info
 
-    from annotate.workers import parallel_features
+    from annotate.pipeline.workers import parallel_features
 
     def blas_threads():
         return {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()
@@ -179,7 +179,7 @@ def test_long_recording_is_split_into_chunks_with_the_same_rows(tmp_path, model_
     write_audio(tmp_path / "c" / "long.flac", speech_like(40.0), 16000)
     whole, chunked = tmp_path / "whole.parquet", tmp_path / "chunked.parquet"
     annotate.run([tmp_path / "c"], whole, jobs=1, **model_args)
-    monkeypatch.setattr("annotate.pipeline.CHUNK_S", 9.0)  # 3 segments per task
+    monkeypatch.setattr("annotate.pipeline.local.CHUNK_S", 9.0)  # 3 segments per task
     annotate.run([tmp_path / "c"], chunked, jobs=2, **model_args)
     a, b = pd.read_parquet(whole), pd.read_parquet(chunked)
     pd.testing.assert_frame_equal(a[["path", "start_s", "end_s", "speech"]],
@@ -189,11 +189,11 @@ def test_long_recording_is_split_into_chunks_with_the_same_rows(tmp_path, model_
 
 def test_long_recording_features_wait_on_disk_and_give_the_same_table(tmp_path, model_args,
                                                                        monkeypatch):
-    from annotate import spill
+    from annotate.audio import spill
 
     write_audio(tmp_path / "c" / "long.flac", speech_like(40.0), 16000)
     write_audio(tmp_path / "c" / "short.flac", speech_like(5.0, seed=3), 16000)
-    monkeypatch.setattr("annotate.pipeline.CHUNK_S", 9.0)  # 3 segments per task
+    monkeypatch.setattr("annotate.pipeline.local.CHUNK_S", 9.0)  # 3 segments per task
     in_memory, spilled = tmp_path / "memory.parquet", tmp_path / "spilled.parquet"
     annotate.run([tmp_path / "c"], in_memory, jobs=2, **model_args)
     saved, loaded = [], []
@@ -202,7 +202,7 @@ def test_long_recording_features_wait_on_disk_and_give_the_same_table(tmp_path, 
         saved.append(self) or real_keep(self, f, held)))
     monkeypatch.setattr(spill.SpilledFeatures, "__array__", lambda self, *a, **k: (
         loaded.append(self.path) or real_array(self, *a, **k)))
-    monkeypatch.setattr("annotate.pipeline.SPILL_BUDGET_BYTES", 0)  # everything waits on disk
+    monkeypatch.setattr("annotate.pipeline.local.SPILL_BUDGET_BYTES", 0)  # everything waits on disk
     annotate.run([tmp_path / "c"], spilled, jobs=2, **model_args)
     assert saved[0].spilled_bytes > 0 and loaded  # features did go through files
     pd.testing.assert_frame_equal(pd.read_parquet(in_memory), pd.read_parquet(spilled))

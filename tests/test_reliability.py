@@ -27,8 +27,8 @@ from conftest import LANGUAGES, write_audio
 from typer.testing import CliRunner
 
 import annotate
-import annotate.pipeline
-from annotate import c_stderr
+import annotate.pipeline.local
+from annotate.audio import c_stderr
 from annotate.cli import app
 from annotate.testing import speech_like
 
@@ -157,8 +157,8 @@ def test_threads_redirecting_descriptor_2_leave_it_where_it_was():
     # A feature thread catching decoder notes and the main thread muting
     # LiteRT's start-up line once restored each other's redirection: the
     # rest of the run's messages went to a deleted file.
-    from annotate.c_stderr import muted
-    from annotate.decode import decoder_messages
+    from annotate.audio.c_stderr import muted
+    from annotate.audio.decode import decoder_messages
 
     original = os.fstat(2)
     stop = threading.Event()
@@ -347,8 +347,8 @@ def test_unreadable_file_and_folder_as_an_unprivileged_user(tmp_path):
         (folder / "open.wav").chmod(0o644)
         script = (
             "import json, os, sys\n"
-            "from annotate.discover import discover\n"
-            "from annotate.featurize import SegmentSettings, plan_chunks\n"
+            "from annotate.audio.discover import discover\n"
+            "from annotate.pipeline.featurize import SegmentSettings, plan_chunks\n"
             "if os.geteuid() == 0:\n"
             "    os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "assert os.geteuid() != 0 and not os.access(sys.argv[1] + '/locked.wav', os.R_OK)\n"
@@ -440,10 +440,10 @@ def write_long_wav(path: Path, duration_s: float, sampling_rate: int = 16000) ->
 
 PEAK_RSS_SCRIPT = """
 import gc, json, sys
-import annotate, annotate.pipeline
+import annotate, annotate.pipeline.local
 from pathlib import Path
 short, long_, out, language, emotion, chunk_s = sys.argv[1:7]
-annotate.pipeline.CHUNK_S = float(chunk_s)
+annotate.pipeline.local.CHUNK_S = float(chunk_s)
 models = dict(language_model=language, emotion_models={"*": emotion}, jobs=1)
 
 def status_mb(field):
@@ -502,6 +502,6 @@ def test_a_3_hour_file_does_not_need_3_hours_of_float32(tmp_path, models):
     until the whole recording is annotated: see docs/reliability.md.
     """
     figures = measure_peak_rss(tmp_path, models, duration_s=3 * 3600.0,
-                               chunk_s=annotate.pipeline.CHUNK_S)
+                               chunk_s=annotate.pipeline.local.CHUNK_S)
     print(figures)
     assert figures["growth_mb"] < 0.5 * figures["float32_mb"], figures

@@ -13,16 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import typer
+from conftest import LANGUAGES, write_audio
 from typer.testing import CliRunner
 
 import annotate
 from annotate.errors import UsageError
 from annotate.labels import EMOTIONS
-from annotate.report import aggregate, write_report
+from annotate.pipeline.store import METADATA_KEY, failures_path
 from annotate.schema import segments_schema
-from annotate.store import METADATA_KEY, failures_path
 from annotate.testing import speech_like
-from conftest import LANGUAGES, write_audio
+from annotate.views.report import aggregate, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EMODB = ("anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness")
@@ -126,7 +126,7 @@ def test_a_missing_table_or_output_folder_is_a_usage_error(annotated, tmp_path):
 
 
 def cli() -> typer.Typer:
-    from annotate.cli_view import report
+    from annotate.cli.views import report
 
     app = typer.Typer()
     app.command()(report)

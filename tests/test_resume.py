@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import write_audio
 
 import annotate
 from annotate.errors import StateError, UsageError
-from annotate.pipeline import Progress
+from annotate.pipeline.local import Progress
 from annotate.testing import speech_like
-from conftest import write_audio
 
 
 class StopAfter(Progress):

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from annotate import augment
-from annotate.corpora import read_corpus
 from annotate.errors import InputError, UsageError
-from annotate.model_folder import read_model_folder
+from annotate.modelling.model_folder import read_model_folder
 from annotate.testing import TEST_FEATURES, make_toy_emodb, voice
-from annotate.training_data import (
+from annotate.training import augment
+from annotate.training.corpora import read_corpus
+from annotate.training.training_data import (
     check_speaker_independent,
     collect_items,
     load_crops,
@@ -54,7 +54,7 @@ TRAIN_ARGS = dict(epochs=4, batch_size=8, learning_rate=1e-2, features=TEST_FEAT
 
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
-    from annotate.train import train
+    from annotate.training.train import train
 
     lines = []
     folder = tmp_path_factory.mktemp("models") / "emo"
@@ -146,8 +146,8 @@ def test_spec_augment_masks_bands_and_frames_deterministically():
 
 @pytest.mark.parametrize("architecture", ["cnn", "crnn"])
 def test_networks_output_logits_and_load_in_safe_mode(architecture, tmp_path):
-    from annotate.inference import tensorflow
-    from annotate.networks import build_network
+    from annotate.modelling.inference import tensorflow
+    from annotate.modelling.networks import build_network
 
     keras = tensorflow().keras
     model = build_network(architecture, TEST_FEATURES, 5, {"filters": [4, 8, 8]})
@@ -161,8 +161,8 @@ def test_networks_output_logits_and_load_in_safe_mode(architecture, tmp_path):
 
 
 def test_statistics_networks_output_logits_and_load_in_safe_mode(tmp_path):
-    from annotate.inference import tensorflow
-    from annotate.networks import build_network
+    from annotate.modelling.inference import tensorflow
+    from annotate.modelling.networks import build_network
 
     keras = tensorflow().keras
     x = np.random.default_rng(0).standard_normal((3, TEST_FEATURES.n_frames, TEST_FEATURES.n_mels))
@@ -180,8 +180,8 @@ def test_statistics_networks_output_logits_and_load_in_safe_mode(tmp_path):
 def test_statistics_branch_computes_the_documented_functionals():
     import scipy.fft
 
-    from annotate.inference import tensorflow
-    from annotate.networks import build_network
+    from annotate.modelling.inference import tensorflow
+    from annotate.modelling.networks import build_network
 
     keras = tensorflow().keras
     model = build_network("stats", TEST_FEATURES, 3, {"n_cepstra": 6})
@@ -201,7 +201,7 @@ def test_statistics_branch_computes_the_documented_functionals():
 
 def test_default_networks_are_small():
     from annotate.features import FeatureParams
-    from annotate.networks import build_network
+    from annotate.modelling.networks import build_network
 
     for architecture in ("cnn", "crnn", "stats", "cnn_stats"):
         params = build_network(architecture, FeatureParams(), 7).count_params()
@@ -209,7 +209,7 @@ def test_default_networks_are_small():
 
 
 def test_unknown_architecture_or_option_lists_the_valid_ones():
-    from annotate.networks import network_options
+    from annotate.modelling.networks import network_options
 
     with pytest.raises(UsageError, match=r"expected one of \[cnn, cnn_stats, crnn, stats\]"):
         network_options("transformer")
@@ -281,7 +281,7 @@ def test_corpus_for_another_task_is_refused(corpus):
 
 
 def test_temperature_fit_recovers_the_temperature_of_the_data():
-    from annotate.train import fit_temperature
+    from annotate.training.train import fit_temperature
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (4000, 4))
@@ -296,7 +296,7 @@ def test_temperature_fit_recovers_the_temperature_of_the_data():
 
 
 def test_trained_folder_loads_and_predicts(trained):
-    from annotate.inference import Classifier
+    from annotate.modelling.inference import Classifier
 
     spec, _ = trained
     read = read_model_folder(spec.folder)
@@ -340,8 +340,8 @@ def test_learnable_task_reaches_high_validation_uar(trained):
 
 
 def test_same_seed_gives_identical_weights(corpus, trained, tmp_path):
-    from annotate.inference import tensorflow
-    from annotate.train import train
+    from annotate.modelling.inference import tensorflow
+    from annotate.training.train import train
 
     keras = tensorflow().keras
     spec, _ = trained
@@ -354,7 +354,7 @@ def test_same_seed_gives_identical_weights(corpus, trained, tmp_path):
 
 
 def test_cross_lingual_languages_and_bad_arguments(corpus, trained, tmp_path):
-    from annotate.train import model_languages, train
+    from annotate.training.train import model_languages, train
 
     items = collect_items([corpus], "emotion")
     assert model_languages("emotion", ["anger"], items, ["*"]) == ("*",)
@@ -374,9 +374,9 @@ def test_cross_lingual_languages_and_bad_arguments(corpus, trained, tmp_path):
 
 
 def test_fine_tuning_starts_from_the_donor_and_records_it(corpus, trained, tmp_path):
-    from annotate.inference import tensorflow
-    from annotate.model_folder import file_sha256
-    from annotate.train import train
+    from annotate.modelling.inference import tensorflow
+    from annotate.modelling.model_folder import file_sha256
+    from annotate.training.train import train
 
     keras = tensorflow().keras
     donor, _ = trained
@@ -406,7 +406,7 @@ def test_fine_tuning_starts_from_the_donor_and_records_it(corpus, trained, tmp_p
 
 def test_fine_tuning_refuses_a_donor_that_does_not_fit(corpus, trained, tmp_path):
     from annotate.errors import ModelError
-    from annotate.train import train
+    from annotate.training.train import train
 
     donor, _ = trained
     with pytest.raises(ModelError, match="mel bands"):
@@ -421,8 +421,9 @@ def test_worker_and_command_modules_do_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, annotate.training_data, annotate.augment, annotate.cli_training, "
-            "annotate.evaluate, annotate.train, annotate.networks; "
+    code = ("import sys, annotate.training.training_data, annotate.training.augment, "
+            "annotate.cli.training, annotate.training.evaluate, annotate.training.train, "
+            "annotate.modelling.networks; "
             "sys.exit('tensorflow' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0

@@ -1,0 +1,248 @@
+"""The model folder format: a self-describing directory, read without TensorFlow.
+
+A model folder holds::
+
+    model.json      task, labels, languages, feature settings, temperature,
+                    training data and split, validation metrics
+    model.keras     the Keras model; its output is logits, one per label
+    model.tflite    optional: the same network converted for LiteRT (float32),
+                    which runs it without TensorFlow
+    MODEL_CARD.md   for people: data, licences, metrics, intended use, limits
+
+``model.json`` records the LiteRT export, when there is one, as
+``"litert": {"file": "model.tflite", "keras_sha256": "<hex>"}``: the SHA-256
+of the ``model.keras`` it was converted from. The export is current only
+while the weights still hash to it (:meth:`ModelSpec.litert_problem`), so a
+retrained or replaced ``model.keras`` is never shadowed by an old export.
+
+:func:`read_model_folder` checks that everything inference needs is there and
+consistent and names what is missing; :mod:`annotate.modelling.inference` loads the
+network (LiteRT, or Keras in safe mode) once a run needs it, and
+:mod:`annotate.modelling.litert_export` writes the export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from annotate.errors import ModelError, expected_one_of
+from annotate.features import FeatureParams
+from annotate.labels import EMOTIONS, TASKS
+
+FORMAT = "annotate-model/1"
+SPEC_FILE = "model.json"
+CARD_FILE = "MODEL_CARD.md"
+REQUIRED_KEYS = ("format", "name", "task", "labels", "languages", "weights", "features")
+LITERT_FILE = "model.tflite"
+
+
+@dataclass(frozen=True)
+class LiteRTExport:
+    """``model.json``'s record of the LiteRT export beside the Keras model.
+
+    Attributes:
+        file: The ``.tflite`` file inside the folder.
+        keras_sha256: SHA-256 (hex) of the Keras file it was converted from.
+    """
+
+    file: str
+    keras_sha256: str
+
+    def to_json(self) -> dict:
+        """The ``litert`` entry of ``model.json``."""
+        return {"file": self.file, "keras_sha256": self.keras_sha256}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model folder's description (``model.json``), validated.
+
+    Attributes:
+        folder: Where the model lives.
+        name: Short name, written to the output (``emotion_model``).
+        task: One of ``language``, ``emotion``, ``attitude``.
+        labels: Output labels in the order of the model's outputs.
+        languages: Languages the model serves (ISO 639-1); ``["*"]`` for any.
+        weights: File name of the Keras model inside ``folder``.
+        features: Feature settings inference must reproduce.
+        temperature: Calibration temperature dividing the logits.
+        training: Training data, split and settings (free form).
+        metrics: Validation metrics (free form).
+        litert: The LiteRT export, if one was recorded (it may be stale).
+    """
+
+    folder: Path
+    name: str
+    task: str
+    labels: tuple[str, ...]
+    languages: tuple[str, ...]
+    weights: str
+    features: FeatureParams
+    temperature: float = 1.0
+    training: dict = field(default_factory=dict, compare=False)
+    metrics: dict = field(default_factory=dict, compare=False)
+    litert: LiteRTExport | None = None
+
+    @property
+    def weights_path(self) -> Path:
+        return self.folder / self.weights
+
+    def litert_problem(self) -> str | None:
+        """Why the folder's LiteRT export cannot stand in for its Keras model, or None.
+
+        It can while ``model.json`` records it, its file exists and the Keras
+        file still hashes to the recorded ``keras_sha256``.
+        """
+        if self.litert is None:
+            return f"{SPEC_FILE} records no LiteRT export"
+        if not (self.folder / self.litert.file).is_file():
+            return f"{self.litert.file} is missing"
+        if file_sha256(self.weights_path) != self.litert.keras_sha256:
+            return (f"{self.litert.file} was converted from another {self.weights} "
+                    "(the weights changed since the export)")
+        return None
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "task": self.task,
+            "labels": list(self.labels),
+            "languages": list(self.languages),
+            "weights": self.weights,
+            "features": self.features.to_dict(),
+            "temperature": self.temperature,
+            "training": self.training,
+            "metrics": self.metrics,
+            **({"litert": self.litert.to_json()} if self.litert else {}),
+        }
+
+
+def read_model_folder(folder: str | Path) -> ModelSpec:
+    """Read and validate a model folder's ``model.json``.
+
+    Raises:
+        ModelError: Naming each missing file or key and each inconsistency.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder not found: {folder}")
+    spec_path = folder / SPEC_FILE
+    if not spec_path.is_file():
+        raise ModelError(f"{folder} is not a model folder: {SPEC_FILE} is missing")
+    try:
+        raw = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"{spec_path} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{spec_path} must hold a JSON object")
+    missing = [key for key in REQUIRED_KEYS if key not in raw]
+    if missing:
+        raise ModelError(f"{spec_path} lacks {', '.join(missing)}")
+    if raw["format"] != FORMAT:
+        raise ModelError(f"{spec_path}: {expected_one_of('format', raw['format'], [FORMAT])}")
+    if raw["task"] not in TASKS:
+        raise ModelError(f"{spec_path}: {expected_one_of('task', raw['task'], TASKS)}")
+    labels = raw["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelError(f"{spec_path}: labels must be a non-empty list of strings")
+    if len(set(labels)) != len(labels):
+        raise ModelError(f"{spec_path}: labels repeat: {labels}")
+    if raw["task"] == "emotion":
+        unknown = [x for x in labels if x not in EMOTIONS]
+        if unknown:
+            raise ModelError(
+                f"{spec_path}: {expected_one_of('emotion label', unknown[0], EMOTIONS)}"
+            )
+    languages = raw["languages"]
+    if not isinstance(languages, list) or not languages:
+        raise ModelError(f"{spec_path}: languages must be a non-empty list (['*'] for any)")
+    try:
+        features = FeatureParams.from_dict(raw["features"])
+    except (TypeError, ValueError) as error:
+        raise ModelError(f"{spec_path}: bad feature settings: {error}") from None
+    temperature = float(raw.get("temperature", 1.0))
+    if not temperature > 0:
+        raise ModelError(f"{spec_path}: temperature must be positive, got {temperature}")
+    weights = str(raw["weights"])
+    if Path(weights).name != weights or not weights.endswith(".keras"):
+        raise ModelError(f"{spec_path}: weights must name a .keras file inside the folder")
+    if not (folder / weights).is_file():
+        raise ModelError(f"model folder {folder} lacks its weights file {weights}")
+    if not (folder / CARD_FILE).is_file():
+        raise ModelError(f"model folder {folder} lacks {CARD_FILE}")
+    litert = _read_litert(raw.get("litert"), spec_path)
+    return ModelSpec(
+        folder=folder,
+        name=str(raw["name"]),
+        task=raw["task"],
+        labels=tuple(labels),
+        languages=tuple(str(x) for x in languages),
+        weights=weights,
+        features=features,
+        temperature=temperature,
+        training=dict(raw.get("training") or {}),
+        metrics=dict(raw.get("metrics") or {}),
+        litert=litert,
+    )
+
+
+def _read_litert(raw, spec_path: Path) -> LiteRTExport | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not {"file", "keras_sha256"} <= set(raw):
+        raise ModelError(f"{spec_path}: litert must be an object with file and keras_sha256")
+    name, digest = raw["file"], raw["keras_sha256"]
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".tflite"):
+        raise ModelError(f"{spec_path}: litert.file must name a .tflite file inside the folder")
+    if not isinstance(digest, str) or not re.fullmatch("[0-9a-f]{64}", digest):
+        raise ModelError(f"{spec_path}: litert.keras_sha256 must be 64 lowercase hex digits")
+    return LiteRTExport(name, digest)
+
+
+def write_model_folder(spec: ModelSpec, card: str) -> None:
+    """Write ``model.json`` and ``MODEL_CARD.md`` (the weights are saved by the caller)."""
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    (spec.folder / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+    (spec.folder / CARD_FILE).write_text(card)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's contents, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_hash(folder: str | Path) -> str:
+    """SHA-256 over the folder's files (names and contents), as ``sha256:<hex>``."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(b"\0")
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+#: Environment variable naming a folder of model folders to use instead of
+#: the bundled ones (a site-wide model set; the tests point it at their own).
+MODELS_ENV = "ANNOTATE_MODELS"
+
+
+def bundled_models_dir() -> Path:
+    """The folder of default models: ``$ANNOTATE_MODELS``, else the package's."""
+    import os
+
+    from annotate.resources import resource_dir
+
+    override = os.environ.get(MODELS_ENV)
+    return Path(override) if override else resource_dir("models")

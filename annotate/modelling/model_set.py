@@ -1,0 +1,142 @@
+"""Which models a run applies: one language model, emotion models routed by language."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from annotate.errors import ModelError, UsageError
+from annotate.features import FeatureParams
+from annotate.modelling.model_folder import (
+    ModelSpec,
+    bundled_models_dir,
+    folder_hash,
+    read_model_folder,
+)
+
+ANY_LANGUAGE = "*"
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The models of a run.
+
+    Attributes:
+        language: The spoken-language model.
+        emotion: Emotion models by the language they serve; ``"*"`` is the
+            cross-lingual model used for every language without its own.
+    """
+
+    language: ModelSpec
+    emotion: dict[str, ModelSpec]
+
+    @classmethod
+    def load(
+        cls,
+        language_model: str | Path | None = None,
+        emotion_models: dict[str, str | Path] | None = None,
+        bundled: str | Path | None = None,
+    ) -> ModelSet:
+        """Bundled models, with any folder given by the user replacing its counterpart.
+
+        Args:
+            language_model: A language model folder replacing the bundled one.
+            emotion_models: ``{language: folder}`` replacing or adding emotion
+                models; the key ``"*"`` sets the fallback model.
+            bundled: The folder of bundled models (default: the package's).
+        """
+        bundled = Path(bundled) if bundled else bundled_models_dir()
+        shipped = _bundled_specs(bundled)
+        if language_model is not None:
+            language = read_model_folder(language_model)
+        elif "language" in shipped:
+            language = shipped["language"][0]
+        else:
+            raise ModelError(
+                f"no bundled language model in {bundled}; pass --language-model DIR "
+                "(a folder written by `annotate train language`)"
+            )
+        if language.task != "language":
+            raise ModelError(f"{language.folder} is a {language.task} model, not a language model")
+        emotion: dict[str, ModelSpec] = {}
+        for spec in shipped.get("emotion", []):
+            for code in spec.languages:
+                emotion.setdefault(code, spec)
+        for code, folder in (emotion_models or {}).items():
+            if code != ANY_LANGUAGE and not (len(code) == 2 and code.isalpha() and code.islower()):
+                raise UsageError(
+                    f"bad language {code!r} in --emotion-model, expected an ISO 639-1 code "
+                    f"such as {', '.join(language.labels)} or '*' for the fallback"
+                )
+            spec = read_model_folder(folder)
+            if spec.task != "emotion":
+                raise ModelError(f"{spec.folder} is a {spec.task} model, not an emotion model")
+            emotion[code] = spec
+        models = cls(language, emotion)
+        rates = {p.sampling_rate for p in models.feature_params}
+        if len(rates) > 1:
+            raise ModelError(f"the models expect different sampling rates {sorted(rates)}")
+        return models
+
+    def emotion_for(self, language: str | None) -> ModelSpec | None:
+        """The emotion model for a recording in ``language`` (None: no model)."""
+        if language is None:
+            return None
+        return self.emotion.get(language) or self.emotion.get(ANY_LANGUAGE)
+
+    @property
+    def specs(self) -> list[ModelSpec]:
+        """Every distinct model, language model first."""
+        unique = {id(s): s for s in [self.language, *self.emotion.values()]}
+        return list(unique.values())
+
+    @property
+    def feature_params(self) -> tuple[FeatureParams, ...]:
+        """The distinct feature settings the models need (usually one)."""
+        return tuple(dict.fromkeys(spec.features for spec in self.specs))
+
+    def choose_backends(self, requested: str | None = None) -> tuple[str, ...]:
+        """The backend running each model of :attr:`specs`, ``"litert"`` or ``"keras"``.
+
+        Args:
+            requested: ``"auto"``, ``"litert"`` or ``"keras"``; None reads
+                ``$ANNOTATE_BACKEND`` (see :func:`annotate.modelling.inference.choose_backend`).
+
+        Raises:
+            UsageError: ``requested`` is not a backend.
+            ModelError: LiteRT was asked for but cannot run a model.
+        """
+        from annotate.modelling.inference import choose_backend
+
+        return tuple(choose_backend(spec, requested) for spec in self.specs)
+
+    def describe(self, backends: Sequence[str]) -> list[dict]:
+        """Name, task, languages, folder, content hash and backend of each model.
+
+        Args:
+            backends: The backend of each model of :attr:`specs` (:meth:`choose_backends`).
+        """
+        routes = {id(s): sorted(k for k, v in self.emotion.items() if v is s) for s in self.specs}
+        return [
+            {
+                "name": spec.name,
+                "task": spec.task,
+                "languages": list(spec.languages),
+                "routed_for": routes[id(spec)] if spec.task == "emotion" else None,
+                "folder": str(spec.folder),
+                "hash": folder_hash(spec.folder),
+                "backend": backend,
+            }
+            for spec, backend in zip(self.specs, backends, strict=True)
+        ]
+
+
+def _bundled_specs(bundled: Path) -> dict[str, list[ModelSpec]]:
+    by_task: dict[str, list[ModelSpec]] = {}
+    if not bundled.is_dir():
+        return by_task
+    for folder in sorted(p for p in bundled.iterdir() if (p / "model.json").is_file()):
+        spec = read_model_folder(folder)
+        by_task.setdefault(spec.task, []).append(spec)
+    return by_task

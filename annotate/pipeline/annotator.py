@@ -1,0 +1,174 @@
+"""From segment features to labelled rows: language, routing, emotion.
+
+The language of a recording is the duration-weighted mean of its speech
+segments' language probabilities (or the one language given by the user);
+it picks the emotion model for every segment of that recording.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from annotate.audio.discover import Failure
+from annotate.features import FeatureParams
+from annotate.labels import EMOTIONS
+from annotate.modelling.inference import Classifier, softmax
+from annotate.modelling.model_set import ModelSet
+from annotate.schema import segments_schema
+
+
+@dataclass
+class RecordingFeatures:
+    """A whole recording, ready for inference.
+
+    Attributes:
+        key: The ``path`` of the output.
+        bounds: np.ndarray [shape=(n, 2), float64] segment start/end in seconds.
+        speech: np.ndarray [shape=(n,), bool].
+        features: Per feature setting, the speech segments' features as one
+            array per chunk, each [shape=(n_chunk_speech, frames, n_mels)]
+            (kept apart: joining a long recording's chunks would copy them).
+    """
+
+    key: str
+    bounds: np.ndarray
+    speech: np.ndarray
+    features: dict[FeatureParams, list[np.ndarray]]
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.bounds[-1, 1]) if len(self.bounds) else 0.0
+
+
+def assemble_recording(chunks: list) -> RecordingFeatures | Failure:
+    """Join a recording's chunk results (``featurize.ChunkResult``), or return its first failure."""
+    for chunk in chunks:
+        if chunk.failure is not None:
+            return chunk.failure
+    first = chunks[0]
+    return RecordingFeatures(
+        first.recording.key,
+        np.concatenate([c.bounds for c in chunks]),
+        np.concatenate([c.speech for c in chunks]),
+        {p: [c.features[p] for c in chunks] for p in first.features},
+    )
+
+
+class Annotator:
+    """Applies a :class:`ModelSet` to recordings and returns rows of the output schema.
+
+    Args:
+        models: The models of the run.
+        languages: Candidate languages (a subset of the language model's
+            labels); probabilities are renormalised over them. One language
+            means the language is known.
+        backends: The backend of each model of ``models.specs`` (default:
+            :meth:`ModelSet.choose_backends` under ``$ANNOTATE_BACKEND``).
+    """
+
+    def __init__(self, models: ModelSet, languages: tuple[str, ...] | None = None,
+                 backends: Sequence[str] | None = None) -> None:
+        self.models = models
+        self.backends = tuple(backends) if backends else models.choose_backends()
+        self._backend_of = {id(s): b for s, b in zip(models.specs, self.backends, strict=True)}
+        self.all_languages = models.language.labels
+        self.languages = tuple(languages) if languages else self.all_languages
+        self.candidates = np.array([code in self.languages for code in self.all_languages])
+        self.schema = segments_schema(self.all_languages)
+        self._classifiers: dict[int, Classifier] = {}
+
+    def classifier(self, spec) -> Classifier:
+        if id(spec) not in self._classifiers:
+            self._classifiers[id(spec)] = Classifier(spec, self._backend_of[id(spec)]).load()
+        return self._classifiers[id(spec)]
+
+    def load(self) -> Annotator:
+        """Load every model now, so that a broken model fails before any work."""
+        for spec in self.models.specs:
+            self.classifier(spec)
+        return self
+
+    def annotate(self, recordings: list[RecordingFeatures]) -> pa.Table:
+        """Label every segment of ``recordings`` (one inference call per model)."""
+        language_probs = self._language_probs(recordings)
+        routed = [self.models.emotion_for(self._recording_language(r, p))
+                  for r, p in zip(recordings, language_probs)]
+        emotion_probs = self._emotion_probs(recordings, routed)
+        columns = {name: [] for name in self.schema.names}
+        for recording, lang_p, spec, emo_p in zip(recordings, language_probs, routed, emotion_probs):
+            self._append_rows(columns, recording, lang_p, spec, emo_p)
+        return pa.table(
+            {name: pa.array(values, type=self.schema.field(name).type)
+             for name, values in columns.items()},
+            schema=self.schema,
+        )
+
+    def _language_probs(self, recordings: list[RecordingFeatures]) -> list[np.ndarray]:
+        spec = self.models.language
+        arrays = [a for r in recordings for a in r.features[spec.features]]
+        logits = self.classifier(spec).logits(arrays).astype(np.float64)
+        # Excluded languages get no probability: a softmax over the candidates.
+        logits[:, ~self.candidates] = -np.inf
+        probs = softmax(logits, spec.temperature) if len(logits) else logits
+        return _split(probs, [r.speech.sum() for r in recordings])
+
+    def _recording_language(self, recording: RecordingFeatures, probs: np.ndarray) -> str | None:
+        if not recording.speech.any():
+            return None
+        if len(self.languages) == 1:
+            return self.languages[0]
+        speech_bounds = recording.bounds[recording.speech]
+        weights = speech_bounds[:, 1] - speech_bounds[:, 0]
+        mean = (probs * weights[:, None]).sum(axis=0) / max(weights.sum(), 1e-9)
+        return self.all_languages[int(np.argmax(mean))]
+
+    def _emotion_probs(self, recordings, routed) -> list[np.ndarray | None]:
+        out: list[np.ndarray | None] = [None] * len(recordings)
+        for spec in {id(s): s for s in routed if s is not None}.values():
+            members = [i for i, s in enumerate(routed) if s is spec]
+            arrays = [a for i in members for a in recordings[i].features[spec.features]]
+            probs = self.classifier(spec).predict(arrays)
+            for i, part in zip(members, _split(probs, [recordings[i].speech.sum() for i in members])):
+                out[i] = part
+        return out
+
+    def _append_rows(self, columns, recording, lang_p, spec, emo_p) -> None:
+        n = len(recording.bounds)
+        speech_index = np.cumsum(recording.speech) - 1
+        emo_index = {label: j for j, label in enumerate(spec.labels)} if spec else {}
+        for i in range(n):
+            columns["path"].append(recording.key)
+            columns["start_s"].append(float(recording.bounds[i, 0]))
+            columns["end_s"].append(float(recording.bounds[i, 1]))
+            speech = bool(recording.speech[i])
+            columns["speech"].append(speech)
+            if speech:
+                p = lang_p[speech_index[i]]
+                best = int(np.argmax(p))
+                columns["lang"].append(self.all_languages[best])
+                columns["lang_p"].append(float(p[best]))
+                for j, code in enumerate(self.all_languages):
+                    columns[f"lang_{code}"].append(float(p[j]) if self.candidates[j] else None)
+            else:
+                for name in ("lang", "lang_p", *(f"lang_{c}" for c in self.all_languages)):
+                    columns[name].append(None)
+            if speech and spec is not None:
+                e = emo_p[speech_index[i]]
+                best = int(np.argmax(e))
+                columns["emotion"].append(spec.labels[best])
+                columns["emotion_p"].append(float(e[best]))
+                for label in EMOTIONS:
+                    j = emo_index.get(label)
+                    columns[f"emo_{label}"].append(float(e[j]) if j is not None else None)
+                columns["emotion_model"].append(spec.name)
+            else:
+                for name in ("emotion", "emotion_p", "emotion_model", *(f"emo_{x}" for x in EMOTIONS)):
+                    columns[name].append(None)
+
+
+def _split(rows: np.ndarray, counts: list[int]) -> list[np.ndarray]:
+    return np.split(rows, np.cumsum(counts)[:-1]) if counts else []

@@ -1,0 +1,310 @@
+"""The whole pipeline as one function: ``run(inputs, output)``.
+
+discover -> plan chunks -> (joblib threads or processes) decode, segment, features ->
+batched inference -> rows -> resumable store -> final Parquet tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from annotate import __version__
+from annotate.audio.discover import Failure, discover
+from annotate.audio.spill import SpillFolder
+from annotate.errors import AnnotateError, UsageError, expected_one_of
+from annotate.modelling.model_set import ModelSet
+from annotate.pipeline.annotator import Annotator, RecordingFeatures, assemble_recording
+from annotate.pipeline.featurize import ChunkResult, SegmentSettings, featurize_chunk, plan_chunks
+from annotate.pipeline.store import PartialStore, check_output_path, failures_path, read_metadata
+from annotate.pipeline.workers import (
+    ignore_ctrl_c,
+    parallel_features,
+    resolve_workers,
+    silence_loky_cancel_race,
+    stop_quietly,
+)
+from annotate.schema import load_schema
+
+#: Recordings longer than this are split into several worker tasks, so that
+#: a long file is never held whole and its work spreads over the workers.
+CHUNK_S = 120.0
+#: At most this long between writes of finished work.
+FLUSH_INTERVAL_S = 5.0
+#: Features of one recording held in memory while its later chunks are read;
+#: past this they wait on disk (a 120 s chunk holds about 3 MB per feature
+#: setting), so that memory does not grow with a recording's length.
+SPILL_BUDGET_BYTES = 32 * 2**20
+
+
+@dataclass
+class RunResult:
+    """What a run did."""
+
+    output: Path
+    failures_output: Path
+    recordings: int = 0
+    annotated: int = 0
+    skipped: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    audio_s: float = 0.0
+    already_complete: bool = False
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
+class Progress:
+    """Receives progress events; the default reports nothing (the CLI draws bars)."""
+
+    def start(self, total_recordings: int, already_done: int) -> None: ...
+
+    def advance(self, recordings: int, audio_s: float) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def run(
+    inputs: list[str | Path],
+    output: str | Path,
+    *,
+    language_model: str | Path | None = None,
+    emotion_models: dict[str, str | Path] | None = None,
+    languages: list[str] | tuple[str, ...] | None = None,
+    window_s: float = 3.0,
+    hop_s: float | None = None,
+    jobs: int | None = None,
+    batch_size: int = 256,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    cluster: str | None = None,
+    shard_size: int = 32,
+    backend: str | None = None,
+    workers: str = "auto",
+) -> RunResult:
+    """Annotate recordings segment by segment and write the Parquet tables.
+
+    Args:
+        inputs: Directories (walked recursively), manifests (CSV, TSV,
+            Parquet, JSONL with a ``path`` column) or audio files.
+        output: The segments table (``.parquet``); failures go to
+            ``<stem>.failures.parquet`` beside it.
+        language_model: A model folder replacing the bundled language model.
+        emotion_models: ``{language: folder}`` replacing bundled emotion models.
+        languages: Candidate languages; one language means it is known.
+        window_s: Segment length in seconds.
+        hop_s: Segment hop in seconds (default: ``window_s``).
+        jobs: Parallel decoding and feature jobs (default: all cores).
+        batch_size: Segments gathered per inference round; the table does
+            not depend on it.
+        overwrite: Discard partial state or output made with other settings.
+        progress: Receives progress events.
+        cluster: A Dask scheduler's address (``tcp://host:8786``): run on its
+            workers instead (:mod:`annotate.pipeline.cluster`; ``jobs`` is then unused
+            and ``output`` may be an fsspec URL such as ``s3://bucket/out.parquet``).
+        shard_size: Recordings per cluster task.
+        backend: How the models run: ``"auto"`` (LiteRT for each model whose
+            folder has a current export, else Keras), ``"litert"`` or
+            ``"keras"``; default ``$ANNOTATE_BACKEND``, else ``auto``. The
+            backend of each model is in the output's metadata and fingerprint.
+        workers: Whether the jobs are ``"threads"`` or ``"processes"``;
+            ``"auto"`` picks (:data:`annotate.pipeline.workers.WORKERS`). The table
+            does not depend on it.
+
+    Returns:
+        What was done; failures are also in the failures table.
+
+    Raises:
+        AnnotateError: Bad arguments, models or state (never for a bad recording).
+    """
+    requested_output = output
+    output = Path(output)
+    progress = progress or Progress()
+    hop_s = window_s if hop_s is None else hop_s
+    if window_s <= 0 or hop_s <= 0:
+        raise UsageError(f"window and hop must be positive, got {window_s} and {hop_s}")
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    jobs = jobs or os.cpu_count() or 1
+    workers = resolve_workers(workers, jobs)
+    if cluster is None:  # annotate.pipeline.cluster checks the output, which may be a URL
+        check_output_path(output)
+    models = ModelSet.load(language_model, emotion_models)
+    if languages:
+        languages = tuple(dict.fromkeys(languages))
+        for code in languages:
+            if code not in models.language.labels:
+                raise UsageError(expected_one_of("language", code, models.language.labels))
+    settings = SegmentSettings(
+        window_s=window_s, hop_s=hop_s, sampling_rate=models.feature_params[0].sampling_rate
+    )
+    backends = models.choose_backends(backend)
+    described = models.describe(backends)
+    metadata = {
+        "version": __version__,
+        "schema_version": load_schema("segments")["version"],
+        "settings": {**asdict(settings), "languages": list(languages or []), "chunk_s": CHUNK_S},
+        "models": described,
+    }
+    metadata["fingerprint"] = _fingerprint(metadata)
+    if cluster is not None:
+        from annotate.pipeline.cluster import run_on_cluster
+
+        return run_on_cluster(
+            inputs, requested_output, models=models, settings=settings, languages=languages,
+            metadata=metadata, address=cluster, shard_size=shard_size, batch_size=batch_size,
+            overwrite=overwrite, progress=progress)
+    result = RunResult(output, failures_path(output))
+
+    if output.exists() and not output.with_name(output.name + ".partial").exists():
+        previous = _safe_metadata(output).get("fingerprint")
+        if is_already_complete(output, previous, metadata["fingerprint"], overwrite, progress):
+            result.already_complete = True
+            return result
+
+    recordings, failures = discover(inputs)
+    result.recordings = len(recordings)
+    annotator = Annotator(models, languages, backends)
+    with PartialStore(output, metadata["fingerprint"], overwrite) as store:
+        for name in store.discarded_parts:
+            progress.message(f"discarded unreadable part {name}; its recordings are redone")
+        todo = [r for r in recordings if not store.contains(r.key)]
+        result.skipped = len(recordings) - len(todo)
+        progress.start(len(recordings), result.skipped)
+        _process(todo, settings, models, annotator, store, jobs, workers, batch_size, failures,
+                 progress, result)
+        progress.stop()
+        result.failures = failures
+        store.finalize(annotator.schema, metadata, failures)
+    return result
+
+
+def _process(todo, settings, models, annotator, store, jobs, workers, batch_size, failures,
+             progress, result) -> None:
+    from joblib import delayed
+
+    params = models.feature_params
+    planning_failures: list[Failure] = []
+    silence_loky_cancel_race()
+
+    def tasks() -> Iterator:
+        for index, recording in enumerate(todo):
+            planned = plan_chunks(index, recording, settings, CHUNK_S)
+            if isinstance(planned, Failure):
+                planning_failures.append(planned)
+                continue
+            for chunk in planned:
+                yield delayed(featurize_chunk)(chunk, settings, params)
+
+    pending: list[RecordingFeatures] = []
+    pending_segments = 0
+    last_flush = time.monotonic()
+    open_recording: list[ChunkResult] = []
+    spill = SpillFolder(store.folder, SPILL_BUDGET_BYTES)
+    held_bytes = 0  # of the open recording's features, in memory
+
+    def flush() -> None:
+        nonlocal pending, pending_segments, last_flush
+        if pending:
+            store.write_part(annotator.annotate(pending))
+            progress.advance(len(pending), sum(r.duration_s for r in pending))
+            result.annotated += len(pending)
+            result.audio_s += sum(r.duration_s for r in pending)
+            for recording in pending:
+                spill.release(recording.features)
+        pending, pending_segments, last_flush = [], 0, time.monotonic()
+
+    def drain_planning_failures() -> None:
+        while planning_failures:
+            failures.append(planning_failures.pop(0))
+            progress.advance(1, 0.0)
+
+    # Enough tasks in flight to keep the workers busy while the models load;
+    # each holds at most CHUNK_S of features.
+    parallel, limits = parallel_features(jobs, workers, return_as="generator",
+                                         pre_dispatch="8*n_jobs", batch_size=1)
+    results = None
+    with limits:
+        try:
+            with ignore_ctrl_c(workers):
+                results = parallel(tasks())
+            # A Keras model takes seconds to load (TensorFlow's import): load the
+            # models while the workers already decode.
+            annotator.load()
+            for chunk_result in results:
+                drain_planning_failures()
+                chunk_result.features, held_bytes = spill.keep(chunk_result.features, held_bytes)
+                open_recording.append(chunk_result)
+                if not chunk_result.last:
+                    continue
+                done = assemble_recording(open_recording)
+                if isinstance(done, Failure):
+                    for chunk in open_recording:
+                        spill.release(chunk.features)
+                open_recording, held_bytes = [], 0
+                if isinstance(done, Failure):
+                    failures.append(done)
+                    progress.advance(1, 0.0)
+                    continue
+                pending.append(done)
+                pending_segments += int(done.speech.sum())
+                if (pending_segments >= batch_size
+                        or time.monotonic() - last_flush > FLUSH_INTERVAL_S):
+                    flush()
+            drain_planning_failures()
+            flush()
+        except AnnotateError:
+            raise
+        except Exception as error:  # a worker process died (killed, out of memory)
+            raise AnnotateError(
+                f"the run stopped: {type(error).__name__}: {error}. Finished recordings are kept; "
+                "run the same command again to resume"
+            ) from error
+        finally:
+            stop_quietly(results)
+            spill.close()
+
+
+def is_already_complete(output, previous: str | None, fingerprint: str, overwrite: bool,
+                        progress: Progress) -> bool:
+    """Decide what to do with a finished output found where a run would write.
+
+    Returns True when it was made with the same settings and models (nothing
+    to do); False when ``overwrite`` allows redoing it.
+
+    Raises:
+        UsageError: It was made with other settings and ``overwrite`` is off.
+    """
+    if previous == fingerprint and not overwrite:
+        progress.message(f"{output} is already complete with these settings; nothing to do")
+        return True
+    if not overwrite:
+        raise UsageError(f"{output} exists (made with other settings); pass --overwrite")
+    return False
+
+
+def _fingerprint(metadata: dict) -> str:
+    relevant = {
+        "version": metadata["version"],
+        "settings": metadata["settings"],
+        "models": [m["hash"] for m in metadata["models"]],
+        "routes": [m["routed_for"] for m in metadata["models"]],
+        # LiteRT and Keras agree to about 1e-6, not to the bit.
+        "backends": [m["backend"] for m in metadata["models"]],
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _safe_metadata(path: Path) -> dict:
+    try:
+        return read_metadata(path)
+    except Exception:  # noqa: BLE001 - an unreadable old output is simply replaced
+        return {}

@@ -1,0 +1,1 @@
+"""Training and evaluation: corpora adapters, training data, augmentation, the held-out split."""

@@ -1,0 +1,428 @@
+"""Measure a model on labelled corpora: held-out recordings or leave-one-speaker-out.
+
+Predictions take ``annotate run``'s path: recordings are cut and featurized
+by ``plan_chunks`` + ``featurize_chunk``, the model folder is loaded by
+:class:`annotate.modelling.inference.Classifier` (safe mode, calibrated softmax), and a
+recording's probabilities are the duration-weighted mean over its speech
+segments, as ``annotate summarize`` computes them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from annotate.errors import InputError, ModelError, UsageError, expected_one_of
+from annotate.modelling.model_folder import ModelSpec, read_model_folder
+from annotate.training.corpora.base import Corpus
+from annotate.training.training_data import (
+    Recordings,
+    check_speaker_independent,
+    collect_items,
+    load_crops,
+    load_recordings,
+    split_by_speaker,
+)
+
+PROTOCOLS: tuple[str, ...] = ("holdout", "loso")
+#: Equal-width confidence bins of the expected calibration error.
+ECE_BINS = 15
+
+Report = Callable[[str], None]
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def expected_calibration_error(probs: np.ndarray, true: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the top label (Guo et al., 2017).
+
+    Args:
+        probs: np.ndarray [shape=(n, n_labels)], rows summing to 1.
+        true: np.ndarray [shape=(n,), int] label indices.
+        bins: Equal-width confidence bins over [0, 1].
+
+    Returns:
+        Sum over bins of |accuracy - mean confidence| weighted by the bin's
+        share of examples; 0.0 for no examples.
+    """
+    if not len(probs):
+        return 0.0
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == true).astype(np.float64)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            ece += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(ece)
+
+
+def recall_per_label(true: np.ndarray, predicted: np.ndarray, n_labels: int) -> np.ndarray:
+    """Recall of each label, NaN where a label has no example.
+
+    Returns:
+        np.ndarray [shape=(n_labels,), float64].
+    """
+    support = np.bincount(true, minlength=n_labels)
+    hits = np.bincount(true[predicted == true], minlength=n_labels)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, hits / np.maximum(support, 1), np.nan)
+
+
+def unweighted_average_recall(true: np.ndarray, scores: np.ndarray) -> float:
+    """UAR (macro recall) over the labels present in ``true``; ``scores`` may be logits."""
+    if not len(true):
+        return float("nan")
+    recalls = recall_per_label(true, scores.argmax(axis=1), scores.shape[1])
+    return float(np.nanmean(recalls))
+
+
+def classification_metrics(true: np.ndarray, probs: np.ndarray, labels) -> dict:
+    """Accuracy, UAR, ECE, recall per label and the confusion matrix.
+
+    Args:
+        true: np.ndarray [shape=(n,), int] label indices.
+        probs: np.ndarray [shape=(n, n_labels)] probabilities.
+        labels: Names of the label indices.
+
+    Returns:
+        ``{"n", "accuracy", "uar", "ece", "per_class_recall": {label: recall
+        or None}, "support": {label: n}, "confusion": {"labels", "matrix"}}``;
+        the matrix has one row per true label and one column per predicted
+        label. UAR is the mean recall over the labels present.
+    """
+    labels = list(labels)
+    true = np.asarray(true, np.int64)
+    probs = np.asarray(probs, np.float64).reshape(len(true), len(labels))
+    predicted = probs.argmax(axis=1)
+    matrix = np.zeros((len(labels), len(labels)), np.int64)
+    np.add.at(matrix, (true, predicted), 1)
+    recalls = recall_per_label(true, predicted, len(labels))
+    support = np.bincount(true, minlength=len(labels))
+    return {
+        "n": int(len(true)),
+        "accuracy": float((predicted == true).mean()) if len(true) else float("nan"),
+        "uar": float(np.nanmean(recalls)) if len(true) else float("nan"),
+        "ece": expected_calibration_error(probs, true),
+        "per_class_recall": {
+            label: None if np.isnan(r) else float(r) for label, r in zip(labels, recalls)
+        },
+        "support": {label: int(s) for label, s in zip(labels, support)},
+        "confusion": {"labels": labels, "matrix": matrix.tolist()},
+    }
+
+
+def recording_probabilities(
+    recordings: Recordings, segment_probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each recording's duration-weighted mean of its speech segments' probabilities.
+
+    Args:
+        recordings: Whole recordings; ``segment_probs`` follows the order of
+            ``recordings.stacked()``.
+        segment_probs: np.ndarray [shape=(n_segments, n_labels)].
+
+    Returns:
+        np.ndarray [shape=(n_recordings, n_labels), float64] (zeros for a
+        recording without speech) and np.ndarray [shape=(n_recordings,),
+        bool]: which recordings hold speech and so have a prediction.
+    """
+    n_labels = segment_probs.shape[1] if segment_probs.ndim == 2 else 0
+    out = np.zeros((len(recordings), n_labels), np.float64)
+    scored = np.zeros(len(recordings), bool)
+    start = 0
+    for i in range(len(recordings)):
+        count = len(recordings.features[i])
+        if count:
+            weights = recordings.speech_durations(i)
+            part = segment_probs[start : start + count]
+            out[i] = (part * weights[:, None]).sum(axis=0) / max(weights.sum(), 1e-9)
+            scored[i] = True
+        start += count
+    return out, scored
+
+
+def predict_recordings(spec: ModelSpec, recordings: Recordings) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated segment probabilities of a model folder, as ``annotate run`` computes them.
+
+    Returns:
+        np.ndarray [shape=(n_segments, n_labels), float64] in the order of
+        ``recordings.stacked()``, and the index of each segment's recording.
+    """
+    from annotate.modelling.inference import Classifier
+
+    features, owner = recordings.stacked(spec.features)
+    return Classifier(spec).load().predict(features), owner
+
+
+# --- protocols --------------------------------------------------------------------------
+
+
+def evaluate(
+    model_folder: str | Path,
+    corpora: list[Corpus],
+    protocol: str = "holdout",
+    *,
+    jobs: int | None = None,
+    progress: Report | None = None,
+) -> dict:
+    """Measure a model on labelled corpora.
+
+    Args:
+        model_folder: A model folder (``annotate train`` writes them).
+        corpora: Labelled recordings for the model's task.
+        protocol: ``holdout``: score every recording with the given model
+            (pass recordings of speakers it was not trained on). ``loso``:
+            for each speaker, retrain with the model's recorded
+            hyperparameters on the other speakers (early stopping on a split
+            of those) and score the left-out speaker's recordings.
+        jobs: Worker processes for decoding and features (default: all cores).
+        progress: Receives one line per stage (and per epoch under ``loso``).
+
+    Returns:
+        A JSON-serialisable dict: ``accuracy``, ``uar``, ``ece``,
+        ``per_class_recall``, ``confusion`` (``labels`` and ``matrix``, rows
+        true, columns predicted), ``per_speaker``, ``per_segment``,
+        ``n_recordings`` (scored recordings), ``split`` (a description),
+        ``predictions`` (per recording: path, speaker, label, predicted label
+        and probabilities in the order of ``labels``) and more; under ``loso``
+        also ``folds``, ``pooled_uar`` and ``mean_fold_uar``.
+
+    Raises:
+        UsageError: Unknown protocol, or corpora for another task.
+        ModelError: The folder is not a usable model, or (``loso``) lacks
+            its training hyperparameters.
+        InputError: No recording with a label the model knows.
+    """
+    if protocol not in PROTOCOLS:
+        raise UsageError(expected_one_of("protocol", protocol, PROTOCOLS))
+    report = progress or (lambda text: None)
+    spec = read_model_folder(model_folder)
+    items = collect_items(corpora, spec.task)
+    known = items["label"].isin(spec.labels)
+    skipped = items.loc[~known, "label"].value_counts()
+    items = items[known].reset_index(drop=True)
+    if items.empty:
+        raise InputError(
+            f"no recording of {', '.join(c.name for c in corpora)} has a label the model "
+            f"knows ({', '.join(spec.labels)})", kind="labels",
+        )
+    if protocol == "holdout":
+        result = _holdout(spec, items, jobs, report)
+    else:
+        result = _loso(spec, items, jobs, report)
+    result.update({
+        "model": str(spec.folder),
+        "task": spec.task,
+        "labels": list(spec.labels),
+        "protocol": protocol,
+        "corpora": [{"name": c.name, "root": str(c.root)} for c in corpora],
+        "skipped_labels": {str(k): int(v) for k, v in skipped.items()},
+    })
+    return result
+
+
+def _holdout(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> dict:
+    report(f"featurizing {len(items)} recordings")
+    recordings, failures = load_recordings(items, spec.features, jobs)
+    report(f"scoring {sum(len(f) for f in recordings.features)} speech segments")
+    segment_probs, owner = predict_recordings(spec, recordings)
+    result = _measure(spec.labels, recordings, segment_probs, owner)
+    trained_on = set(spec.training.get("split", {}).get("train_speakers", [])) | set(
+        spec.training.get("split", {}).get("validation_speakers", [])
+    )
+    seen = sorted(set(recordings.meta["speaker"]) & trained_on)
+    result["split"] = (
+        f"holdout: all {len(recordings)} readable recordings of "
+        f"{recordings.meta['speaker'].nunique()} speakers scored by the given model"
+    )
+    result["speakers_seen_in_training"] = seen
+    if seen:
+        result["warning"] = (
+            f"{len(seen)} evaluated speaker(s) were used to train or validate this model: "
+            "these figures are not speaker-independent"
+        )
+    result["failures"] = [{"path": f.path, "error": f.error, "message": f.message}
+                          for f in failures]
+    return result
+
+
+def _loso(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> dict:
+    from annotate.training.train import Hyperparameters, fit_model_folder
+
+    recorded = spec.training.get("hyperparameters")
+    if not isinstance(recorded, dict):
+        raise ModelError(
+            f"{spec.folder}/model.json has no training.hyperparameters: leave-one-speaker-out "
+            "retrains with them, so it needs a model written by `annotate train`"
+        )
+    hyper = Hyperparameters.from_dict(recorded)
+    speakers = sorted(items["speaker"].unique())
+    if len(speakers) < 3:
+        raise InputError(
+            f"leave-one-speaker-out needs at least 3 speakers (one left out, two to train "
+            f"and validate), found {len(speakers)}", kind="split",
+        )
+    report(f"featurizing {len(items)} recordings of {len(speakers)} speakers")
+    crops, crop_failures = load_crops(items, spec.features, hyper.hop_s, hyper.augment, jobs)
+    recordings, failures = load_recordings(items, spec.features, jobs)
+    all_probs, all_owner, folds = [], [], []
+    offset = 0
+    tested_parts = []
+    for number, speaker in enumerate(speakers, start=1):
+        def fold_report(text: str, prefix=f"fold {number}/{len(speakers)} ({speaker}): ") -> None:
+            report(prefix + text)
+
+        rest = items[items["speaker"] != speaker]
+        inner = split_by_speaker(rest, hyper.validation_fraction, hyper.seed)
+        check_speaker_independent(inner.train["speaker"], [speaker])
+        check_speaker_independent(inner.validation["speaker"], [speaker])
+        fold_crops = crops.select(crops.meta["speaker"].isin(inner.train["speaker"]).to_numpy())
+        fold_val = recordings.select(
+            recordings.meta["speaker"].isin(inner.validation["speaker"]).to_numpy()
+        )
+        tested = recordings.select((recordings.meta["speaker"] == speaker).to_numpy())
+        with tempfile.TemporaryDirectory(prefix="annotate-loso-") as folder:
+            fold_spec = fit_model_folder(
+                Path(folder) / "model", task=spec.task, labels=spec.labels,
+                languages=spec.languages, crops=fold_crops, validation=fold_val,
+                hyper=hyper, features=spec.features,
+                training={"protocol": "loso", "left_out": speaker, "split": inner.describe()},
+                name=f"{spec.name}-loso-{number}", progress=fold_report, jobs=jobs,
+            )
+            probs, owner = predict_recordings(fold_spec, tested)
+        fold = _measure(spec.labels, tested, probs, owner)
+        folds.append({
+            "speaker": speaker,
+            "n_recordings": fold["n_recordings"],
+            "accuracy": fold["accuracy"],
+            "uar": fold["uar"],
+            "epochs_run": fold_spec.training["epochs_run"],
+            "temperature": fold_spec.temperature,
+            "validation_speakers": sorted(inner.validation["speaker"].unique().tolist()),
+        })
+        report(f"fold {number}/{len(speakers)} ({speaker}): UAR {fold['uar']:.3f} on "
+               f"{fold['n_recordings']} recordings")
+        all_probs.append(probs)
+        all_owner.append(owner + offset)
+        offset += len(tested)
+        tested_parts.append(tested)
+    pooled = Recordings(
+        pd.concat([t.meta for t in tested_parts], ignore_index=True),
+        [b for t in tested_parts for b in t.bounds],
+        [s for t in tested_parts for s in t.speech],
+        [f for t in tested_parts for f in t.features],
+    )
+    result = _measure(spec.labels, pooled, np.concatenate(all_probs), np.concatenate(all_owner))
+    fold_uars = [f["uar"] for f in folds if not np.isnan(f["uar"])]
+    result.update({
+        "split": f"loso: {len(speakers)} folds, one per speaker; each fold retrained with the "
+                 "model's recorded hyperparameters on the other speakers (early stopping and "
+                 "calibration on a speaker split of those) and scored on the left-out speaker",
+        "pooled_uar": result["uar"],
+        "mean_fold_uar": float(np.mean(fold_uars)) if fold_uars else float("nan"),
+        "folds": folds,
+        "hyperparameters": hyper.to_dict(),
+        "failures": [{"path": f.path, "error": f.error, "message": f.message}
+                     for f in [*crop_failures, *failures]],
+    })
+    return result
+
+
+def _measure(labels, recordings: Recordings, segment_probs, owner) -> dict:
+    """Per-recording metrics (and per segment, per speaker) of scored recordings."""
+    index = {label: i for i, label in enumerate(labels)}
+    true = recordings.meta["label"].map(index).to_numpy(np.int64)
+    rec_probs, scored = recording_probabilities(recordings, segment_probs)
+    metrics = classification_metrics(true[scored], rec_probs[scored], labels)
+    per_segment = classification_metrics(true[owner], segment_probs, labels)
+    speakers = recordings.meta["speaker"].to_numpy()
+    per_speaker = {}
+    for speaker in sorted(set(speakers[scored])):
+        mine = scored & (speakers == speaker)
+        sub = classification_metrics(true[mine], rec_probs[mine], labels)
+        per_speaker[str(speaker)] = {
+            "n_recordings": sub["n"], "accuracy": sub["accuracy"], "uar": sub["uar"],
+        }
+    predicted = rec_probs.argmax(axis=1)
+    return {
+        "n_recordings": metrics["n"],
+        "n_without_speech": int((~scored).sum()),
+        "accuracy": metrics["accuracy"],
+        "uar": metrics["uar"],
+        "ece": metrics["ece"],
+        "per_class_recall": metrics["per_class_recall"],
+        "support": metrics["support"],
+        "confusion": metrics["confusion"],
+        "per_speaker": per_speaker,
+        "per_segment": {k: per_segment[k] for k in ("n", "accuracy", "uar", "ece")},
+        "predictions": [
+            {"path": str(p), "speaker": str(who), "label": str(t), "predicted": labels[int(k)],
+             "probabilities": [round(float(x), 6) for x in row]}
+            for p, who, t, k, row, s in zip(recordings.meta["path"], speakers,
+                                            recordings.meta["label"], predicted, rec_probs,
+                                            scored) if s
+        ],
+    }
+
+
+# --- pictures ---------------------------------------------------------------------------
+
+
+def plot_confusion(result: dict, path: str | Path) -> Path:
+    """Draw the confusion matrix of an :func:`evaluate` result as a PNG.
+
+    Rows are true labels, columns predicted labels; cells show the share of
+    each true label (and the count).
+
+    Raises:
+        UsageError: matplotlib is not installed (it is not a dependency).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError(
+            "--plot needs matplotlib, which annotate does not depend on: "
+            "install it (pip install matplotlib) or leave out --plot"
+        ) from None
+    labels = result["confusion"]["labels"]
+    matrix = np.asarray(result["confusion"]["matrix"], np.float64)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = 1.2 + 0.6 * len(labels)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    image = axes.imshow(shares, vmin=0, vmax=1, cmap="Blues")
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"{result.get('protocol', '')}: UAR {result['uar']:.2f}, "
+                   f"accuracy {result['accuracy']:.2f}")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            axes.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center",
+                      color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+__all__ = [
+    "PROTOCOLS",
+    "classification_metrics",
+    "evaluate",
+    "expected_calibration_error",
+    "plot_confusion",
+    "recording_probabilities",
+]

@@ -1,0 +1,1 @@
+"""Looking at results: summaries, the HTML report and its plots, the Streamlit app."""

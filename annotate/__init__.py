@@ -11,12 +11,7 @@ or to run one that has no current LiteRT export.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("annotate")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+source"
+from annotate._version import __version__
 
 __all__ = ["__version__", "run"]
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import annotate
 from annotate.cli import app
 from annotate.errors import StateError, UsageError
-from annotate.pipeline.local import Progress
+from annotate.pipeline.progress import Progress
 from annotate.pipeline.shard_store import SHARD_KEY
 from annotate.pipeline.store import read_metadata
 from annotate.testing import speech_like

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 import annotate
 from annotate.cli import app
-from annotate.pipeline.local import Progress
+from annotate.pipeline.progress import Progress
 from annotate.testing import speech_like
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from conftest import write_audio
 
 import annotate
 from annotate.errors import StateError, UsageError
-from annotate.pipeline.local import Progress
+from annotate.pipeline.progress import Progress
 from annotate.testing import speech_like
 
 

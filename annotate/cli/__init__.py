@@ -1,5 +1,9 @@
 """The ``annotate`` command line: thin commands over the library.
 
+One module per command group (:mod:`~annotate.cli.run`, :mod:`~annotate.cli.training`,
+:mod:`~annotate.cli.views`), sharing :mod:`~annotate.cli.console`; this module
+builds the typer app from them.
+
 Exit codes: 0 every recording annotated; 1 the run finished but some inputs
 failed (see the failures table); 2 usage error (bad option, input or
 output path); 3 the run could not proceed (model, partial state, lock, disk);
@@ -8,21 +12,15 @@ output path); 3 the run could not proceed (model, partial state, lock, disk);
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import json
 import sys
-from pathlib import Path
-from typing import Annotated, Iterator, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from annotate.errors import AnnotateError, UsageError
-
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from annotate.cli import console as _shared
+from annotate.cli import run as _run_commands
+from annotate.cli import training as _training_commands
+from annotate.cli import views as _view_commands
 
 app = typer.Typer(
     help="Label speech corpora with spoken language and emotion, segment by segment.",
@@ -30,171 +28,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
 
-
-def _fail(error: AnnotateError) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILED)
-
-
-def _parse_emotion_models(values: list[str]) -> dict[str, str]:
-    models = {}
-    for value in values:
-        code, sep, folder = value.partition("=")
-        if not sep or not code or not folder:
-            raise UsageError(f"bad --emotion-model {value!r}, expected LANG=DIR (e.g. de=models/my-de)")
-        models[code] = folder
-    return models
-
-
-@app.command()
-def run(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Directories (walked recursively), manifests (.csv .tsv .parquet .jsonl with a "
-             "'path' column) or audio files.", show_default=False)],
-    output: Annotated[str, typer.Option("--output", "-o", help="The segments table to write (.parquet); with --cluster also an fsspec URL (s3://...).")],
-    window: Annotated[float, typer.Option(help="Segment length, seconds.")] = 3.0,
-    hop: Annotated[Optional[float], typer.Option(help="Segment hop, seconds [default: the window].")] = None,
-    languages: Annotated[Optional[str], typer.Option(
-        help="Candidate languages, comma-separated (e.g. de,fr); one code means the language is known.")] = None,
-    language_model: Annotated[Optional[Path], typer.Option(help="Language model folder replacing the bundled one.")] = None,
-    emotion_model: Annotated[Optional[list[str]], typer.Option(
-        help="LANG=DIR: an emotion model folder for recordings in LANG ('*' for all others). Repeatable.")] = None,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Parallel jobs decoding and computing features [default: all cores].")] = None,
-    workers: Annotated[str, typer.Option(
-        help="Run those jobs as threads or processes; auto: threads up to 2 jobs (no start-up cost), "
-             "processes beyond (no shared interpreter lock).")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Segments gathered per inference round (the table does not depend on it).")] = 256,
-    overwrite: Annotated[bool, typer.Option(help="Start over, discarding partial state or an output made with other settings.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
-    cluster: Annotated[Optional[str], typer.Option(
-        help="Run on a Dask cluster: its scheduler's address (tcp://HOST:8786); see docs/cluster.md.")] = None,
-    shard_size: Annotated[int, typer.Option(help="Recordings per task on the cluster (with --cluster).")] = 32,
-    backend: Annotated[Optional[str], typer.Option(
-        help="How the models run: auto (LiteRT where the model folder has a current export, "
-             "else Keras), litert or keras [default: $ANNOTATE_BACKEND, else auto].",
-        show_default=False)] = None,
-) -> None:
-    """Annotate every recording, segment by segment, into a Parquet table.
-
-    Interrupted runs resume: run the same command again.
-    """
-    with _imports_kept_from_the_collector():
-        import pandas  # noqa: F401 - pyarrow imports it on its first conversion anyway
-
-        from annotate.pipeline.local import run as run_pipeline
-        from annotate.pipeline.progress import make_progress
-
-    progress = make_progress(console, quiet)
-    try:
-        result = run_pipeline(
-            inputs, output,
-            language_model=language_model,
-            emotion_models=_parse_emotion_models(emotion_model or []),
-            languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None,
-            window_s=window, hop_s=hop, jobs=jobs, batch_size=batch_size,
-            overwrite=overwrite, progress=progress, cluster=cluster, shard_size=shard_size,
-            backend=backend, workers=workers,
-        )
-    except AnnotateError as error:
-        progress.stop()
-        raise _fail(error) from None
-    except KeyboardInterrupt:
-        progress.stop()
-        console.print("[yellow]interrupted[/]: finished recordings are kept; "
-                      "run the same command again to resume")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    if not quiet and not result.already_complete:
-        console.print(
-            f"wrote [bold]{escape(str(result.output))}[/]: {result.annotated} recordings annotated"
-            + (f", {result.skipped} resumed" if result.skipped else "")
-            + f", {result.failed} failed (see {escape(str(result.failures_output))})",
-            highlight=False, soft_wrap=True)
-    if result.failed:
-        raise typer.Exit(EXIT_PARTIAL)
-
-
-@app.command()
-def summarize(
-    table: Annotated[Path, typer.Argument(help="A table written by `annotate run`.", show_default=False)],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    per_recording: Annotated[Optional[Path], typer.Option(
-        help="Also write one row per recording (durations, mean probabilities, top labels) to this Parquet file.")] = None,
-) -> None:
-    """Report what an output table holds: hours, languages, emotions, confidence, failures."""
-    from annotate.views import summarize as summary
-
-    try:
-        report = summary.summarize(table)
-        if per_recording is not None:
-            summary.per_recording(summary.read_output(table)).to_parquet(per_recording, index=False)
-    except AnnotateError as error:
-        raise _fail(error) from None
-    if as_json:
-        out.print_json(json.dumps(report))
-        return
-    from annotate.views.report_text import print_report
-
-    print_report(out, report)
-
-
-@app.command(name="models")
-def list_models() -> None:
-    """List the bundled models: task, languages, labels and validation metrics."""
-    from annotate.modelling.model_folder import bundled_models_dir, read_model_folder
-
-    folder = bundled_models_dir()
-    table = Table("name", "task", "languages", "labels", "metrics", title=f"models in {folder}")
-    for path in sorted(p for p in folder.iterdir() if (p / "model.json").is_file()):
-        spec = read_model_folder(path)
-        metrics = ", ".join(f"{k} {v:.2f}" for k, v in spec.metrics.items()
-                            if isinstance(v, (int, float)))
-        table.add_row(spec.name, spec.task, ",".join(spec.languages), ",".join(spec.labels), metrics)
-    out.print(table)
-
-
-from annotate.cli.training import corpus, evaluate, train  # noqa: E402 - after _fail, which they use
-from annotate.cli.views import app as app_command  # noqa: E402
-from annotate.cli.views import report
-
-app.command()(corpus)
-app.command()(train)
-app.command()(evaluate)
-app.command()(report)
-app.command(name="app")(app_command)
-
-
-#: Whether this interpreter exists to run one command (set by :func:`main`).
-_IN_OWN_PROCESS = False
-
-
-@contextlib.contextmanager
-def _imports_kept_from_the_collector() -> Iterator[None]:
-    """Import without garbage collection, then freeze what was imported.
-
-    Imports make no garbage worth collecting, and modules live as long as the
-    process. The collector spent 0.12-0.15 s of a run (30 min of audio) in
-    271 collections, most over the objects of numpy, scipy, pyarrow, pandas
-    and LiteRT; with this, 0.02 s in 98. Only in the ``annotate`` process itself
-    (:func:`main`): a program or test calling the commands keeps its collector.
-    """
-    if not _IN_OWN_PROCESS:
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
+app.command()(_run_commands.run)
+app.command()(_run_commands.summarize)
+app.command(name="models")(_run_commands.list_models)
+app.command()(_training_commands.corpus)
+app.command()(_training_commands.train)
+app.command()(_training_commands.evaluate)
+app.command()(_view_commands.report)
+app.command(name="app")(_view_commands.app)
 
 
 def main() -> None:
     """The ``annotate`` command as a process (the console script and ``python -m annotate``)."""
-    global _IN_OWN_PROCESS
-    _IN_OWN_PROCESS = True
+    _shared.IN_OWN_PROCESS = True
     try:
         app(prog_name="annotate")
     finally:
@@ -204,6 +51,9 @@ def main() -> None:
         # last write to the end of the process took 0.30-0.37 s, now
         # 0.07-0.10 s (annotate run, 30 min of audio).
         gc.freeze()
+
+
+__all__ = ["app", "main"]
 
 
 if __name__ == "__main__":  # pragma: no cover

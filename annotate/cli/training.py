@@ -12,13 +12,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from annotate.cli.console import console, fail, out
 from annotate.errors import AnnotateError, UsageError
-
-console = Console(stderr=True)
-out = Console()
 
 CorpusOption = Annotated[
     list[str],
@@ -29,12 +26,6 @@ CorpusOption = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _fail(error: AnnotateError) -> typer.Exit:
-    from annotate.cli import _fail as fail
-
-    return fail(error)
 
 
 def _read_corpora(specs: list[str]):
@@ -65,7 +56,7 @@ def corpus(
             written = _combined(corpora).to_manifest(to_manifest)
             _say(f"wrote manifest [bold]{written}[/] ({sum(len(c.items) for c in corpora)} recordings)")
     except AnnotateError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
 
 
 def _combined(corpora):
@@ -154,7 +145,7 @@ def train(
             overwrite=overwrite, init_from=init_from, freeze_initialised=freeze_initialised,
         )
     except AnnotateError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     metrics = spec.metrics
     out.print(
         f"[bold]{spec.folder}[/]: {spec.task} model, labels {', '.join(spec.labels)}; "
@@ -192,7 +183,7 @@ def evaluate(
         if plot is not None:
             plot_confusion(result, plot)
     except AnnotateError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     _print_result(result)
 
 

@@ -14,11 +14,13 @@ from typing import Annotated, Optional
 
 import typer
 
-import annotate
+from annotate.cli.console import console, fail
 from annotate.errors import AnnotateError, UsageError
 
+#: The folder that holds the ``annotate`` package (``annotate/cli/views.py`` -> its parent).
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 #: The Streamlit script that ``annotate app`` runs.
-APP_SCRIPT = Path(__file__).resolve().parent.parent / "views" / "app.py"
+APP_SCRIPT = PACKAGE_PARENT / "annotate" / "views" / "app.py"
 
 
 def report(
@@ -37,11 +39,7 @@ def report(
     try:
         written = write_report(table, output, recording or None, timelines)
     except AnnotateError as error:
-        from annotate.cli import _fail
-
-        raise _fail(error) from None
-    from annotate.cli import console
-
+        raise fail(error) from None
     console.print(f"wrote [bold]{written}[/]", highlight=False)
 
 
@@ -66,11 +64,7 @@ def app(
         config = app_config(results, corpus_root, language_model, emotion_model or [])
         command = streamlit_command(config, port, address)
     except AnnotateError as error:
-        from annotate.cli import _fail
-
-        raise _fail(error) from None
-    from annotate.cli import console
-
+        raise fail(error) from None
     console.print(f"annotate app on [bold]http://{address}:{port}[/] (Ctrl-C stops it)",
                   highlight=False)
     process = subprocess.Popen(command, env=app_environment())
@@ -137,7 +131,7 @@ def streamlit_command(config, port: int, address: str = "127.0.0.1") -> list[str
 def app_environment() -> dict[str, str]:
     """The environment of the app process: this one, able to import this ``annotate``."""
     env = dict(os.environ)
-    package_parent = str(Path(annotate.__file__).resolve().parent.parent)
+    package_parent = str(PACKAGE_PARENT)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env

@@ -33,14 +33,15 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from annotate import __version__
+from annotate._version import __version__
 from annotate.audio.discover import Failure, Recording, discover
 from annotate.errors import AnnotateError, ModelError, StateError, UsageError
 from annotate.modelling.model_folder import folder_hash, read_model_folder
 from annotate.modelling.model_set import ModelSet
 from annotate.pipeline.annotator import Annotator, RecordingFeatures, assemble_recording
 from annotate.pipeline.featurize import SegmentSettings, featurize_chunk, plan_chunks
-from annotate.pipeline.local import Progress, RunResult, is_already_complete
+from annotate.pipeline.progress import Progress
+from annotate.pipeline.result import RunResult, is_already_complete
 from annotate.pipeline.shard_store import (
     Shard,
     ShardResult,

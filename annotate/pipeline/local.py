@@ -10,17 +10,19 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from annotate import __version__
+from annotate._version import __version__
 from annotate.audio.discover import Failure, discover
 from annotate.audio.spill import SpillFolder
 from annotate.errors import AnnotateError, UsageError, expected_one_of
 from annotate.modelling.model_set import ModelSet
 from annotate.pipeline.annotator import Annotator, RecordingFeatures, assemble_recording
 from annotate.pipeline.featurize import ChunkResult, SegmentSettings, featurize_chunk, plan_chunks
+from annotate.pipeline.progress import Progress
+from annotate.pipeline.result import RunResult, is_already_complete
 from annotate.pipeline.store import PartialStore, check_output_path, failures_path, read_metadata
 from annotate.pipeline.workers import (
     ignore_ctrl_c,
@@ -40,36 +42,6 @@ FLUSH_INTERVAL_S = 5.0
 #: past this they wait on disk (a 120 s chunk holds about 3 MB per feature
 #: setting), so that memory does not grow with a recording's length.
 SPILL_BUDGET_BYTES = 32 * 2**20
-
-
-@dataclass
-class RunResult:
-    """What a run did."""
-
-    output: Path
-    failures_output: Path
-    recordings: int = 0
-    annotated: int = 0
-    skipped: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    audio_s: float = 0.0
-    already_complete: bool = False
-
-    @property
-    def failed(self) -> int:
-        return len(self.failures)
-
-
-class Progress:
-    """Receives progress events; the default reports nothing (the CLI draws bars)."""
-
-    def start(self, total_recordings: int, already_done: int) -> None: ...
-
-    def advance(self, recordings: int, audio_s: float) -> None: ...
-
-    def message(self, text: str) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 def run(
@@ -271,24 +243,6 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
         finally:
             stop_quietly(results)
             spill.close()
-
-
-def is_already_complete(output, previous: str | None, fingerprint: str, overwrite: bool,
-                        progress: Progress) -> bool:
-    """Decide what to do with a finished output found where a run would write.
-
-    Returns True when it was made with the same settings and models (nothing
-    to do); False when ``overwrite`` allows redoing it.
-
-    Raises:
-        UsageError: It was made with other settings and ``overwrite`` is off.
-    """
-    if previous == fingerprint and not overwrite:
-        progress.message(f"{output} is already complete with these settings; nothing to do")
-        return True
-    if not overwrite:
-        raise UsageError(f"{output} exists (made with other settings); pass --overwrite")
-    return False
 
 
 def _fingerprint(metadata: dict) -> str:

@@ -19,6 +19,14 @@ import pandas as pd
 from annotate.errors import InputError, ModelError, UsageError, expected_one_of
 from annotate.modelling.model_folder import ModelSpec, read_model_folder
 from annotate.training.corpora.base import Corpus
+from annotate.training.metrics import (  # noqa: F401 - also the names this module always offered
+    ECE_BINS,
+    classification_metrics,
+    expected_calibration_error,
+    recall_per_label,
+    recording_probabilities,
+    unweighted_average_recall,
+)
 from annotate.training.training_data import (
     Recordings,
     check_speaker_independent,
@@ -29,123 +37,8 @@ from annotate.training.training_data import (
 )
 
 PROTOCOLS: tuple[str, ...] = ("holdout", "loso")
-#: Equal-width confidence bins of the expected calibration error.
-ECE_BINS = 15
 
 Report = Callable[[str], None]
-
-
-# --- metrics ----------------------------------------------------------------------------
-
-
-def expected_calibration_error(probs: np.ndarray, true: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error of the top label (Guo et al., 2017).
-
-    Args:
-        probs: np.ndarray [shape=(n, n_labels)], rows summing to 1.
-        true: np.ndarray [shape=(n,), int] label indices.
-        bins: Equal-width confidence bins over [0, 1].
-
-    Returns:
-        Sum over bins of |accuracy - mean confidence| weighted by the bin's
-        share of examples; 0.0 for no examples.
-    """
-    if not len(probs):
-        return 0.0
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == true).astype(np.float64)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            ece += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(ece)
-
-
-def recall_per_label(true: np.ndarray, predicted: np.ndarray, n_labels: int) -> np.ndarray:
-    """Recall of each label, NaN where a label has no example.
-
-    Returns:
-        np.ndarray [shape=(n_labels,), float64].
-    """
-    support = np.bincount(true, minlength=n_labels)
-    hits = np.bincount(true[predicted == true], minlength=n_labels)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support > 0, hits / np.maximum(support, 1), np.nan)
-
-
-def unweighted_average_recall(true: np.ndarray, scores: np.ndarray) -> float:
-    """UAR (macro recall) over the labels present in ``true``; ``scores`` may be logits."""
-    if not len(true):
-        return float("nan")
-    recalls = recall_per_label(true, scores.argmax(axis=1), scores.shape[1])
-    return float(np.nanmean(recalls))
-
-
-def classification_metrics(true: np.ndarray, probs: np.ndarray, labels) -> dict:
-    """Accuracy, UAR, ECE, recall per label and the confusion matrix.
-
-    Args:
-        true: np.ndarray [shape=(n,), int] label indices.
-        probs: np.ndarray [shape=(n, n_labels)] probabilities.
-        labels: Names of the label indices.
-
-    Returns:
-        ``{"n", "accuracy", "uar", "ece", "per_class_recall": {label: recall
-        or None}, "support": {label: n}, "confusion": {"labels", "matrix"}}``;
-        the matrix has one row per true label and one column per predicted
-        label. UAR is the mean recall over the labels present.
-    """
-    labels = list(labels)
-    true = np.asarray(true, np.int64)
-    probs = np.asarray(probs, np.float64).reshape(len(true), len(labels))
-    predicted = probs.argmax(axis=1)
-    matrix = np.zeros((len(labels), len(labels)), np.int64)
-    np.add.at(matrix, (true, predicted), 1)
-    recalls = recall_per_label(true, predicted, len(labels))
-    support = np.bincount(true, minlength=len(labels))
-    return {
-        "n": int(len(true)),
-        "accuracy": float((predicted == true).mean()) if len(true) else float("nan"),
-        "uar": float(np.nanmean(recalls)) if len(true) else float("nan"),
-        "ece": expected_calibration_error(probs, true),
-        "per_class_recall": {
-            label: None if np.isnan(r) else float(r) for label, r in zip(labels, recalls)
-        },
-        "support": {label: int(s) for label, s in zip(labels, support)},
-        "confusion": {"labels": labels, "matrix": matrix.tolist()},
-    }
-
-
-def recording_probabilities(
-    recordings: Recordings, segment_probs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each recording's duration-weighted mean of its speech segments' probabilities.
-
-    Args:
-        recordings: Whole recordings; ``segment_probs`` follows the order of
-            ``recordings.stacked()``.
-        segment_probs: np.ndarray [shape=(n_segments, n_labels)].
-
-    Returns:
-        np.ndarray [shape=(n_recordings, n_labels), float64] (zeros for a
-        recording without speech) and np.ndarray [shape=(n_recordings,),
-        bool]: which recordings hold speech and so have a prediction.
-    """
-    n_labels = segment_probs.shape[1] if segment_probs.ndim == 2 else 0
-    out = np.zeros((len(recordings), n_labels), np.float64)
-    scored = np.zeros(len(recordings), bool)
-    start = 0
-    for i in range(len(recordings)):
-        count = len(recordings.features[i])
-        if count:
-            weights = recordings.speech_durations(i)
-            part = segment_probs[start : start + count]
-            out[i] = (part * weights[:, None]).sum(axis=0) / max(weights.sum(), 1e-9)
-            scored[i] = True
-        start += count
-    return out, scored
 
 
 def predict_recordings(spec: ModelSpec, recordings: Recordings) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ from annotate.modelling.model_folder import (
 from annotate.modelling.networks import ARCHITECTURES, network_options
 from annotate.training.augment import AugmentSettings
 from annotate.training.corpora.base import Corpus
-from annotate.training.evaluate import (
+from annotate.training.metrics import (
     classification_metrics,
     recording_probabilities,
     unweighted_average_recall,
@@ -639,7 +639,7 @@ def _describe_corpus(corpus: Corpus, items) -> dict:
 
 
 def _versions() -> dict:
-    from annotate import __version__
+    from annotate._version import __version__
     from annotate.modelling.inference import tensorflow
 
     tf = tensorflow()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from typing import TYPE_CHECKING
+
 from rich.table import Table
+
+if TYPE_CHECKING:  # the console is the command line's (annotate.cli.console)
+    from rich.console import Console
 
 
 def _share_table(title: str, shares: dict[str, float]) -> Table:

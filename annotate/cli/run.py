@@ -1,0 +1,138 @@
+"""The ``annotate run``, ``annotate summarize`` and ``annotate models`` commands.
+
+Registered on the app in :mod:`annotate.cli`; the library modules are imported
+inside each command, so ``annotate --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from annotate.cli.console import (
+    EXIT_INTERRUPTED,
+    EXIT_PARTIAL,
+    console,
+    fail,
+    imports_kept_from_the_collector,
+    out,
+)
+from annotate.errors import AnnotateError, UsageError
+
+
+def _parse_emotion_models(values: list[str]) -> dict[str, str]:
+    models = {}
+    for value in values:
+        code, sep, folder = value.partition("=")
+        if not sep or not code or not folder:
+            raise UsageError(f"bad --emotion-model {value!r}, expected LANG=DIR (e.g. de=models/my-de)")
+        models[code] = folder
+    return models
+
+
+def run(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Directories (walked recursively), manifests (.csv .tsv .parquet .jsonl with a "
+             "'path' column) or audio files.", show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="The segments table to write (.parquet); with --cluster also an fsspec URL (s3://...).")],
+    window: Annotated[float, typer.Option(help="Segment length, seconds.")] = 3.0,
+    hop: Annotated[Optional[float], typer.Option(help="Segment hop, seconds [default: the window].")] = None,
+    languages: Annotated[Optional[str], typer.Option(
+        help="Candidate languages, comma-separated (e.g. de,fr); one code means the language is known.")] = None,
+    language_model: Annotated[Optional[Path], typer.Option(help="Language model folder replacing the bundled one.")] = None,
+    emotion_model: Annotated[Optional[list[str]], typer.Option(
+        help="LANG=DIR: an emotion model folder for recordings in LANG ('*' for all others). Repeatable.")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Parallel jobs decoding and computing features [default: all cores].")] = None,
+    workers: Annotated[str, typer.Option(
+        help="Run those jobs as threads or processes; auto: threads up to 2 jobs (no start-up cost), "
+             "processes beyond (no shared interpreter lock).")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Segments gathered per inference round (the table does not depend on it).")] = 256,
+    overwrite: Annotated[bool, typer.Option(help="Start over, discarding partial state or an output made with other settings.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    cluster: Annotated[Optional[str], typer.Option(
+        help="Run on a Dask cluster: its scheduler's address (tcp://HOST:8786); see docs/cluster.md.")] = None,
+    shard_size: Annotated[int, typer.Option(help="Recordings per task on the cluster (with --cluster).")] = 32,
+    backend: Annotated[Optional[str], typer.Option(
+        help="How the models run: auto (LiteRT where the model folder has a current export, "
+             "else Keras), litert or keras [default: $ANNOTATE_BACKEND, else auto].",
+        show_default=False)] = None,
+) -> None:
+    """Annotate every recording, segment by segment, into a Parquet table.
+
+    Interrupted runs resume: run the same command again.
+    """
+    with imports_kept_from_the_collector():
+        import pandas  # noqa: F401 - pyarrow imports it on its first conversion anyway
+
+        from annotate.cli.progress import make_progress
+        from annotate.pipeline.local import run as run_pipeline
+
+    progress = make_progress(console, quiet)
+    try:
+        result = run_pipeline(
+            inputs, output,
+            language_model=language_model,
+            emotion_models=_parse_emotion_models(emotion_model or []),
+            languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None,
+            window_s=window, hop_s=hop, jobs=jobs, batch_size=batch_size,
+            overwrite=overwrite, progress=progress, cluster=cluster, shard_size=shard_size,
+            backend=backend, workers=workers,
+        )
+    except AnnotateError as error:
+        progress.stop()
+        raise fail(error) from None
+    except KeyboardInterrupt:
+        progress.stop()
+        console.print("[yellow]interrupted[/]: finished recordings are kept; "
+                      "run the same command again to resume")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not quiet and not result.already_complete:
+        console.print(
+            f"wrote [bold]{escape(str(result.output))}[/]: {result.annotated} recordings annotated"
+            + (f", {result.skipped} resumed" if result.skipped else "")
+            + f", {result.failed} failed (see {escape(str(result.failures_output))})",
+            highlight=False, soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def summarize(
+    table: Annotated[Path, typer.Argument(help="A table written by `annotate run`.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    per_recording: Annotated[Optional[Path], typer.Option(
+        help="Also write one row per recording (durations, mean probabilities, top labels) to this Parquet file.")] = None,
+) -> None:
+    """Report what an output table holds: hours, languages, emotions, confidence, failures."""
+    from annotate.views import summarize as summary
+
+    try:
+        report = summary.summarize(table)
+        if per_recording is not None:
+            summary.per_recording(summary.read_output(table)).to_parquet(per_recording, index=False)
+    except AnnotateError as error:
+        raise fail(error) from None
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    from annotate.views.report_text import print_report
+
+    print_report(out, report)
+
+
+def list_models() -> None:
+    """List the bundled models: task, languages, labels and validation metrics."""
+    from annotate.modelling.model_folder import bundled_models_dir, read_model_folder
+
+    folder = bundled_models_dir()
+    table = Table("name", "task", "languages", "labels", "metrics", title=f"models in {folder}")
+    for path in sorted(p for p in folder.iterdir() if (p / "model.json").is_file()):
+        spec = read_model_folder(path)
+        metrics = ", ".join(f"{k} {v:.2f}" for k, v in spec.metrics.items()
+                            if isinstance(v, (int, float)))
+        table.add_row(spec.name, spec.task, ",".join(spec.languages), ",".join(spec.labels), metrics)
+    out.print(table)

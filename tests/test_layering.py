@@ -1,0 +1,307 @@
+"""The package's layers: which subpackage may import which, and no import cycles.
+
+The imports are read from the source with ``ast``, those inside functions
+included (the package imports its heavy modules lazily, and a lazy import is
+still a dependency). Imports under ``if TYPE_CHECKING:`` never run and are
+not counted. A package's ``__init__`` is counted only where a module names it
+(``from annotate.training.corpora import Corpus``), not for every import of a
+module inside it.
+
+The rules, lowest layer first (the README's "Architecture" section shows the same):
+
+==========  =====================================================================
+layer       may import, of the package, besides itself
+==========  =====================================================================
+base        nothing else (errors, labels, resources, schema, features, _version)
+audio       annotate.errors
+modelling   base, audio
+pipeline    base, audio, modelling
+training    base, audio, modelling, and of pipeline only segment and featurize
+            (training data is cut and featurized exactly as a run does it)
+views       base, audio, modelling, pipeline
+cli         base, audio, modelling, pipeline, training, views
+==========  =====================================================================
+
+and the top: ``annotate`` itself (``annotate.run`` lazily, the version),
+``annotate.__main__`` (the CLI), ``annotate.testing`` (base, modelling). No
+module of the package imports ``annotate.testing``.
+
+Libraries kept to one place:
+
+=================  ============================================================
+library            imported only by
+=================  ============================================================
+typer              cli
+rich.console       cli (the one console lives in annotate.cli.console)
+rich (the rest)    cli, views (report_text draws tables on the console it is given)
+tensorflow, keras  modelling, training (annotate run on LiteRT never loads them)
+distributed, dask  annotate.pipeline.cluster
+streamlit          annotate.views.app
+matplotlib         views, training (evaluate's confusion plot)
+=================  ============================================================
+
+That the feature workers of a run and of training never import TensorFlow is
+also checked where it happens, in a fresh interpreter (test_litert.py,
+test_train.py).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "annotate"
+
+BASE = {"annotate.errors", "annotate.labels", "annotate.resources", "annotate.schema",
+        "annotate.features", "annotate._version"}
+
+#: layer: the layers (or modules) of the package it may import, besides its own.
+LAYERS: dict[str, set[str]] = {
+    "base": set(),
+    "audio": {"annotate.errors"},
+    "modelling": {"base", "audio"},
+    "pipeline": {"base", "audio", "modelling"},
+    "training": {"base", "audio", "modelling",
+                 "annotate.pipeline.segment", "annotate.pipeline.featurize"},
+    "views": {"base", "audio", "modelling", "pipeline"},
+    "cli": {"base", "audio", "modelling", "pipeline", "training", "views"},
+    "root": {"annotate._version", "annotate.pipeline.local"},
+    "main": {"cli"},
+    "testing": {"base", "modelling"},
+}
+
+#: library: the layers (or modules) that may import it; the longest name that matches wins.
+LIBRARIES: dict[str, set[str]] = {
+    "typer": {"cli"},
+    "rich.console": {"cli"},
+    "rich": {"cli", "views"},
+    "tensorflow": {"modelling", "training"},
+    "keras": {"modelling", "training"},
+    "distributed": {"annotate.pipeline.cluster"},
+    "dask": {"annotate.pipeline.cluster"},
+    "streamlit": {"annotate.views.app"},
+    "matplotlib": {"views", "training"},
+}
+
+
+def layer_of(module: str) -> str:
+    """The layer a module of the package belongs to."""
+    if module == "annotate":
+        return "root"
+    if module in BASE:
+        return "base"
+    special = {"annotate.__main__": "main", "annotate.testing": "testing"}
+    if module in special:
+        return special[module]
+    parts = module.split(".")
+    if len(parts) >= 2 and parts[1] in LAYERS:
+        return parts[1]
+    raise AssertionError(f"{module} is in no layer: add it to a subpackage or to the rules "
+                         "in tests/test_layering.py")
+
+
+def module_names(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package: dotted name -> file."""
+    names = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    return names
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imported_names(module: str, path: Path, modules: set[str]) -> list[tuple[str, int]]:
+    """What a module imports, at any depth: (dotted name, line).
+
+    A name of the package is resolved to the module it names (``from
+    annotate.audio import decode`` -> ``annotate.audio.decode``; ``from
+    annotate.audio.decode import probe`` -> ``annotate.audio.decode``). A
+    library's ``from X import Y`` gives both ``X`` and ``X.Y``.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    is_package = path.name == "__init__.py"
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found.append((_in_package(alias.name, modules), node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                if full in modules:
+                    found.append((full, node.lineno))
+                elif base.split(".")[0] == "annotate":
+                    found.append((_in_package(base, modules), node.lineno))
+                else:
+                    found.append((base, node.lineno))
+                    found.append((full, node.lineno))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _in_package(name: str, modules: set[str]) -> str:
+    """The longest module of the package that ``name`` starts with; else ``name``."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in modules:
+            return candidate
+    return name
+
+
+def import_graph(package: Path = PACKAGE) -> tuple[dict[str, set[str]], list[str]]:
+    """Module -> the package's modules it imports, and every import of a library: lines."""
+    names = module_names(package)
+    modules = set(names)
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    libraries: list[tuple[str, str, int]] = []
+    for module, path in names.items():
+        for name, line in imported_names(module, path, modules):
+            if name in modules:
+                if name != module:
+                    graph[module].add(name)
+            elif name.split(".")[0] == "annotate":
+                raise AssertionError(f"{module}:{line} imports {name}, which does not exist")
+            else:
+                libraries.append((module, name, line))
+    return graph, libraries
+
+
+def allowed(module: str, entries: set[str]) -> bool:
+    """Whether a module is one of ``entries``: a layer's name or a module (or its package)."""
+    layer = layer_of(module)
+    return any(entry == layer or module == entry or module.startswith(entry + ".")
+               for entry in entries)
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for module in sorted(graph):
+        layer = layer_of(module)
+        for target in sorted(graph[module]):
+            if layer_of(target) == layer and layer not in ("root", "main", "testing"):
+                continue
+            if not allowed(target, LAYERS[layer]):
+                problems.append(f"{module} ({layer}) imports {target} ({layer_of(target)})")
+    return problems
+
+
+def library_violations(libraries) -> list[str]:
+    problems = []
+    for module, name, line in libraries:
+        rules = [lib for lib in LIBRARIES if name == lib or name.startswith(lib + ".")]
+        if not rules:
+            continue
+        rule = max(rules, key=len)
+        if not allowed(module, LIBRARIES[rule]):
+            problems.append(f"{module}:{line} imports {name} ({rule}: only "
+                            f"{', '.join(sorted(LIBRARIES[rule]))})")
+    return sorted(set(problems))
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    counter = 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            for child in children:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                    break
+                if child in on_stack:
+                    low[node] = min(low[node], index[child])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(sorted(component))
+    return found
+
+
+def test_every_module_is_in_a_layer():
+    for module in module_names():
+        assert layer_of(module) in LAYERS
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    graph, _ = import_graph()
+    assert layer_violations(graph) == []
+
+
+def test_typer_rich_tensorflow_dask_streamlit_stay_where_they_belong():
+    _, libraries = import_graph()
+    assert library_violations(libraries) == []
+
+
+def test_no_import_cycles_between_modules():
+    graph, _ = import_graph()
+    assert cycles(graph) == [], "import cycles (each list is one strongly connected set)"
+
+
+def test_the_checks_catch_a_violation(tmp_path):
+    # A copy of a small package that breaks each rule once: the checks must say so.
+    package = tmp_path / "annotate"
+    for folder in ("audio", "pipeline", "cli"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "errors.py").write_text("")
+    (package / "audio" / "decode.py").write_text(
+        "def f():\n    from annotate.pipeline import local\n")
+    (package / "pipeline" / "local.py").write_text(
+        "from annotate.audio.decode import f\nimport typer\n")
+    (package / "cli" / "views.py").write_text("from rich.console import Console\n")
+    graph, libraries = import_graph(package)
+    assert layer_violations(graph) == [
+        "annotate.audio.decode (audio) imports annotate.pipeline.local (pipeline)"]
+    assert library_violations(libraries) == [
+        "annotate.pipeline.local:2 imports typer (typer: only cli)"]
+    assert cycles(graph) == [["annotate.audio.decode", "annotate.pipeline.local"]]
+

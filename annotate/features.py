@@ -31,8 +31,12 @@ class FeatureParams:
         normalisation: ``"segment"`` subtracts each band's mean over the
             segment and divides by the segment's overall standard deviation
             (cepstral mean/variance normalisation: it removes the channel's
-            fixed colouring, one of the cues that betray a corpus), or
-            ``"none"``.
+            fixed colouring, one of the cues that betray a corpus);
+            ``"none"``; or ``"whisper"``: OpenAI Whisper's input, the log10
+            of mel power clamped to 8 below the segment's maximum and scaled
+            as ``(x + 4) / 4``, one frame per hop (the centred STFT's last
+            frame dropped), and segments shorter than ``segment_s`` padded
+            with zeros at the end, which the encoder masks.
     """
 
     sampling_rate: int = 16000
@@ -56,7 +60,13 @@ class FeatureParams:
     @property
     def n_frames(self) -> int:
         """Frames in one full segment: the model's fixed input length."""
-        return 1 + int(round(self.segment_s * self.sampling_rate)) // self.hop_length
+        return self.frames_of(int(round(self.segment_s * self.sampling_rate)))
+
+    def frames_of(self, n_samples):
+        """Frames :func:`log_mel` gives for ``n_samples`` samples (an int or an array)."""
+        if self.normalisation == "whisper":
+            return n_samples // self.hop_length
+        return 1 + n_samples // self.hop_length
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,6 +150,29 @@ def log_mel(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     return _mel_of_power(power_spectrum(samples, params), params)
 
 
+#: OpenAI Whisper's input: 80 mel bands of 25 ms frames every 10 ms, up to 8 kHz.
+WHISPER_FEATURES = FeatureParams(
+    sampling_rate=16000, segment_s=3.0, window_s=0.025, hop_s=0.010, n_fft=400, n_mels=80,
+    fmin_hz=0.0, fmax_hz=8000.0, normalisation="whisper",
+)
+
+
+def whisper_log_mel(samples: np.ndarray, params: FeatureParams = WHISPER_FEATURES) -> np.ndarray:
+    """Whisper's log-mel input for one signal at its real length (no padding).
+
+    Equal (to about 1e-5) to faster-whisper's ``FeatureExtractor`` with
+    ``padding=0`` and to OpenAI's ``log_mel_spectrogram`` on the same samples.
+
+    Args:
+        samples: np.ndarray [shape=(n_samples,)], mono at ``params.sampling_rate``.
+        params: Settings with ``normalisation="whisper"``.
+
+    Returns:
+        np.ndarray [shape=(n_samples // hop, n_mels), dtype=float32].
+    """
+    return normalise(log_mel(samples, params), params)
+
+
 def power_spectrum(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     """Power of the centred STFT frames: the part of :func:`log_mel` before the mel bands.
 
@@ -167,8 +200,14 @@ def power_spectrum(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
 
 
 def _mel_of_power(power: np.ndarray, params: FeatureParams) -> np.ndarray:
+    if params.normalisation == "whisper":
+        power = power[..., :-1, :]  # Whisper drops the centred STFT's last frame
     mel = power @ _mel_basis(params).T
     return np.log(np.maximum(mel, 1e-10)).astype(np.float32)
+
+
+#: Whisper's dynamic range: log10 mel power is clamped to this far below its maximum.
+WHISPER_DYNAMIC_RANGE = 8.0
 
 
 def normalise(features: np.ndarray, params: FeatureParams) -> np.ndarray:
@@ -183,28 +222,41 @@ def normalise(features: np.ndarray, params: FeatureParams) -> np.ndarray:
     """
     if params.normalisation == "none":
         return features.astype(np.float32)
+    if params.normalisation == "whisper":
+        if features.shape[-2] == 0:
+            return features.astype(np.float32)
+        log10 = features * np.float32(1.0 / np.log(10.0))
+        floor = log10.max(axis=(-2, -1), keepdims=True) - WHISPER_DYNAMIC_RANGE
+        return ((np.maximum(log10, floor) + 4.0) / 4.0).astype(np.float32)
     if params.normalisation == "segment":
         centred = features - features.mean(axis=-2, keepdims=True)
         scale = centred.std(axis=(-2, -1), keepdims=True)
         return (centred / (scale + 1e-5)).astype(np.float32)
-    raise ValueError(f"bad normalisation {params.normalisation!r}, expected one of [none, segment]")
+    raise ValueError(
+        f"bad normalisation {params.normalisation!r}, expected one of [none, segment, whisper]"
+    )
 
 
-def fit_frames(features: np.ndarray, n_frames: int) -> np.ndarray:
-    """Pad (by repeating the segment) or cut frames to the model's fixed length.
+def fit_frames(features: np.ndarray, n_frames: int, pad: str = "repeat") -> np.ndarray:
+    """Pad or cut frames to the model's fixed length.
 
     Repeating rather than zero-padding keeps a short clip's statistics
-    those of speech, not of an artificial silence.
+    those of speech, not of an artificial silence; a Whisper encoder
+    instead masks the frames past the end, which are zeros here.
 
     Args:
         features: np.ndarray [shape=(..., frames, n_mels)]: one segment or a stack.
         n_frames: The length wanted.
+        pad: ``"repeat"`` (repeat the segment) or ``"zeros"``.
     """
     have = features.shape[-2]
     if have == n_frames:
         return features
     if have > n_frames:
         return features[..., :n_frames, :]
+    if pad == "zeros":
+        widths = [(0, 0)] * (features.ndim - 2) + [(0, n_frames - have), (0, 0)]
+        return np.pad(features, widths)
     reps = -(-n_frames // max(have, 1))
     return np.tile(features, (reps, 1))[..., :n_frames, :]
 
@@ -252,5 +304,6 @@ def features_of_segments(
         key = _stft_key(p)
         if key not in powers:
             powers[key] = power_spectrum(segments, p)
-        out.append(fit_frames(normalise(_mel_of_power(powers[key], p), p), p.n_frames))
+        pad = "zeros" if p.normalisation == "whisper" else "repeat"
+        out.append(fit_frames(normalise(_mel_of_power(powers[key], p), p), p.n_frames, pad))
     return out

@@ -15,15 +15,16 @@ layer       may import, of the package, besides itself
 base        nothing else (errors, labels, resources, schema, features, _version)
 audio       annotate.errors
 modelling   base, audio
-pipeline    base, audio, modelling
-training    base, audio, modelling, and of pipeline only segment and featurize
-            (training data is cut and featurized exactly as a run does it)
-views       base, audio, modelling, pipeline
-cli         base, audio, modelling, pipeline, training, views
+backbone    base, audio, modelling (the pretrained encoder under the heads)
+pipeline    base, audio, modelling, backbone
+training    base, audio, modelling, backbone, and of pipeline only segment and
+            featurize (training data is cut and featurized exactly as a run does it)
+views       base, audio, modelling, backbone, pipeline
+cli         base, audio, modelling, backbone, pipeline, training, views
 ==========  =====================================================================
 
 and the top: ``annotate`` itself (``annotate.run`` lazily, the version),
-``annotate.__main__`` (the CLI), ``annotate.testing`` (base, modelling). No
+``annotate.__main__`` (the CLI), ``annotate.testing`` (base, modelling, backbone). No
 module of the package imports ``annotate.testing``.
 
 Libraries kept to one place:
@@ -34,7 +35,7 @@ library            imported only by
 typer              cli
 rich.console       cli (the one console lives in annotate.cli.console)
 rich (the rest)    cli, views (report_text draws tables on the console it is given)
-tensorflow, keras  modelling, training (annotate run on LiteRT never loads them)
+tensorflow, keras  modelling, backbone, training (annotate run on LiteRT never loads them)
 distributed, dask  annotate.pipeline.cluster
 streamlit          annotate.views.app
 matplotlib         views, training (evaluate's confusion plot)
@@ -60,14 +61,15 @@ LAYERS: dict[str, set[str]] = {
     "base": set(),
     "audio": {"annotate.errors"},
     "modelling": {"base", "audio"},
-    "pipeline": {"base", "audio", "modelling"},
-    "training": {"base", "audio", "modelling",
+    "backbone": {"base", "audio", "modelling"},
+    "pipeline": {"base", "audio", "modelling", "backbone"},
+    "training": {"base", "audio", "modelling", "backbone",
                  "annotate.pipeline.segment", "annotate.pipeline.featurize"},
-    "views": {"base", "audio", "modelling", "pipeline"},
-    "cli": {"base", "audio", "modelling", "pipeline", "training", "views"},
+    "views": {"base", "audio", "modelling", "backbone", "pipeline"},
+    "cli": {"base", "audio", "modelling", "backbone", "pipeline", "training", "views"},
     "root": {"annotate._version", "annotate.pipeline.local"},
     "main": {"cli"},
-    "testing": {"base", "modelling"},
+    "testing": {"base", "modelling", "backbone"},
 }
 
 #: library: the layers (or modules) that may import it; the longest name that matches wins.
@@ -75,8 +77,8 @@ LIBRARIES: dict[str, set[str]] = {
     "typer": {"cli"},
     "rich.console": {"cli"},
     "rich": {"cli", "views"},
-    "tensorflow": {"modelling", "training"},
-    "keras": {"modelling", "training"},
+    "tensorflow": {"modelling", "backbone", "training"},
+    "keras": {"modelling", "backbone", "training"},
     "distributed": {"annotate.pipeline.cluster"},
     "dask": {"annotate.pipeline.cluster"},
     "streamlit": {"annotate.views.app"},

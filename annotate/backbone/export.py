@@ -1,0 +1,44 @@
+"""Convert a backbone's Keras encoder to LiteRT (needs TensorFlow; build time only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Segments per encoder call: fixed, so that a segment's features do not depend
+#: on how many were gathered (the last call is padded with empty segments).
+BATCH = 8
+
+
+def convert_encoder(weights: dict[str, np.ndarray], n_layers: int, n_mels: int,
+                    quantize: bool, float16: bool = False) -> bytes:
+    """The pooled encoder as a ``.tflite`` flatbuffer with input [BATCH, frames, n_mels].
+
+    Args:
+        weights: Encoder variables by CTranslate2 name.
+        n_layers: Transformer blocks to keep; the output pools hidden states 0..n_layers.
+        n_mels: Mel bands.
+        quantize: Dynamic-range int8 weights (activations stay float32).
+        float16: Float16 weights (the published precision: no loss), computed in float32.
+
+    The input's frame count is left free: a run resizes it to its window.
+    """
+    import tensorflow as tf
+
+    from annotate.backbone.whisper_encoder import build_encoder
+
+    model = build_encoder(weights, n_layers=n_layers, pooled_layers=tuple(range(n_layers + 1)))
+
+    @tf.function(input_signature=[tf.TensorSpec((BATCH, None, n_mels), tf.float32),
+                                  tf.TensorSpec((BATCH, None), tf.float32)])
+    def pooled(log_mel, valid):
+        return {"pooled": model([log_mel, valid], training=False)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [pooled.get_concrete_function()], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif float16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()

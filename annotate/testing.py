@@ -160,3 +160,102 @@ def make_toy_emodb(
                 sf.write(root / "wav" / f"{speaker}a0{k + 1}{letter}a.wav",
                          voice(1.2 + 0.3 * k, pitch, seed), 16000)
     return root
+
+
+#: A tiny Whisper-shaped encoder for tests: 16 mel bands, width 32, 2 blocks, 2 heads.
+TINY_BACKBONE_FEATURES = FeatureParams(
+    sampling_rate=16000, segment_s=1.0, window_s=0.025, hop_s=0.010, n_fft=400, n_mels=16,
+    fmin_hz=0.0, fmax_hz=8000.0, normalisation="whisper",
+)
+
+
+def tiny_encoder_weights(n_mels: int = 16, width: int = 32, n_layers: int = 2, n_heads: int = 2,
+                         max_frames: int = 1500, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float16 variables named and shaped as in a CTranslate2 Whisper encoder."""
+    rng = np.random.default_rng(seed)
+
+    def f16(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float16)
+
+    position = np.arange(max_frames)[:, None] / (10000 ** (np.arange(width // 2) / (width // 2)))
+    weights = {
+        "encoder/conv1/weight": f16(width, n_mels, 3), "encoder/conv1/bias": f16(width),
+        "encoder/conv2/weight": f16(width, width, 3, scale=0.1), "encoder/conv2/bias": f16(width),
+        "encoder/position_encodings/encodings": np.concatenate(
+            [np.sin(position), np.cos(position)], axis=1).astype(np.float16),
+        "encoder/layer_norm/gamma": np.ones(width, np.float16),
+        "encoder/layer_norm/beta": np.zeros(width, np.float16),
+        "encoder/num_heads": np.array(n_heads, np.int16),
+    }
+    for i in range(n_layers):
+        p = f"encoder/layer_{i}"
+        for part in ("self_attention", "ffn"):
+            weights[f"{p}/{part}/layer_norm/gamma"] = np.ones(width, np.float16)
+            weights[f"{p}/{part}/layer_norm/beta"] = np.zeros(width, np.float16)
+        weights[f"{p}/self_attention/linear_0/weight"] = f16(3 * width, width)
+        weights[f"{p}/self_attention/linear_0/bias"] = f16(3 * width)
+        weights[f"{p}/self_attention/linear_1/weight"] = f16(width, width)
+        weights[f"{p}/self_attention/linear_1/bias"] = f16(width)
+        weights[f"{p}/ffn/linear_0/weight"] = f16(4 * width, width)
+        weights[f"{p}/ffn/linear_0/bias"] = f16(4 * width)
+        weights[f"{p}/ffn/linear_1/weight"] = f16(width, 4 * width)
+        weights[f"{p}/ffn/linear_1/bias"] = f16(width)
+    return weights
+
+
+def create_backbone_folder(folder: str | Path, n_layers: int = 2, width: int = 32,
+                           litert: bool = True, quantize: bool = False, seed: int = 0):
+    """Write a backbone folder holding a tiny random Whisper-shaped encoder (and its export)."""
+    from annotate.modelling.backbone_folder import (
+        WEIGHTS_FILE,
+        BackboneExport,
+        BackboneSpec,
+        save_weights,
+        write_backbone_folder,
+    )
+    from annotate.modelling.model_folder import file_sha256
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    features = TINY_BACKBONE_FEATURES
+    weights = tiny_encoder_weights(features.n_mels, width, n_layers, seed=seed)
+    save_weights(weights, folder / WEIGHTS_FILE)
+    export = None
+    if litert:
+        from annotate.backbone.export import BATCH, convert_encoder
+
+        blob = convert_encoder(weights, n_layers, features.n_mels, quantize=quantize)
+        (folder / "model.tflite").write_bytes(blob)
+        export = BackboneExport("model.tflite", file_sha256(folder / WEIGHTS_FILE), n_layers,
+                                "dynamic-range-int8" if quantize else "float32", BATCH)
+    spec = BackboneSpec(folder, folder.name, "whisper-encoder", features, width, n_layers,
+                        {"model": "random weights for tests"}, export)
+    write_backbone_folder(spec, f"# {spec.name}\n\nRandom weights for tests.\n", "none\n")
+    return spec
+
+
+def create_head_folder(folder: str | Path, task: str, labels, backbone, layers=(1, 2),
+                       languages=("*",), name: str | None = None, seed: int = 0,
+                       switch_probability: float | None = None, litert: bool = True) -> ModelSpec:
+    """Write a head model folder (untrained, seeded) reading ``backbone``'s hidden states."""
+    from annotate.modelling.model_folder import BackboneInput
+    from annotate.modelling.networks import build_head
+
+    folder = Path(folder)
+    source = BackboneInput(backbone.name, tuple(layers), "stats", backbone.pooled_width)
+    size = source.input_size
+    settings = {"hidden": 0, "dropout": 0.0, "l2": 0.0}
+    model = build_head(size, len(labels), settings, np.zeros(size), np.ones(size), seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    spec = ModelSpec(folder=folder, name=name or folder.name, task=task, labels=tuple(labels),
+                     languages=tuple(languages), weights="model.keras",
+                     features=backbone.features, training={"data": "none: untrained"},
+                     metrics={}, backbone=source, switch_probability=switch_probability)
+    card = f"# {spec.name}\n\nAn untrained head for tests. Do not use.\n"
+    if litert:
+        from annotate.modelling.litert_export import convert_to_litert
+
+        spec = convert_to_litert(spec)
+    write_model_folder(spec, card)
+    return spec

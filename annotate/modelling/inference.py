@@ -100,6 +100,29 @@ def choose_backend(spec: ModelSpec, requested: str | None = None) -> str:
     return "keras"
 
 
+def choose_backbone_backend(spec, layers: tuple[int, ...], requested: str | None = None) -> str:
+    """The backend that runs a backbone (:class:`~annotate.modelling.backbone_folder.BackboneSpec`).
+
+    As :func:`choose_backend`: LiteRT when the folder's export is current and
+    gives the hidden states ``layers``, else Keras (the encoder built from
+    the folder's weights).
+    """
+    what = "backend"
+    if requested is None:
+        requested, what = os.environ.get(BACKEND_ENV) or "auto", BACKEND_ENV
+    if requested not in BACKENDS:
+        raise UsageError(expected_one_of(what, requested, BACKENDS))
+    if requested == "keras":
+        return "keras"
+    problem = spec.litert_problem(layers) or _litert()[1]
+    if problem is None:
+        return "litert"
+    if requested == "litert":
+        raise ModelError(f"{spec.folder}: the LiteRT backend cannot run this backbone: "
+                         f"{problem}. Use the keras backend")
+    return "keras"
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature`` in float64, rows summing to 1."""
     scaled = np.asarray(logits, dtype=np.float64) / temperature
@@ -139,14 +162,14 @@ class Classifier:
                 f"cannot load {self.spec.weights_path} in safe mode "
                 f"(custom code and Lambda layers are refused): {error}"
             ) from None
-        check_network_shapes(self.spec, tuple(model.input_shape[1:3]), model.output_shape[-1])
+        check_network_shapes(self.spec, tuple(model.input_shape[1:]), model.output_shape[-1])
         return model
 
     @cached_property
     def _step(self):
         tf = tensorflow()
         model = self.keras_model
-        shape = (None, self.spec.features.n_frames, self.spec.features.n_mels)
+        shape = (None, *self.spec.input_shape)
 
         @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], jit_compile=False)
         def step(batch):
@@ -171,7 +194,8 @@ class Classifier:
         segments (on Keras through a tf.data pipeline).
 
         Args:
-            features: np.ndarray [shape=(n, frames, n_mels), dtype=float32],
+            features: np.ndarray [shape=(n, *spec.input_shape), dtype=float32]
+                (log-mel frames, or a head's pooled backbone features),
                 or a list of such arrays (taken in order, never joined: a long
                 recording's chunks are not copied into one array).
 
@@ -190,7 +214,7 @@ class Classifier:
 
     def _keras_outputs(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         tf = tensorflow()
-        shape = (MICRO_BATCH, self.spec.features.n_frames, self.spec.features.n_mels)
+        shape = (MICRO_BATCH, *self.spec.input_shape)
         dataset = tf.data.Dataset.from_generator(
             lambda: micro_batches(arrays, MICRO_BATCH),
             output_signature=tf.TensorSpec(shape, tf.float32),
@@ -234,11 +258,11 @@ class LiteRTNetwork:
                              "expected one of each")
         if inputs[0]["dtype"] != np.float32 or outputs[0]["dtype"] != np.float32:
             raise ModelError(f"{path} is not a float32 model (quantised?); export it again")
-        check_network_shapes(spec, tuple(inputs[0]["shape_signature"][1:3]),
+        check_network_shapes(spec, tuple(inputs[0]["shape_signature"][1:]),
                              int(outputs[0]["shape_signature"][-1]))
         try:
             interpreter.resize_tensor_input(
-                inputs[0]["index"], [MICRO_BATCH, spec.features.n_frames, spec.features.n_mels])
+                inputs[0]["index"], [MICRO_BATCH, *spec.input_shape])
             with muted():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
@@ -259,17 +283,19 @@ class LiteRTNetwork:
 
 
 def check_network_shapes(spec: ModelSpec, frames_mels: tuple, n_outputs: int) -> None:
-    """Check a network's input (frames, mels) and output count against ``model.json``.
+    """Check a network's input shape (one segment's) and output count against ``model.json``.
 
     Raises:
         ModelError: Naming the network's shape and what ``model.json`` implies.
     """
-    want_in = (spec.features.n_frames, spec.features.n_mels)
+    want_in = spec.input_shape
+    what, source = (("features", "backbone settings") if spec.backbone
+                    else ("frames x mels", "feature settings"))
     got_in = tuple(int(x) if x is not None else None for x in frames_mels)
     if got_in != want_in:
         raise ModelError(
-            f"{spec.folder}: the model takes input frames x mels {got_in}, "
-            f"but model.json's feature settings give {want_in}"
+            f"{spec.folder}: the model takes input {what} {got_in}, "
+            f"but model.json's {source} give {want_in}"
         )
     if n_outputs != len(spec.labels):
         raise ModelError(

@@ -36,7 +36,8 @@ from annotate.modelling.model_folder import (
     read_model_folder,
 )
 
-#: Largest |logit difference| between Keras and LiteRT on the probe inputs
+#: Largest |logit difference| (relative to the largest logit, once above 1)
+#: between Keras and LiteRT on the probe inputs
 #: that an export may show (float32 reorderings give about 1e-6).
 EXPORT_TOLERANCE = 1e-4
 
@@ -102,7 +103,7 @@ def _converted(spec: ModelSpec) -> bytes:
 
     model = Classifier(spec, backend="keras").keras_model  # safe mode, shapes checked
     tf = tensorflow()
-    shape = (MICRO_BATCH, spec.features.n_frames, spec.features.n_mels)
+    shape = (MICRO_BATCH, *spec.input_shape)
     inputs = tf.keras.Input(batch_shape=shape)
     fixed = tf.keras.Model(inputs, model(inputs))  # the same layers and weights
     converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
@@ -118,7 +119,9 @@ def _converted(spec: ModelSpec) -> bytes:
     probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     got = np.concatenate(LiteRTNetwork(spec, blob).outputs([probe]))
     want = model(probe, training=False).numpy()
-    diff = float(np.abs(got - want).max())
+    # Relative to the logits' size once they exceed 1: a head on a backbone's
+    # pooled states sees inputs in the tens, and float32 rounding grows with them.
+    diff = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
     if not diff <= EXPORT_TOLERANCE:
         raise ModelError(f"{spec.folder}: the LiteRT conversion differs from the Keras "
                          f"model by {diff:.2g} (at most {EXPORT_TOLERANCE:g} allowed)")

@@ -58,6 +58,32 @@ class LiteRTExport:
 
 
 @dataclass(frozen=True)
+class BackboneInput:
+    """``model.json``'s ``backbone`` entry: a head reading a pretrained encoder's features.
+
+    Attributes:
+        name: The backbone folder's name (a sibling folder, or a bundled one).
+        layers: The encoder's hidden states the head reads (0: before the
+            first block; i: after block i), each pooled over the segment.
+        pooling: ``"stats"``: mean and standard deviation over valid frames.
+        width: Size of one pooled hidden state.
+    """
+
+    name: str
+    layers: tuple[int, ...]
+    pooling: str = "stats"
+    width: int = 1024
+
+    @property
+    def input_size(self) -> int:
+        return len(self.layers) * self.width
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "layers": list(self.layers), "pooling": self.pooling,
+                "width": self.width}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model folder's description (``model.json``), validated.
 
@@ -73,6 +99,12 @@ class ModelSpec:
         training: Training data, split and settings (free form).
         metrics: Validation metrics (free form).
         litert: The LiteRT export, if one was recorded (it may be stale).
+        backbone: For a head on a pretrained encoder, which encoder and
+            which of its pooled hidden states it reads; None for a network
+            that reads log-mel frames itself.
+        switch_probability: For a language model, the chance that the
+            language changes between neighbouring speech segments, used to
+            smooth its posteriors along a recording; None: no smoothing.
     """
 
     folder: Path
@@ -86,10 +118,19 @@ class ModelSpec:
     training: dict = field(default_factory=dict, compare=False)
     metrics: dict = field(default_factory=dict, compare=False)
     litert: LiteRTExport | None = None
+    backbone: BackboneInput | None = None
+    switch_probability: float | None = None
 
     @property
     def weights_path(self) -> Path:
         return self.folder / self.weights
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One segment's network input: ``(n_frames, n_mels)``, or a head's ``(input_size,)``."""
+        if self.backbone is not None:
+            return (self.backbone.input_size,)
+        return (self.features.n_frames, self.features.n_mels)
 
     def litert_problem(self) -> str | None:
         """Why the folder's LiteRT export cannot stand in for its Keras model, or None.
@@ -119,6 +160,9 @@ class ModelSpec:
             "training": self.training,
             "metrics": self.metrics,
             **({"litert": self.litert.to_json()} if self.litert else {}),
+            **({"backbone": self.backbone.to_json()} if self.backbone else {}),
+            **({"switch_probability": self.switch_probability}
+               if self.switch_probability is not None else {}),
         }
 
 
@@ -176,6 +220,10 @@ def read_model_folder(folder: str | Path) -> ModelSpec:
     if not (folder / CARD_FILE).is_file():
         raise ModelError(f"model folder {folder} lacks {CARD_FILE}")
     litert = _read_litert(raw.get("litert"), spec_path)
+    backbone = _read_backbone(raw.get("backbone"), spec_path)
+    switch = raw.get("switch_probability")
+    if switch is not None and not (isinstance(switch, (int, float)) and 0 < switch < 1):
+        raise ModelError(f"{spec_path}: switch_probability must be a number in (0, 1)")
     return ModelSpec(
         folder=folder,
         name=str(raw["name"]),
@@ -188,7 +236,28 @@ def read_model_folder(folder: str | Path) -> ModelSpec:
         training=dict(raw.get("training") or {}),
         metrics=dict(raw.get("metrics") or {}),
         litert=litert,
+        backbone=backbone,
+        switch_probability=None if switch is None else float(switch),
     )
+
+
+def _read_backbone(raw, spec_path: Path) -> BackboneInput | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not {"name", "layers"} <= set(raw):
+        raise ModelError(f"{spec_path}: backbone must be an object with name and layers")
+    layers = raw["layers"]
+    if (not isinstance(layers, list) or not layers
+            or not all(isinstance(x, int) and x >= 0 for x in layers)):
+        raise ModelError(f"{spec_path}: backbone.layers must be a non-empty list of "
+                         "hidden-state numbers (0, 1, ...)")
+    pooling = raw.get("pooling", "stats")
+    if pooling != "stats":
+        raise ModelError(f"{spec_path}: {expected_one_of('backbone.pooling', pooling, ['stats'])}")
+    width = raw.get("width", 1024)
+    if not isinstance(width, int) or width <= 0:
+        raise ModelError(f"{spec_path}: backbone.width must be a positive integer")
+    return BackboneInput(str(raw["name"]), tuple(layers), pooling, width)
 
 
 def _read_litert(raw, spec_path: Path) -> LiteRTExport | None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 from annotate.errors import ModelError, UsageError
 from annotate.features import FeatureParams
+from annotate.modelling.backbone_folder import BackboneSpec, backbone_of
 from annotate.modelling.model_folder import (
     ModelSpec,
     bundled_models_dir,
@@ -16,6 +19,8 @@ from annotate.modelling.model_folder import (
 )
 
 ANY_LANGUAGE = "*"
+#: The longest input of a Whisper encoder (its 1500 positions).
+MAX_BACKBONE_SEGMENT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,39 @@ class ModelSet:
             raise ModelError(f"the models expect different sampling rates {sorted(rates)}")
         return models
 
+    @cached_property
+    def backbones(self) -> dict[str, BackboneSpec]:
+        """The backbone folders the heads read, by name (resolved once)."""
+        found: dict[str, BackboneSpec] = {}
+        for spec in self.specs:
+            if spec.backbone is not None and spec.backbone.name not in found:
+                found[spec.backbone.name] = backbone_of(spec)
+        return found
+
+    def backbone_layers(self, name: str) -> tuple[int, ...]:
+        """The hidden states of backbone ``name`` that some head reads, in order."""
+        return tuple(sorted({layer for spec in self.specs
+                             if spec.backbone is not None and spec.backbone.name == name
+                             for layer in spec.backbone.layers}))
+
+    def with_window(self, window_s: float) -> ModelSet:
+        """The same models, with backbone heads fed segments of up to ``window_s`` seconds.
+
+        A pretrained encoder takes segments at their real length (up to its
+        30 s), so its heads' features follow the run's window instead of
+        the ``segment_s`` they were trained with.
+        """
+        def fitted(spec: ModelSpec) -> ModelSpec:
+            if spec.backbone is None:
+                return spec
+            seconds = min(float(window_s), MAX_BACKBONE_SEGMENT_S)
+            return dataclasses.replace(
+                spec, features=dataclasses.replace(spec.features, segment_s=seconds))
+
+        replaced = {id(s): fitted(s) for s in self.specs}
+        return ModelSet(replaced[id(self.language)],
+                        {code: replaced[id(s)] for code, s in self.emotion.items()})
+
     def emotion_for(self, language: str | None) -> ModelSpec | None:
         """The emotion model for a recording in ``language`` (None: no model)."""
         if language is None:
@@ -111,6 +149,33 @@ class ModelSet:
 
         return tuple(choose_backend(spec, requested) for spec in self.specs)
 
+    def choose_backbone_backends(self, requested: str | None = None) -> dict[str, str]:
+        """The backend running each backbone: LiteRT where its export covers the layers read.
+
+        Args:
+            requested: As for :meth:`choose_backends`.
+
+        Raises:
+            ModelError: LiteRT was asked for but cannot run a backbone.
+        """
+        from annotate.modelling.inference import choose_backbone_backend
+
+        return {name: choose_backbone_backend(spec, self.backbone_layers(name), requested)
+                for name, spec in self.backbones.items()}
+
+    def describe_backbones(self, backends: dict[str, str]) -> list[dict]:
+        """Name, folder, content hash, layers read and backend of each backbone."""
+        return [
+            {
+                "name": name,
+                "folder": str(spec.folder),
+                "hash": folder_hash(spec.folder),
+                "layers": list(self.backbone_layers(name)),
+                "backend": backends[name],
+            }
+            for name, spec in self.backbones.items()
+        ]
+
     def describe(self, backends: Sequence[str]) -> list[dict]:
         """Name, task, languages, folder, content hash and backend of each model.
 
@@ -127,6 +192,7 @@ class ModelSet:
                 "folder": str(spec.folder),
                 "hash": folder_hash(spec.folder),
                 "backend": backend,
+                "backbone": spec.backbone.name if spec.backbone else None,
             }
             for spec, backend in zip(self.specs, backends, strict=True)
         ]

@@ -249,3 +249,22 @@ def crnn(features: FeatureParams, n_labels: int, options: dict | None = None):
     x = layers.Dropout(options["dropout"], name="dropout")(x)
     outputs = layers.Dense(n_labels, name="logits")(x)
     return keras.Model(inputs, outputs, name="crnn")
+
+
+def build_head(input_size: int, n_labels: int, settings: dict, mean: np.ndarray,
+               variance: np.ndarray, seed: int):
+    """The head: standardise, dropout, optional GELU layer, logits (built-in layers only)."""
+    from annotate.modelling.inference import tensorflow
+
+    keras = tensorflow().keras
+    keras.utils.set_random_seed(seed)
+    regulariser = keras.regularizers.L2(settings["l2"])
+    inputs = keras.Input((input_size,), name="backbone_states")
+    x = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(inputs)
+    x = keras.layers.Dropout(settings["dropout"], seed=seed, name="dropout_in")(x)
+    if settings["hidden"]:
+        x = keras.layers.Dense(settings["hidden"], activation="gelu",
+                               kernel_regularizer=regulariser, name="hidden")(x)
+        x = keras.layers.Dropout(settings["dropout"], seed=seed + 1, name="dropout_hidden")(x)
+    logits = keras.layers.Dense(n_labels, kernel_regularizer=regulariser, name="logits")(x)
+    return keras.Model(inputs, logits, name="head")

@@ -8,7 +8,7 @@ it picks the emotion model for every segment of that recording.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +18,11 @@ from annotate.features import FeatureParams
 from annotate.labels import EMOTIONS
 from annotate.modelling.inference import Classifier, softmax
 from annotate.modelling.model_set import ModelSet
+from annotate.modelling.smoothing import smooth_language
 from annotate.schema import segments_schema
+
+if TYPE_CHECKING:
+    from annotate.backbone.runtime import Backbone
 
 
 @dataclass
@@ -68,13 +72,22 @@ class Annotator:
             means the language is known.
         backends: The backend of each model of ``models.specs`` (default:
             :meth:`ModelSet.choose_backends` under ``$ANNOTATE_BACKEND``).
+        backbone_backends: The backend of each backbone by name (default:
+            :meth:`ModelSet.choose_backbone_backends` under ``$ANNOTATE_BACKEND``).
+
+    Heads on a backbone share its pass: each speech segment is encoded once
+    per annotate call, and every head reads its pooled hidden states.
     """
 
     def __init__(self, models: ModelSet, languages: tuple[str, ...] | None = None,
-                 backends: Sequence[str] | None = None) -> None:
+                 backends: Sequence[str] | None = None,
+                 backbone_backends: dict[str, str] | None = None) -> None:
         self.models = models
         self.backends = tuple(backends) if backends else models.choose_backends()
+        self.backbone_backends = (dict(backbone_backends) if backbone_backends is not None
+                                  else models.choose_backbone_backends())
         self._backend_of = {id(s): b for s, b in zip(models.specs, self.backends, strict=True)}
+        self._backbones: dict[str, Backbone] = {}
         self.all_languages = models.language.labels
         self.languages = tuple(languages) if languages else self.all_languages
         self.candidates = np.array([code in self.languages for code in self.all_languages])
@@ -86,18 +99,32 @@ class Annotator:
             self._classifiers[id(spec)] = Classifier(spec, self._backend_of[id(spec)]).load()
         return self._classifiers[id(spec)]
 
+    def backbone(self, name: str) -> Backbone:
+        if name not in self._backbones:
+            from annotate.backbone.runtime import Backbone
+
+            reader = next(s for s in self.models.specs
+                          if s.backbone is not None and s.backbone.name == name)
+            self._backbones[name] = Backbone(
+                self.models.backbones[name], self.models.backbone_layers(name),
+                self.backbone_backends[name], reader.features.n_frames).load()
+        return self._backbones[name]
+
     def load(self) -> Annotator:
         """Load every model now, so that a broken model fails before any work."""
+        for name in self.models.backbones:
+            self.backbone(name)
         for spec in self.models.specs:
             self.classifier(spec)
         return self
 
     def annotate(self, recordings: list[RecordingFeatures]) -> pa.Table:
         """Label every segment of ``recordings`` (one inference call per model)."""
-        language_probs = self._language_probs(recordings)
+        encoded = self._encode(recordings)
+        language_probs = self._language_probs(recordings, encoded)
         routed = [self.models.emotion_for(self._recording_language(r, p))
                   for r, p in zip(recordings, language_probs)]
-        emotion_probs = self._emotion_probs(recordings, routed)
+        emotion_probs = self._emotion_probs(recordings, routed, encoded)
         columns = {name: [] for name in self.schema.names}
         for recording, lang_p, spec, emo_p in zip(recordings, language_probs, routed, emotion_probs):
             self._append_rows(columns, recording, lang_p, spec, emo_p)
@@ -107,14 +134,43 @@ class Annotator:
             schema=self.schema,
         )
 
-    def _language_probs(self, recordings: list[RecordingFeatures]) -> list[np.ndarray]:
+    def _encode(self, recordings: list[RecordingFeatures]) -> dict[str, list[np.ndarray]]:
+        """Per backbone, each recording's pooled hidden states [shape=(n_speech, layers, width)]."""
+        encoded = {}
+        for name in self.models.backbones:
+            reader = next(s for s in self.models.specs
+                          if s.backbone is not None and s.backbone.name == name)
+            params = reader.features
+            stacks = [a for r in recordings for a in r.features[params]]
+            frames = np.concatenate(
+                [_speech_frames(r, params) for r in recordings]) if recordings else np.zeros(0)
+            pooled = self.backbone(name).pooled(stacks, frames)
+            encoded[name] = _split(pooled, [r.speech.sum() for r in recordings])
+        return encoded
+
+    def _inputs(self, spec, members: list[RecordingFeatures], encoded, indices=None) -> list:
+        """What ``spec``'s network reads for the speech segments of ``members``."""
+        if spec.backbone is None:
+            return [a for r in members for a in r.features[spec.features]]
+        order = self.models.backbone_layers(spec.backbone.name)
+        keep = [order.index(layer) for layer in spec.backbone.layers]
+        per_recording = encoded[spec.backbone.name]
+        chosen = per_recording if indices is None else [per_recording[i] for i in indices]
+        return [a[:, keep].reshape(len(a), -1) for a in chosen]
+
+    def _language_probs(self, recordings: list[RecordingFeatures], encoded) -> list[np.ndarray]:
         spec = self.models.language
-        arrays = [a for r in recordings for a in r.features[spec.features]]
-        logits = self.classifier(spec).logits(arrays).astype(np.float64)
+        logits = self.classifier(spec).logits(
+            self._inputs(spec, recordings, encoded)).astype(np.float64)
         # Excluded languages get no probability: a softmax over the candidates.
         logits[:, ~self.candidates] = -np.inf
         probs = softmax(logits, spec.temperature) if len(logits) else logits
-        return _split(probs, [r.speech.sum() for r in recordings])
+        per_recording = _split(probs, [r.speech.sum() for r in recordings])
+        if spec.switch_probability is None or len(self.languages) == 1:
+            return per_recording
+        # Along each recording: a language rarely changes between neighbouring segments.
+        return [smooth_language(p, spec.switch_probability, self.candidates)
+                for p in per_recording]
 
     def _recording_language(self, recording: RecordingFeatures, probs: np.ndarray) -> str | None:
         if not recording.speech.any():
@@ -126,11 +182,11 @@ class Annotator:
         mean = (probs * weights[:, None]).sum(axis=0) / max(weights.sum(), 1e-9)
         return self.all_languages[int(np.argmax(mean))]
 
-    def _emotion_probs(self, recordings, routed) -> list[np.ndarray | None]:
+    def _emotion_probs(self, recordings, routed, encoded) -> list[np.ndarray | None]:
         out: list[np.ndarray | None] = [None] * len(recordings)
         for spec in {id(s): s for s in routed if s is not None}.values():
             members = [i for i, s in enumerate(routed) if s is spec]
-            arrays = [a for i in members for a in recordings[i].features[spec.features]]
+            arrays = self._inputs(spec, [recordings[i] for i in members], encoded, members)
             probs = self.classifier(spec).predict(arrays)
             for i, part in zip(members, _split(probs, [recordings[i].speech.sum() for i in members])):
                 out[i] = part
@@ -168,6 +224,13 @@ class Annotator:
             else:
                 for name in ("emotion", "emotion_p", "emotion_model", *(f"emo_{x}" for x in EMOTIONS)):
                     columns[name].append(None)
+
+
+def _speech_frames(recording: RecordingFeatures, params: FeatureParams) -> np.ndarray:
+    """Log-mel frames of each speech segment at its real length."""
+    bounds = recording.bounds[recording.speech]
+    samples = np.rint((bounds[:, 1] - bounds[:, 0]) * params.sampling_rate).astype(np.int64)
+    return np.minimum(params.frames_of(samples), params.n_frames)
 
 
 def _split(rows: np.ndarray, counts: list[int]) -> list[np.ndarray]:

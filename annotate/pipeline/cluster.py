@@ -148,15 +148,16 @@ _annotators: dict[tuple, Annotator] = {}
 _annotators_lock = threading.Lock()
 
 
-def worker_annotator(models: ModelPayload, languages: tuple[str, ...] | None) -> Annotator:
+def worker_annotator(models: ModelPayload, languages: tuple[str, ...] | None,
+                     window_s: float = 3.0) -> Annotator:
     """The loaded annotator of this worker process for these models (loaded once)."""
-    key = (models.key, languages)
+    key = (models.key, languages, window_s)
     with _annotators_lock:
         if key not in _annotators:
             root = _worker_directory() / "annotate-models"
             root.mkdir(parents=True, exist_ok=True)
-            _annotators[key] = Annotator(models.materialise(root), languages,
-                                         models.backends).load()
+            _annotators[key] = Annotator(models.materialise(root).with_window(window_s),
+                                         languages, models.backends).load()
         return _annotators[key]
 
 
@@ -183,7 +184,7 @@ def annotate_shard(task: ShardTask, models: ModelPayload) -> ShardResult:
     if task.version != __version__:
         raise StateError(f"a Dask worker runs annotate {__version__}, the driver {task.version}; "
                          "install the same version on every worker")
-    annotator = worker_annotator(models, task.languages)
+    annotator = worker_annotator(models, task.languages, task.settings.window_s)
     params = annotator.models.feature_params
     result = ShardResult(task.shard.id)
     tables: list[pa.Table] = []

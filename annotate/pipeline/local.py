@@ -109,7 +109,7 @@ def run(
     workers = resolve_workers(workers, jobs)
     if cluster is None:  # annotate.pipeline.cluster checks the output, which may be a URL
         check_output_path(output)
-    models = ModelSet.load(language_model, emotion_models)
+    models = ModelSet.load(language_model, emotion_models).with_window(window_s)
     if languages:
         languages = tuple(dict.fromkeys(languages))
         for code in languages:
@@ -119,12 +119,14 @@ def run(
         window_s=window_s, hop_s=hop_s, sampling_rate=models.feature_params[0].sampling_rate
     )
     backends = models.choose_backends(backend)
+    backbone_backends = models.choose_backbone_backends(backend)
     described = models.describe(backends)
     metadata = {
         "version": __version__,
         "schema_version": load_schema("segments")["version"],
         "settings": {**asdict(settings), "languages": list(languages or []), "chunk_s": CHUNK_S},
         "models": described,
+        "backbones": models.describe_backbones(backbone_backends),
     }
     metadata["fingerprint"] = _fingerprint(metadata)
     if cluster is not None:
@@ -144,7 +146,7 @@ def run(
 
     recordings, failures = discover(inputs)
     result.recordings = len(recordings)
-    annotator = Annotator(models, languages, backends)
+    annotator = Annotator(models, languages, backends, backbone_backends)
     with PartialStore(output, metadata["fingerprint"], overwrite) as store:
         for name in store.discarded_parts:
             progress.message(f"discarded unreadable part {name}; its recordings are redone")
@@ -253,6 +255,8 @@ def _fingerprint(metadata: dict) -> str:
         "routes": [m["routed_for"] for m in metadata["models"]],
         # LiteRT and Keras agree to about 1e-6, not to the bit.
         "backends": [m["backend"] for m in metadata["models"]],
+        # Heads read their backbone's features: its bytes and backend label too.
+        "backbones": [(b["hash"], b["backend"]) for b in metadata.get("backbones", [])],
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 

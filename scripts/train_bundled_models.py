@@ -1,141 +1,138 @@
-"""Retrain every bundled model from scratch, reproducibly (fixed seeds).
+"""Rebuild every bundled model, reproducibly: the Whisper backbone, then the heads on it.
 
-Trains on the training speakers of the corpora in ``--corpora`` (the
-held-out speakers of :mod:`annotate.training.heldout` are never used), with
-``annotate.training.train.train`` -- the same code as ``annotate train`` -- and writes
-the model folders and their cards into ``--out`` (default ``models/``):
+Trains on the training speakers of the corpora in ``--corpora`` (the held-out
+speakers of :mod:`annotate.training.heldout` are never used, not even for the
+search), with :func:`annotate.training.heads.train_head` -- the code behind
+``annotate train --backbone`` -- and writes into ``--out`` (default ``models/``):
 
-    emotion-multi  EmoDB + EMOVO + RAVDESS, from scratch: the shared backbone, and
-                   the model for French and every other language
-    emotion-de     EmoDB (7 emotions), fine-tuned from emotion-multi
-    emotion-en     RAVDESS (8 emotions, calm included), fine-tuned from emotion-multi
-    emotion-it     EMOVO's 7 emotions, fine-tuned from emotion-multi on the recordings
-                   of all three corpora with those labels: EMOVO's three training
-                   actors alone do not generalise (see docs/accuracy.md)
-    language       Common Voice en/de/fr/it + the emotion corpora relabelled by
-                   language + espeak-ng synthetic speech (when installed), on
-                   log-mel bands up to 3.8 kHz
+    whisper-base   OpenAI Whisper base's encoder (scripts/build_backbone.py)
+    language       Common Voice en/de/fr/it + the emotion corpora labelled by language
+    emotion-de     EmoDB (7 emotions)
+    emotion-en     RAVDESS (8 emotions, calm included)
+    emotion-it     EMOVO's 7 emotions, on the recordings of all three corpora with
+                   those labels (EMOVO's three training actors alone generalise less:
+                   validation UAR 0.38 against 0.50 with the other corpora)
+    emotion-multi  EmoDB + EMOVO + RAVDESS: the cross-lingual model for French and
+                   every other language without a model of its own
+
+Each recording is encoded once by the backbone's run-time export and cached
+(``$ANNOTATE_CACHE``, default ``~/.cache/annotate/backbone``).
 
 Usage: python scripts/train_bundled_models.py --corpora ../shared/corpora [--out models]
-       [--only language,emotion-de] [--epochs 40]
+       [--only language,emotion-de] [--search 24]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pandas as pd
 
-from annotate.features import FeatureParams  # noqa: E402
-from annotate.modelling.model_folder import read_model_folder  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from annotate.labels import EMOTIONS  # noqa: E402
+from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E402
+from annotate.modelling.inference import choose_backbone_backend  # noqa: E402
 from annotate.training import heldout  # noqa: E402
 from annotate.training.corpora import read_corpus  # noqa: E402
-from annotate.training.train import model_card, train  # noqa: E402
+from annotate.training.heads import encode_items, train_head  # noqa: E402
 
-SEED = 20261125
-LANGUAGE_SAMPLES_PER_EMOTION_CORPUS = 120
-SYNTHETIC_PER_LANGUAGE = 100
-#: Adam's learning rate when fine-tuning from the backbone (1e-3 from scratch).
-FINE_TUNE_LEARNING_RATE = 3e-4
-#: The CNN averages 2 x 2 (time, mel) cells of the log-mel first: 4x fewer
-#: operations, for the throughput targets. On EmoDB's held-out actors it cost
-#: 0.03 UAR (0.50 vs 0.53 from scratch; docs/accuracy.md).
-NETWORK = {"input_pool": [2, 2]}
-#: The language model hears 60-3800 Hz only: on held-out speakers this beat
-#: the full band (Common Voice 0.43 vs 0.37, RAVDESS actors 0.96 vs 0.72) and
-#: 300-3400 Hz (0.34); the workers share one STFT between the two settings.
-LANGUAGE_FEATURES = FeatureParams(fmax_hz=3800.0)
+SEED = 20261201
+#: Model folders of the log-mel CNNs this script used to write; removed.
+RETIRED = ()
 LICENCES = ("EmoDB: free for research (CC0-1.0 per audb); EMOVO: research use with "
-            "acknowledgement; RAVDESS: CC BY-NC-SA 4.0 (non-commercial); Common Voice: CC0-1.0; "
-            "espeak-ng speech: synthetic, made here")
+            "acknowledgement; RAVDESS: CC BY-NC-SA 4.0 (non-commercial); Common Voice: CC0-1.0")
 
 
-def sample(corpus, n: int, seed: int):
-    items = corpus.items
-    if len(items) > n:
-        items = items.sample(n=n, random_state=seed).sort_values("path", ignore_index=True)
-    return dataclasses.replace(corpus, items=items)
-
-
-def with_labels(corpus, labels):
-    """The corpus' recordings whose label is in ``labels``."""
-    return dataclasses.replace(corpus, items=corpus.items[corpus.items["label"].isin(labels)])
-
-
-def write_card(spec) -> None:
-    """The card ``annotate train`` writes, plus the licences and where the test speakers are."""
-    (spec.folder / "MODEL_CARD.md").write_text(
-        model_card(spec) + f"\n## Licences of the training data\n\n{LICENCES}\n\n"
-        "Held-out test speakers (never used here) are listed in "
-        "`annotate/training/heldout.py`; `benchmarks/accuracy.py` measures them.\n"
-    )
+def training_items(corpora: Path, names: list[str]) -> pd.DataFrame:
+    """The training speakers' recordings of the named corpora."""
+    parts = []
+    for name in names:
+        corpus = heldout.split(read_corpus(name, corpora / name), "train")
+        items = corpus.items.copy()
+        items["corpus"] = name
+        parts.append(items)
+    return pd.concat(parts, ignore_index=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpora", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("models"))
-    parser.add_argument("--only", default="", help="comma-separated model names")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=ROOT / "models")
+    parser.add_argument("--only", default=None, help="comma-separated model names")
+    parser.add_argument("--search", type=int, default=24, help="search trials per head")
+    parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=None)
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/annotate-synthetic"))
-    parser.add_argument("--cards-only", action="store_true",
-                        help="rewrite the model cards of the folders in --out from their "
-                             "model.json, training nothing")
     args = parser.parse_args()
-    if args.cards_only:
-        for folder in sorted(p.parent for p in args.out.glob("*/model.json")):
-            write_card(read_model_folder(folder))
-            print(f"rewrote {folder / 'MODEL_CARD.md'}")
-        return
-    only = {x for x in args.only.split(",") if x}
-    root = args.corpora
+    only = set(args.only.split(",")) if args.only else None
+    out = args.out
 
-    def corpus(name: str, folder: str):
-        return heldout.split(read_corpus(name, root / folder), "train")
+    backbone_dir = out / "whisper-base"
+    if not (backbone_dir / "backbone.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "build_backbone.py"),
+                        "--out", str(backbone_dir)], check=True)
+    backbone = read_backbone_folder(backbone_dir)
+    backend = choose_backbone_backend(backbone, tuple(range(backbone.litert.n_layers + 1)))
 
-    emodb, emovo, ravdess = corpus("emodb", "emodb"), corpus("emovo", "emovo"), corpus("ravdess", "ravdess")
-    common = dict(epochs=args.epochs, seed=SEED, patience=6, jobs=args.jobs, overwrite=True,
-                  network=NETWORK, progress=lambda text: print(text, flush=True))
-    # The backbone first: the per-language models start from its weights.
-    backbone = args.out / "emotion-multi"
-    fine_tune = dict(init_from=backbone, learning_rate=FINE_TUNE_LEARNING_RATE)
-    italian_labels = set(emovo.items["label"])
+    emotion = training_items(args.corpora, ["emodb", "emovo", "ravdess"])
+    speech = training_items(args.corpora, ["commonvoice"])
+    encoded = encode_items(pd.concat([emotion, speech], ignore_index=True), backbone, backend,
+                           jobs=args.jobs)
+
+    def subset(corpora: list[str], relabel_language: bool = False, labels=None):
+        keep = encoded.meta["corpus"].isin(corpora).to_numpy().copy()
+        if labels is not None:
+            keep &= encoded.meta["label" if not relabel_language else "language"].isin(
+                labels).to_numpy()
+        meta = encoded.meta[keep].reset_index(drop=True)
+        if relabel_language:
+            meta["label"] = meta["language"]
+        return type(encoded)(meta, [s for s, k in zip(encoded.states, keep) if k],
+                             [d for d, k in zip(encoded.durations, keep) if k])
+
+    def labels_of(corpus: str) -> tuple[str, ...]:
+        present = set(encoded.meta.loc[encoded.meta["corpus"] == corpus, "label"])
+        return tuple(e for e in EMOTIONS if e in present)
+
+    emodb, emovo, ravdess = labels_of("emodb"), labels_of("emovo"), labels_of("ravdess")
+    every = tuple(e for e in EMOTIONS if e in set(emodb) | set(emovo) | set(ravdess))
     plans = {
-        "emotion-multi": dict(task="emotion", corpora=[emodb, emovo, ravdess], languages=["*"]),
-        "emotion-de": dict(task="emotion", corpora=[emodb], **fine_tune),
-        "emotion-en": dict(task="emotion", corpora=[ravdess], **fine_tune),
-        "emotion-it": dict(task="emotion", languages=["it"], **fine_tune, corpora=[
-            with_labels(c, italian_labels) for c in (emodb, emovo, ravdess)]),
+        "language": ("language", subset(["commonvoice", "emodb", "emovo", "ravdess"], True),
+                     ("de", "en", "fr", "it"), ("de", "en", "fr", "it"),
+                     "Common Voice en/de/fr/it + EmoDB (de), EMOVO (it), RAVDESS (en)"),
+        "emotion-de": ("emotion", subset(["emodb"]), emodb, ("de",), "EmoDB"),
+        "emotion-en": ("emotion", subset(["ravdess"]), ravdess, ("en",), "RAVDESS"),
+        "emotion-it": ("emotion", subset(["emovo", "emodb", "ravdess"], labels=emovo), emovo,
+                       ("it",), "EMOVO + the EmoDB and RAVDESS recordings with EMOVO's labels"),
+        "emotion-multi": ("emotion", subset(["emodb", "emovo", "ravdess"]), every, ("*",),
+                          "EmoDB + EMOVO + RAVDESS (cross-lingual)"),
     }
-    if not only or "language" in only:
-        commonvoice = corpus("commonvoice", "commonvoice")
-        language_corpora = [commonvoice] + [
-            sample(heldout.as_language_corpus(c), LANGUAGE_SAMPLES_PER_EMOTION_CORPUS, SEED)
-            for c in (emodb, emovo, ravdess)
-        ]
-        from synthetic_speech import make_synthetic_corpus
-
-        sentences = {
-            lang: commonvoice.items.loc[commonvoice.items["language"] == lang, "sentence"].tolist()
-            for lang in ("en", "de", "fr", "it")
-        }
-        language_corpora.append(make_synthetic_corpus(sentences, args.cache, SYNTHETIC_PER_LANGUAGE))
-        plans["language"] = dict(task="language", corpora=language_corpora,
-                                 features=LANGUAGE_FEATURES)
-    for name, plan in plans.items():
+    for name, (task, data, labels, languages, description) in plans.items():
         if only and name not in only:
             continue
         started = time.monotonic()
-        print(f"== {name}", flush=True)
-        spec = train(output_dir=args.out / name, name=name, **plan, **common)
-        write_card(spec)
-        print(f"== {name} done in {time.monotonic() - started:.0f} s: "
-              f"UAR {spec.metrics.get('uar', float('nan')):.3f}", flush=True)
+        print(f"== {name}: {description}", flush=True)
+        folder = out / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        counts = data.meta.groupby("corpus").size().to_dict()
+        spec = train_head(
+            task, data, labels, languages, backbone, backend, folder, name,
+            trials=args.search, n_folds=args.folds, seed=SEED,
+            training_info={"corpora": description, "recordings_per_corpus": counts,
+                           "licences": LICENCES,
+                           "test_speakers": "annotate/training/heldout.py (never used)"},
+            smooth_language=task == "language")
+        print(f"   {spec.folder}: {time.monotonic() - started:.0f} s", flush=True)
+    for name in RETIRED:
+        if (out / name).exists():
+            shutil.rmtree(out / name)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def trained(emodb, tmp_path_factory) -> tuple[Path, object]:
     folder = tmp_path_factory.mktemp("models") / "emo"
     result = runner.invoke(app, [
         "train", "emotion", "--corpus", f"emodb={emodb}", "-o", str(folder), "--epochs", "2",
+        "--architecture", "cnn",
         "--batch-size", "8", "--segment", "1.0", "--jobs", "1", "--no-augment",
     ])
     return folder, result

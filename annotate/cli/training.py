@@ -98,8 +98,21 @@ def train(
     corpus: CorpusOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="The model folder to write.")],
     architecture: Annotated[str, typer.Option(
-        help="Network: cnn, crnn, stats (utterance statistics, linear) or cnn_stats "
-        "(the CNN with a statistics branch).")] = "cnn",
+        help="head: a small network on a pretrained backbone's features (the bundled "
+        "models' kind); or, from scratch on log-mel frames: cnn, crnn, stats (utterance "
+        "statistics, linear) or cnn_stats (the CNN with a statistics branch).")] = "head",
+    backbone: Annotated[str, typer.Option(
+        help="With --architecture head: a bundled backbone's name or a backbone folder.")
+    ] = "whisper-base",
+    search: Annotated[int, typer.Option(
+        help="With --architecture head: trials of the settings search (layers, width, L2, "
+        "dropout, learning rate, epochs) over speaker-disjoint folds; 0 uses fixed "
+        "settings.")] = 16,
+    folds: Annotated[int, typer.Option(
+        help="With --architecture head: speaker-disjoint validation folds.")] = 4,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="With --architecture head: where encoded recordings are cached "
+        "[default: $ANNOTATE_CACHE or ~/.cache/annotate/backbone].")] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 30,
     batch_size: Annotated[int, typer.Option(help="Crops per gradient step.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
@@ -134,6 +147,23 @@ def train(
         if segment_s <= 0:
             raise UsageError(f"segment length must be positive, got {segment_s}")
         corpora = _read_corpora(corpus)
+        if architecture == "head":
+            from annotate.training.heads import train_on_corpora
+
+            if search < 0 or folds < 2:
+                raise UsageError(f"--search must be >= 0 and --folds >= 2, got {search}, {folds}")
+            spec = train_on_corpora(
+                task, corpora, output, backbone=backbone, trials=search, n_folds=folds,
+                seed=seed, window_s=segment_s, cache_dir=cache_dir, jobs=jobs,
+                languages=[c.strip() for c in languages.split(",") if c.strip()]
+                if languages else None, overwrite=overwrite, report=_say)
+            v = spec.metrics["validation"]
+            out.print(
+                f"[bold]{spec.folder}[/]: {spec.task} head on {backbone}, labels "
+                f"{', '.join(spec.labels)}; validation per recording ({v['split']}): "
+                f"accuracy {v['accuracy']:.3f}, UAR {v['uar']:.3f}, ECE {v['ece']:.3f}; "
+                f"temperature {spec.temperature:.3f}", highlight=False)
+            return
         spec = train_model(
             task, corpora, output,
             architecture=architecture, epochs=epochs, batch_size=batch_size,

@@ -1,0 +1,555 @@
+"""Heads on a pretrained backbone: features cached once, a search over speaker folds, calibration.
+
+``annotate train ... --backbone whisper-base`` ends here. The recordings go
+through ``annotate run``'s own path (segments, speech detection, Whisper
+log-mel) and the backbone's run-time encoder, once: each recording's pooled
+hidden states are cached on disk, keyed by its file and the backbone, so
+that a search, a retraining or another head never encodes it again.
+
+A head is a small Keras network on the pooled states of some hidden
+layers: standardisation, dropout, an optional hidden layer, logits. Which
+layers, the hidden width, L2, dropout, learning rate and epochs are chosen
+by a search (optuna's TPE sampler, ``--search N`` trials) on the
+per-recording UAR over speaker-disjoint folds of the training speakers,
+averaged over corpora; the test speakers are never seen. The temperature is fitted on the
+out-of-fold logits of the chosen settings, which also give the validation
+metrics written to ``model.json``; the final head is then trained on every
+training speaker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from annotate.errors import UsageError
+from annotate.modelling.backbone_folder import BackboneSpec
+from annotate.modelling.model_folder import BackboneInput, ModelSpec, write_model_folder
+from annotate.modelling.networks import build_head
+
+Report = Callable[[str], None]
+
+#: Hidden-state choices the search draws from (those past the export are dropped).
+LAYER_CHOICES: tuple[tuple[int, ...], ...] = (
+    (2,), (3,), (4,), (2, 3), (3, 4), (2, 3, 4), (2, 4),
+)
+#: Settings used without a search (``--search 0``): those the bundled
+#: heads' searches most often chose.
+DEFAULT_SETTINGS = {"layers": (3, 4), "hidden": 0, "l2": 1e-3, "dropout": 0.2,
+                    "learning_rate": 1e-3, "epochs": 40}
+BATCH_SIZE = 64
+
+
+@dataclass
+class EncodedRecordings:
+    """Recordings as the backbone sees them at run time.
+
+    Attributes:
+        meta: One row per recording (the corpus items, plus ``duration_s``).
+        states: Per recording, np.ndarray [shape=(n_speech, n_states, width)]:
+            pooled hidden states 0..n_states-1 of each speech segment.
+        durations: Per recording, each speech segment's duration in seconds.
+    """
+
+    meta: pd.DataFrame
+    states: list[np.ndarray]
+    durations: list[np.ndarray]
+
+    def segments(self, layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every speech segment's head input, its recording and its duration."""
+        rows = [s[:, list(layers)].reshape(len(s), -1) for s in self.states]
+        width = self.states[0].shape[-1] * len(layers) if self.states else 0
+        features = np.concatenate(rows) if rows else np.zeros((0, width), np.float32)
+        owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(self.states)])
+        return features, owner.astype(np.int64), np.concatenate(self.durations)
+
+
+def encode_items(items: pd.DataFrame, backbone: BackboneSpec, backend: str,
+                 window_s: float = 3.0, cache_dir: Path | None = None, jobs: int | None = None,
+                 report: Report = print) -> EncodedRecordings:
+    """Each item's pooled hidden states, from the cache or encoded now.
+
+    Segments are cut as ``annotate run --window window_s`` cuts them;
+    recordings without speech are dropped (a run writes no labels for them).
+
+    Raises:
+        UsageError: No recording holds speech.
+    """
+    from annotate.backbone.runtime import Backbone
+    from annotate.modelling.model_folder import folder_hash
+    from annotate.training.training_data import load_recordings
+
+    params = dataclasses.replace(backbone.features, segment_s=window_s)
+    n_states = (backbone.litert.n_layers if backend == "litert" and backbone.litert
+                else backbone.n_layers)
+    layers = tuple(range(n_states + 1))
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    identity = f"{folder_hash(backbone.folder)}|{backend}|{window_s}|{layers}"
+    keys = [_cache_key(path, identity) for path in items["path"]]
+    todo = [i for i, key in enumerate(keys) if not (cache / f"{key}.npz").is_file()]
+    if todo:
+        report(f"encoding {len(todo)} of {len(items)} recordings with {backbone.name} "
+               f"({backend}); cached in {cache}")
+        recordings, failures = load_recordings(items.iloc[todo].reset_index(drop=True),
+                                               params, jobs)
+        for failure in failures:
+            report(f"skipped {failure.path}: {failure.message}")
+        runner = Backbone(backbone, layers, backend, params.n_frames).load()
+        cache.mkdir(parents=True, exist_ok=True)
+        by_path = {p: i for i, p in zip(todo, items["path"].iloc[todo])}
+        for r, path in enumerate(recordings.meta["path"]):
+            bounds = recordings.bounds[r][recordings.speech[r]]
+            samples = np.rint((bounds[:, 1] - bounds[:, 0]) * params.sampling_rate)
+            frames = np.minimum(params.frames_of(samples.astype(np.int64)), params.n_frames)
+            states = runner.pooled([recordings.features[r]], frames)
+            target = cache / f"{keys[by_path[path]]}.npz"
+            tmp = target.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, states=states.astype(np.float32),
+                     durations=bounds[:, 1] - bounds[:, 0])
+            os.replace(tmp, target)
+    rows, states, durations = [], [], []
+    for (_, item), key in zip(items.iterrows(), keys):
+        path = cache / f"{key}.npz"
+        if not path.is_file():
+            continue  # unreadable recording, reported above
+        with np.load(path) as cached:
+            if len(cached["states"]) == 0:
+                continue
+            states.append(cached["states"])
+            durations.append(cached["durations"])
+        rows.append(item.to_dict())
+    if not rows:
+        raise UsageError("no recording holds speech the backbone can encode")
+    return EncodedRecordings(pd.DataFrame(rows).reset_index(drop=True), states, durations)
+
+
+def default_cache_dir() -> Path:
+    """``$ANNOTATE_CACHE``, else ``$XDG_CACHE_HOME/annotate/backbone``, else ``~/.cache/...``."""
+    if os.environ.get("ANNOTATE_CACHE"):
+        return Path(os.environ["ANNOTATE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "annotate" / "backbone"
+
+
+def _cache_key(path: str, identity: str) -> str:
+    stat = os.stat(path)
+    text = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{identity}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+# --- the head network -------------------------------------------------------------------------
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, n_labels: int, settings: dict,
+             seed: int):
+    """Train a head on segment features ``x`` [n, d] with labels ``y`` and sample weights."""
+    from annotate.modelling.inference import tensorflow
+
+    tf = tensorflow()
+    mean, variance = x.mean(axis=0), x.var(axis=0) + 1e-6
+    model = build_head(x.shape[1], n_labels, settings, mean, variance, seed)
+    model.compile(optimizer=tf.keras.optimizers.Adam(settings["learning_rate"]),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, sample_weight=weights, batch_size=BATCH_SIZE, epochs=int(settings["epochs"]),
+              shuffle=True, verbose=0)
+    return model
+
+
+def balanced_weights(y: np.ndarray, n_labels: int, corpus: np.ndarray | None = None) -> np.ndarray:
+    """Sample weights (mean 1) giving every corpus the same total weight, and within
+    each corpus every label present the same share.
+
+    Without balancing, the largest corpus would decide: RAVDESS's 960 actors'
+    recordings against Common Voice's 210 for the language head.
+    """
+    corpus = np.zeros(len(y), np.int64) if corpus is None else np.asarray(corpus)
+    weights = np.zeros(len(y), np.float64)
+    groups = np.unique(corpus)
+    for group in groups:
+        members = corpus == group
+        labels_here = np.unique(y[members])
+        for label in labels_here:
+            cell = members & (y == label)
+            weights[cell] = 1.0 / (len(groups) * len(labels_here) * cell.sum())
+    return (weights * len(y)).astype(np.float32)
+
+
+# --- folds, search, calibration ---------------------------------------------------------------
+
+
+def speaker_folds(speakers: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Recording indices of each fold's validation speakers (speaker-disjoint folds)."""
+    unique = sorted(set(speakers))
+    if len(unique) < 2:
+        raise UsageError(f"a speaker-disjoint validation needs 2 speakers or more, got {unique}")
+    rng = np.random.default_rng(seed)
+    order = [unique[i] for i in rng.permutation(len(unique))]
+    k = min(n_folds, len(unique))
+    fold_of = {speaker: i % k for i, speaker in enumerate(order)}
+    return [np.flatnonzero([fold_of[s] == f for s in speakers]) for f in range(k)]
+
+
+def _recording_probs(probs: np.ndarray, owner: np.ndarray, durations: np.ndarray,
+                     n_recordings: int) -> np.ndarray:
+    out = np.zeros((n_recordings, probs.shape[1]))
+    np.add.at(out, owner, probs * durations[:, None])
+    return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-12)
+
+
+def corpus_codes(data: EncodedRecordings) -> np.ndarray:
+    """Each recording's corpus as an integer (0 when the items name none)."""
+    if "corpus" not in data.meta:
+        return np.zeros(len(data.meta), np.int64)
+    return pd.factorize(data.meta["corpus"].astype(str))[0].astype(np.int64)
+
+
+def out_of_fold_logits(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int, settings: dict,
+                       folds: list[np.ndarray], seed: int) -> np.ndarray:
+    """Every segment's logits from the head trained without its speaker's fold."""
+    x, owner, durations = data.segments(tuple(settings["layers"]))
+    corpus = corpus_codes(data)[owner]
+    logits = np.zeros((len(x), n_labels), np.float32)
+    for f, validation in enumerate(folds):
+        held = np.isin(owner, validation)
+        y = y_rec[owner[~held]]
+        weights = balanced_weights(y, n_labels, corpus[~held]) * durations[~held] / 3.0
+        model = fit_head(x[~held], y, weights,
+                         n_labels, settings, seed + f)
+        logits[held] = model.predict(x[held], batch_size=256, verbose=0)
+    return logits
+
+
+def uar(true: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
+    """Mean recall over the labels present in ``true``."""
+    recalls = [np.mean(predicted[true == k] == k) for k in range(n_labels) if np.any(true == k)]
+    return float(np.mean(recalls))
+
+
+def validation_score(true: np.ndarray, predicted: np.ndarray, corpus: np.ndarray,
+                     n_labels: int) -> float:
+    """The search's objective: per-recording UAR of each corpus, averaged over corpora.
+
+    Every corpus counts the same, so that a small corpus the model finds hard
+    (Common Voice for the language head) is not drowned by an easy large one.
+    """
+    return float(np.mean([uar(true[corpus == c], predicted[corpus == c], n_labels)
+                          for c in np.unique(corpus)]))
+
+
+def search_settings(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int,
+                    folds: list[np.ndarray], trials: int, max_layer: int, seed: int,
+                    report: Report) -> tuple[dict, list[dict]]:
+    """The settings with the best mean validation UAR over ``trials`` TPE trials."""
+    choices = [c for c in LAYER_CHOICES if max(c) <= max_layer] or [(max_layer,)]
+    _, owner, durations = data.segments(choices[0])
+
+    corpus = corpus_codes(data)
+
+    def score(settings: dict) -> float:
+        logits = out_of_fold_logits(data, y_rec, n_labels, settings, folds, seed)
+        rec = _recording_probs(_softmax(logits), owner, durations, len(y_rec))
+        return validation_score(y_rec, rec.argmax(axis=1), corpus, n_labels)
+
+    if trials <= 0:
+        settings = dict(DEFAULT_SETTINGS, layers=choices[-1] if max_layer < 4 else (3, 4))
+        return settings, [{"settings": _jsonable(settings), "validation_uar": score(settings)}]
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    history: list[dict] = []
+
+    def objective(trial) -> float:
+        settings = {
+            "layers": choices[trial.suggest_categorical("layers", list(range(len(choices))))],
+            "hidden": trial.suggest_categorical("hidden", [0, 256]),
+            "l2": trial.suggest_float("l2", 1e-5, 1e-1, log=True),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.6),
+            "learning_rate": trial.suggest_float("learning_rate", 2e-4, 3e-3, log=True),
+            "epochs": trial.suggest_int("epochs", 10, 60, step=10),
+        }
+        value = score(settings)
+        history.append({"settings": _jsonable(settings), "validation_uar": value})
+        report(f"  trial {len(history)}/{trials}: validation UAR {value:.3f} "
+               f"{_jsonable(settings)}")
+        return value
+
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial({"layers": choices.index((3, 4)) if (3, 4) in choices else 0,
+                         "hidden": 0, "l2": 1e-3, "dropout": 0.2, "learning_rate": 1e-3,
+                         "epochs": 40})
+    study.optimize(objective, n_trials=trials)
+    best = max(history, key=lambda h: h["validation_uar"])["settings"]
+    return dict(best, layers=tuple(best["layers"])), history
+
+
+#: Switch probabilities tried for the language smoothing.
+SWITCH_GRID = (0.02, 0.05, 0.1, 0.2, 0.35)
+
+
+def fit_switch_probability(probs: np.ndarray, owner: np.ndarray, y_rec: np.ndarray,
+                           rng: np.random.Generator, sequences: int = 400
+                           ) -> tuple[float, dict[str, float]]:
+    """The switch probability that best labels validation segments of recordings that switch.
+
+    Out-of-fold segment posteriors of validation recordings are strung into
+    sequences of 2-4 runs of one language each (2-6 recordings a run, as in
+    a recording that switches language a few times); each probability of
+    :data:`SWITCH_GRID` smooths them, and the one with the best segment
+    accuracy wins (no smoothing is the baseline, written as ``"none"``).
+    """
+    from annotate.modelling.smoothing import smooth_language
+
+    by_label: dict[int, list[int]] = {}
+    for r, label in enumerate(y_rec):
+        by_label.setdefault(int(label), []).append(r)
+    segments_of = {r: np.flatnonzero(owner == r) for r in range(len(y_rec))}
+    languages = sorted(by_label)
+    built = []
+    for _ in range(sequences):
+        runs = int(rng.integers(2, 5))
+        order = [int(rng.choice(languages))]
+        while len(order) < runs:
+            order.append(int(rng.choice([x for x in languages if x != order[-1]])))
+        rows, truth = [], []
+        for label in order:
+            for r in rng.choice(by_label[label], size=int(rng.integers(2, 7))):
+                rows.extend(segments_of[int(r)])
+                truth.extend([label] * len(segments_of[int(r)]))
+        built.append((np.asarray(rows), np.asarray(truth)))
+    scores = {}
+    for p in (None, *SWITCH_GRID):
+        hits = total = 0
+        for rows, truth in built:
+            smoothed = probs[rows] if p is None else smooth_language(probs[rows], p)
+            hits += int((smoothed.argmax(axis=1) == truth).sum())
+            total += len(truth)
+        scores["none" if p is None else str(p)] = round(hits / total, 4)
+    best = max(SWITCH_GRID, key=lambda p: scores[str(p)])
+    return float(best), scores
+
+
+def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    from annotate.modelling.inference import softmax
+
+    return softmax(logits, temperature)
+
+
+def _jsonable(settings: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
+
+
+# --- the whole job ----------------------------------------------------------------------------
+
+
+def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
+               languages: tuple[str, ...], backbone: BackboneSpec, backend: str,
+               output_dir: Path, name: str, trials: int = 0, n_folds: int = 4, seed: int = 0,
+               training_info: dict | None = None, smooth_language: bool = False,
+               report: Report = print) -> ModelSpec:
+    """Search, calibrate, train and write a head model folder (with its LiteRT export).
+
+    Args:
+        task: ``language`` or ``emotion``.
+        data: The training speakers' encoded recordings; ``meta`` has
+            ``label`` and ``speaker`` columns.
+        labels: Output labels, in order; recordings with other labels are dropped.
+        languages: Languages the model serves (``["*"]`` for any).
+        backbone: The backbone the head reads.
+        backend: The backend ``data`` was encoded with (written to the card).
+        output_dir: The model folder to write.
+        name: The model's name.
+        trials: Search trials (0: :data:`DEFAULT_SETTINGS`).
+        n_folds: Speaker-disjoint validation folds.
+        seed: Seeds folds, search and weights.
+        training_info: Extra facts for ``model.json``'s ``training`` entry.
+        smooth_language: Fit a switch probability for smoothing the
+            language along recordings (:func:`fit_switch_probability`).
+    """
+    from annotate.modelling.litert_export import convert_to_litert
+    from annotate.training.metrics import expected_calibration_error
+    from annotate.training.train import fit_temperature
+
+    keep = data.meta["label"].isin(labels).to_numpy()
+    if not keep.all():
+        data = EncodedRecordings(data.meta[keep].reset_index(drop=True),
+                                 [s for s, k in zip(data.states, keep) if k],
+                                 [d for d, k in zip(data.durations, keep) if k])
+    index = {label: i for i, label in enumerate(labels)}
+    y_rec = data.meta["label"].map(index).to_numpy().astype(np.int64)
+    missing = [label for label in labels if label not in set(data.meta["label"])]
+    if missing:
+        raise UsageError(f"no training recording is labelled {', '.join(missing)}")
+    speakers = (data.meta.get("corpus", pd.Series([""] * len(data.meta))).astype(str) + ":"
+                + data.meta["speaker"].astype(str)).to_numpy()
+    folds = speaker_folds(speakers, n_folds, seed)
+    max_layer = data.states[0].shape[1] - 1
+    report(f"{task} head on {backbone.name}: {len(data.meta)} recordings, "
+           f"{len(set(speakers))} speakers, {len(folds)} speaker folds, {trials} search trials")
+    settings, history = search_settings(data, y_rec, len(labels), folds, trials, max_layer, seed,
+                                        report)
+    logits = out_of_fold_logits(data, y_rec, len(labels), settings, folds, seed)
+    x, owner, durations = data.segments(tuple(settings["layers"]))
+    temperature = fit_temperature(logits, y_rec[owner])
+    rec = _recording_probs(_softmax(logits, temperature), owner, durations, len(data.meta))
+    metrics = {
+        "split": f"out-of-fold over {len(folds)} speaker-disjoint folds of the training speakers",
+        "recordings": int(len(rec)),
+        "uar": uar(y_rec, rec.argmax(axis=1), len(labels)),
+        "mean_corpus_uar": validation_score(y_rec, rec.argmax(axis=1), corpus_codes(data),
+                                            len(labels)),
+        "accuracy": float(np.mean(rec.argmax(axis=1) == y_rec)),
+        "ece": float(expected_calibration_error(rec, y_rec)),
+        "segment_ece": float(expected_calibration_error(_softmax(logits, temperature),
+                                                        y_rec[owner])),
+    }
+    report(f"validation: UAR {metrics['uar']:.3f}, accuracy {metrics['accuracy']:.3f}, "
+           f"ECE {metrics['ece']:.3f}, temperature {temperature:.2f}")
+    switch = None
+    if smooth_language:
+        switch, switch_table = fit_switch_probability(
+            _softmax(logits, temperature), owner, y_rec, np.random.default_rng(seed))
+        metrics["switch_probability"] = {"chosen": switch, "validation": switch_table}
+        report(f"switch probability {switch} (segment accuracy on validation sequences: "
+               f"{switch_table})")
+    y = y_rec[owner]
+    weights = balanced_weights(y, len(labels), corpus_codes(data)[owner]) * durations / 3.0
+    model = fit_head(x, y, weights, len(labels),
+                     settings, seed)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save(output_dir / "model.keras")
+    spec = ModelSpec(
+        folder=output_dir, name=name, task=task, labels=tuple(labels),
+        languages=tuple(languages), weights="model.keras", features=backbone.features,
+        temperature=float(temperature),
+        training={
+            **(training_info or {}),
+            "backbone": backbone.name,
+            "backbone_backend": backend,
+            "settings": _jsonable(settings),
+            "search": {"trials": trials, "sampler": "optuna TPE" if trials else None,
+                       "objective": "per-recording UAR of each corpus on the out-of-fold "
+                                    "predictions, averaged over corpora",
+                       "history": history},
+            "seed": seed,
+        },
+        metrics={"validation": metrics},
+        backbone=BackboneInput(backbone.name, tuple(settings["layers"]), "stats",
+                               backbone.pooled_width),
+        switch_probability=switch,
+    )
+    spec = convert_to_litert(spec, required=False)
+    write_model_folder(spec, head_card(spec))
+    return spec
+
+
+def head_card(spec: ModelSpec) -> str:
+    """A model card for a head (data, split, settings, validation figures, limits)."""
+    v = spec.metrics.get("validation", {})
+    data = spec.training.get("corpora") or spec.training.get("data") or "see model.json"
+    serves = ", ".join(spec.languages)
+    cross = ("" if "*" not in spec.languages else
+             "\n**Cross-lingual.** It serves every language without an emotion model of "
+             "its own (French among them): no training recording was in those languages, "
+             "so expect lower accuracy there than on the corpora it was trained on.\n")
+    return f"""# {spec.name}
+
+A {spec.task} head on the `{spec.training.get('backbone')}` backbone (OpenAI
+Whisper base's encoder, MIT licence): it reads the mean and standard
+deviation over each speech segment of hidden states {list(spec.backbone.layers)}
+and outputs {len(spec.labels)} logits ({', '.join(spec.labels)}), divided by
+the calibration temperature {spec.temperature:.3f}. Serves: {serves}.
+{cross}
+## Data
+
+{json.dumps(data, indent=1) if not isinstance(data, str) else data}
+
+Licences are those of the corpora (EmoDB: free for research; EMOVO:
+research use with acknowledgement; RAVDESS: CC BY-NC-SA 4.0, non-commercial;
+Common Voice: CC0). Test speakers (`annotate/training/heldout.py`) were never
+used, not even for the search.
+
+## Settings (chosen on validation speakers)
+
+`{json.dumps(spec.training.get('settings'))}`
+
+## Validation ({v.get('split', '')})
+
+| recordings | UAR | accuracy | ECE |
+|---|---|---|---|
+| {v.get('recordings', '')} | {v.get('uar', float('nan')):.3f} | {v.get('accuracy', float('nan')):.3f} | {v.get('ece', float('nan')):.3f} |
+
+Held-out test figures: `docs/accuracy.md`.
+
+## Limits
+
+Acted emotion corpora are not everyday speech; labels carry the corpus'
+categories. A segment's label is only as good as 3 s of audio allows.
+"""
+
+
+def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
+                     backbone: str | Path = "whisper-base", backend: str | None = None,
+                     trials: int = 0, n_folds: int = 4, seed: int = 0,
+                     languages: list[str] | None = None, window_s: float = 3.0,
+                     cache_dir: Path | None = None, jobs: int | None = None,
+                     overwrite: bool = False, report: Report = print) -> ModelSpec:
+    """``annotate train TASK --corpus ... --architecture head``: a head on a backbone.
+
+    Every recording of the corpora (but those of an official test split) is
+    a training recording; validation is over speaker-disjoint folds.
+
+    Args:
+        backbone: A bundled backbone's name or a backbone folder.
+        backend: How the backbone encodes (default: as ``annotate run`` would).
+    """
+    from annotate.labels import EMOTIONS
+    from annotate.modelling.backbone_folder import read_backbone_folder
+    from annotate.modelling.inference import choose_backbone_backend
+    from annotate.modelling.model_folder import bundled_models_dir
+    from annotate.training.train import check_output_dir, model_languages
+
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, overwrite)
+    folder = Path(backbone)
+    if not (folder / "backbone.json").is_file():
+        folder = bundled_models_dir() / str(backbone)
+    spec = read_backbone_folder(folder)
+    n_states = spec.litert.n_layers if spec.litert else spec.n_layers
+    backend = choose_backbone_backend(spec, tuple(range(n_states + 1)), backend)
+    frames = []
+    for corpus in corpora:
+        items = corpus.items.copy()
+        items["corpus"] = corpus.name
+        if task == "language":
+            items["label"] = items["language"]
+        frames.append(items[items["split"].fillna("") != "test"])
+    items = pd.concat(frames, ignore_index=True)
+    items = items[items["label"].notna()].reset_index(drop=True)
+    if items.empty:
+        raise UsageError("the corpora hold no labelled training recording")
+    data = encode_items(items, spec, backend, window_s, cache_dir, jobs, report)
+    present = set(data.meta["label"])
+    labels = (tuple(e for e in EMOTIONS if e in present) if task == "emotion"
+              else tuple(sorted(present)))
+    if len(labels) < 2:
+        raise UsageError(f"a {task} model needs 2 labels or more, the corpora hold {labels}")
+    if output_dir.exists() and overwrite:
+        import shutil
+
+        shutil.rmtree(output_dir)
+    return train_head(
+        task, data, labels, model_languages(task, labels, data.meta, languages), spec, backend,
+        output_dir, output_dir.name, trials=trials, n_folds=n_folds, seed=seed,
+        training_info={"corpora": [{"name": c.name, "root": str(c.root)} for c in corpora],
+                       "recordings": int(len(data.meta))},
+        smooth_language=task == "language", report=report)

@@ -7,6 +7,9 @@ search), with :func:`annotate.training.heads.train_head` -- the code behind
 
     whisper-base   OpenAI Whisper base's encoder (scripts/build_backbone.py)
     language       Common Voice en/de/fr/it + the emotion corpora labelled by language
+                   + espeak-ng speech of Common Voice training sentences (when
+                   installed: a voice no corpus has, so that synthetic or unusual
+                   voices are not taken for the corpora's languages)
     emotion-de     EmoDB (7 emotions)
     emotion-en     RAVDESS (8 emotions, calm included)
     emotion-it     EMOVO's 7 emotions, on the recordings of all three corpora with
@@ -44,10 +47,12 @@ from annotate.training.corpora import read_corpus  # noqa: E402
 from annotate.training.heads import encode_items, train_head  # noqa: E402
 
 SEED = 20261201
+SYNTHETIC_PER_LANGUAGE = 100
 #: Model folders of the log-mel CNNs this script used to write; removed.
 RETIRED = ()
 LICENCES = ("EmoDB: free for research (CC0-1.0 per audb); EMOVO: research use with "
-            "acknowledgement; RAVDESS: CC BY-NC-SA 4.0 (non-commercial); Common Voice: CC0-1.0")
+            "acknowledgement; RAVDESS: CC BY-NC-SA 4.0 (non-commercial); Common Voice: CC0-1.0; "
+            "espeak-ng speech: synthetic, made here")
 
 
 def training_items(corpora: Path, names: list[str]) -> pd.DataFrame:
@@ -69,6 +74,8 @@ def main() -> None:
     parser.add_argument("--search", type=int, default=24, help="search trials per head")
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--synthetic", type=Path, default=Path("/tmp/annotate-synthetic"),
+                        help="where espeak-ng's speech is written (cached)")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     out = args.out
@@ -82,7 +89,20 @@ def main() -> None:
 
     emotion = training_items(args.corpora, ["emodb", "emovo", "ravdess"])
     speech = training_items(args.corpora, ["commonvoice"])
-    encoded = encode_items(pd.concat([emotion, speech], ignore_index=True), backbone, backend,
+    parts = [emotion, speech]
+    if shutil.which("espeak-ng"):
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from synthetic_speech import make_synthetic_corpus
+
+        sentences = {lang: speech.loc[speech["language"] == lang, "sentence"].dropna().tolist()
+                     for lang in ("de", "en", "fr", "it")}
+        synthetic = make_synthetic_corpus(sentences, args.synthetic, SYNTHETIC_PER_LANGUAGE,
+                                          seed=SEED).items.copy()
+        synthetic["corpus"] = "espeak"
+        parts.append(synthetic)
+    else:
+        print("espeak-ng is not installed: the language head trains without synthetic speech")
+    encoded = encode_items(pd.concat(parts, ignore_index=True), backbone, backend,
                            jobs=args.jobs)
 
     def subset(corpora: list[str], relabel_language: bool = False, labels=None):
@@ -103,9 +123,11 @@ def main() -> None:
     emodb, emovo, ravdess = labels_of("emodb"), labels_of("emovo"), labels_of("ravdess")
     every = tuple(e for e in EMOTIONS if e in set(emodb) | set(emovo) | set(ravdess))
     plans = {
-        "language": ("language", subset(["commonvoice", "emodb", "emovo", "ravdess"], True),
+        "language": ("language",
+                     subset(["commonvoice", "emodb", "emovo", "ravdess", "espeak"], True),
                      ("de", "en", "fr", "it"), ("de", "en", "fr", "it"),
-                     "Common Voice en/de/fr/it + EmoDB (de), EMOVO (it), RAVDESS (en)"),
+                     "Common Voice en/de/fr/it + EmoDB (de), EMOVO (it), RAVDESS (en) + "
+                     "espeak-ng speech of Common Voice training sentences"),
         "emotion-de": ("emotion", subset(["emodb"]), emodb, ("de",), "EmoDB"),
         "emotion-en": ("emotion", subset(["ravdess"]), ravdess, ("en",), "RAVDESS"),
         "emotion-it": ("emotion", subset(["emovo", "emodb", "ravdess"], labels=emovo), emovo,

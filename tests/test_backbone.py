@@ -1,0 +1,187 @@
+"""The pretrained backbone: its weights file, Keras encoder, masking, export, golden outputs."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotate.backbone.ctranslate2_file import read_ctranslate2
+from annotate.errors import ModelError
+from annotate.features import WHISPER_FEATURES, whisper_log_mel
+from annotate.modelling.backbone_folder import read_backbone_folder
+from annotate.resources import resource_dir
+from annotate.testing import create_backbone_folder, speech_like, tiny_encoder_weights
+
+GOLDEN = Path(__file__).parent / "golden" / "whisper_base.npz"
+
+# --- the CTranslate2 file ---------------------------------------------------------------------
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode() + b"\0"
+    return struct.pack("<H", len(raw)) + raw
+
+
+def write_ctranslate2(path: Path, variables: dict[str, np.ndarray], aliases=(), version=6):
+    """A model.bin in CTranslate2's layout (the reader's documented format)."""
+    codes = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2,
+             np.dtype(np.int32): 3, np.dtype(np.float16): 4}
+    out = struct.pack("<I", version) + _string("WhisperSpec") + struct.pack("<I", 3)
+    out += struct.pack("<I", len(variables))
+    for name, value in variables.items():
+        out += _string(name) + struct.pack("<B", value.ndim)
+        out += b"".join(struct.pack("<I", d) for d in value.shape)
+        out += struct.pack("<BI", codes[value.dtype], value.nbytes) + value.tobytes()
+    out += struct.pack("<I", len(aliases))
+    for alias, target in aliases:
+        out += _string(alias) + _string(target)
+    path.write_bytes(out)
+
+
+def test_ctranslate2_file_reads_back_every_variable_and_alias(tmp_path):
+    variables = {
+        "encoder/conv1/weight": np.arange(24, dtype=np.float16).reshape(2, 4, 3),
+        "encoder/num_heads": np.array(8, np.int16),
+        "decoder/embeddings/weight": np.ones((3, 2), np.float32),
+    }
+    write_ctranslate2(tmp_path / "model.bin", variables,
+                      aliases=[("decoder/projection/weight", "decoder/embeddings/weight")])
+    model = read_ctranslate2(tmp_path / "model.bin")
+    assert model.spec == "WhisperSpec" and model.revision == 3
+    for name, value in variables.items():
+        assert model.variables[name].dtype == value.dtype
+        np.testing.assert_array_equal(model.variables[name], value)
+    np.testing.assert_array_equal(model.variables["decoder/projection/weight"],
+                                  variables["decoder/embeddings/weight"])
+
+
+def test_ctranslate2_file_refuses_truncated_and_unknown_versions(tmp_path):
+    write_ctranslate2(tmp_path / "model.bin", {"x": np.ones(10, np.float32)})
+    data = (tmp_path / "model.bin").read_bytes()
+    (tmp_path / "short.bin").write_bytes(data[:-20])
+    with pytest.raises(ModelError, match="truncated"):
+        read_ctranslate2(tmp_path / "short.bin")
+    write_ctranslate2(tmp_path / "old.bin", {"x": np.ones(1, np.float32)}, version=2)
+    with pytest.raises(ModelError, match="binary version 2"):
+        read_ctranslate2(tmp_path / "old.bin")
+
+
+# --- the Keras encoder and its mask -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_weights():
+    return tiny_encoder_weights(n_mels=16, width=32, n_layers=2, seed=3)
+
+
+@pytest.mark.parametrize("real", [64, 57])  # even and odd frame counts
+def test_a_padded_segment_gives_what_it_gives_alone(tiny_weights, real):
+    from annotate.backbone.whisper_encoder import build_encoder
+
+    model = build_encoder(tiny_weights, pooled_layers=(0, 1, 2))
+    rng = np.random.default_rng(0)
+    mel = rng.standard_normal((real, 16)).astype(np.float32)
+    alone = np.asarray(model([mel[None], np.ones((1, real), np.float32)]))
+    padded = np.zeros((1, 100, 16), np.float32)
+    padded[0, :real] = mel
+    valid = np.zeros((1, 100), np.float32)
+    valid[0, :real] = 1
+    np.testing.assert_allclose(np.asarray(model([padded, valid])), alone, atol=1e-5)
+    # Without the mask the padding leaks into every frame: the test can tell.
+    unmasked = np.asarray(model([padded, np.ones((1, 100), np.float32)]))
+    assert np.abs(unmasked - alone).max() > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["keras", "litert"])
+def test_a_segments_states_do_not_depend_on_its_batch(tmp_path, backend):
+    from annotate.backbone.runtime import Backbone
+
+    spec = create_backbone_folder(tmp_path / "bb")
+    rng = np.random.default_rng(1)
+    stack = rng.standard_normal((11, 100, 16)).astype(np.float32)
+    frames = np.array([100, 100, 37, 100, 80, 100, 100, 100, 12, 100, 99])
+    for i, n in enumerate(frames):
+        stack[i, n:] = 0.0
+    runner = Backbone(spec, (0, 1, 2), backend, 100)
+    together = runner.pooled([stack], frames)
+    apart = np.concatenate([runner.pooled([stack[i:i + 1]], frames[i:i + 1])
+                            for i in range(len(stack))])
+    np.testing.assert_array_equal(together, apart)
+    assert together.shape == (11, 3, 64)
+
+
+def test_litert_export_matches_the_keras_encoder(tmp_path):
+    from annotate.backbone.runtime import Backbone
+
+    spec = create_backbone_folder(tmp_path / "bb")
+    rng = np.random.default_rng(2)
+    stack = rng.standard_normal((5, 100, 16)).astype(np.float32)
+    frames = np.array([100, 50, 100, 77, 3])
+    for i, n in enumerate(frames):
+        stack[i, n:] = 0.0
+    lite = Backbone(spec, (1, 2), "litert", 100).pooled([stack], frames)
+    keras = Backbone(spec, (1, 2), "keras", 100).pooled([stack], frames)
+    np.testing.assert_allclose(lite, keras, atol=1e-4, rtol=1e-4)
+
+
+def test_a_stale_or_short_export_is_not_used(tmp_path):
+    from annotate.modelling.inference import choose_backbone_backend
+
+    spec = create_backbone_folder(tmp_path / "bb")
+    assert choose_backbone_backend(spec, (1, 2), "auto") == "litert"
+    with pytest.raises(ModelError, match="hidden state 3"):
+        choose_backbone_backend(spec, (3,), "litert")
+    with open(spec.weights_path, "ab") as handle:
+        handle.write(b"changed")
+    stale = read_backbone_folder(spec.folder)
+    assert "another encoder.npz" in stale.litert_problem((1,))
+    assert choose_backbone_backend(stale, (1,), "auto") == "keras"
+
+
+# --- the shipped backbone ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return read_backbone_folder(resource_dir("models") / "whisper-base")
+
+
+def test_shipped_features_equal_faster_whispers_golden_features():
+    golden = np.load(GOLDEN)
+    ours = whisper_log_mel(speech_like(3.0, 16000, seed=7), WHISPER_FEATURES)
+    assert ours.shape == golden["features"].shape == (300, 80)
+    assert np.abs(ours - golden["features"]).max() < 5e-5
+
+
+def test_shipped_keras_encoder_equals_ctranslate2s_golden_outputs(shipped):
+    from annotate.backbone.whisper_encoder import build_encoder
+
+    golden = np.load(GOLDEN)
+    features = golden["features"]
+    model = build_encoder(shipped.load_weights())
+    out = np.asarray(model([features[None], np.ones((1, len(features)), np.float32)]))[0]
+    step = int(golden["frame_step"])
+    # float32 Keras against CTranslate2's float32 encode: 1e-4 measured on 3 s
+    # (outputs up to about 23), 6e-4 on 30 s (benchmarks/parity.py).
+    assert np.abs(out[::step] - golden["encoder"]).max() < 1e-3
+    assert np.abs(out.mean(axis=0) - golden["encoder_mean"]).max() < 1e-4
+
+
+def test_shipped_export_tracks_the_keras_encoder(shipped):
+    from annotate.backbone.runtime import Backbone
+
+    golden = np.load(GOLDEN)
+    features = golden["features"][None]
+    frames = np.array([features.shape[1]])
+    layers = tuple(range(shipped.litert.n_layers + 1))
+    lite = Backbone(shipped, layers, "litert", frames[0]).pooled([features], frames)
+    keras = Backbone(shipped, layers, "keras", frames[0]).pooled([features], frames)
+    # int8 weights: each pooled state within a few percent of its range, the
+    # block-4 state (which holds Whisper's outlier channels) within a third.
+    rel = np.abs(lite - keras).max(axis=(0, 2)) / np.abs(keras).max(axis=(0, 2))
+    assert rel[:4].max() < 0.05 and rel[4] < 0.4
+    correlation = np.corrcoef(lite.ravel(), keras.ravel())[0, 1]
+    assert correlation > 0.999

@@ -1,11 +1,10 @@
 """The backbone at run time: pooled encoder features for stacks of speech segments.
 
 One pass per speech segment feeds every head. Segments go through the
-encoder in fixed blocks of :data:`annotate.backbone.export.BATCH`, each
-padded (with zero frames, masked) to the longest segment the run can have,
-and the last block with empty rows: every call sees one shape, and a
-segment's features are those it would get alone (rows never mix: attention
-and pooling see only their own valid frames).
+encoder one at a time (:data:`annotate.backbone.export.BATCH`, or the batch
+an older export records), each padded with masked zero frames to the
+longest segment the run can have: every call sees one shape, and a
+segment's features depend on that segment alone.
 
 Two backends give the same features to within the export's quantisation:
 ``litert`` (the folder's ``model.tflite``) and ``keras`` (the encoder built
@@ -46,6 +45,7 @@ class Backbone:
         self.n_frames = int(n_frames)
         self._lock = threading.Lock()
         self._run = None
+        self.batch = spec.litert.batch if backend == "litert" and spec.litert else BATCH
 
     def load(self) -> Backbone:
         """Load the encoder now (a broken folder fails before any work)."""
@@ -67,8 +67,8 @@ class Backbone:
             interpreter = interpreter_class(model_path=str(path), num_threads=threads)
             inputs = {len(d["shape"]): d for d in interpreter.get_input_details()}
             interpreter.resize_tensor_input(inputs[3]["index"],
-                                            [BATCH, self.n_frames, self.spec.features.n_mels])
-            interpreter.resize_tensor_input(inputs[2]["index"], [BATCH, self.n_frames])
+                                            [self.batch, self.n_frames, self.spec.features.n_mels])
+            interpreter.resize_tensor_input(inputs[2]["index"], [self.batch, self.n_frames])
             with muted():
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError, KeyError) as error:
@@ -117,15 +117,16 @@ class Backbone:
         if n != len(frames):
             raise ValueError(f"{n} segments but {len(frames)} frame counts")
         out = np.zeros((n, len(self.layers), self.spec.pooled_width), np.float32)
-        block = np.zeros((BATCH, self.n_frames, self.spec.features.n_mels), np.float32)
-        valid = np.zeros((BATCH, self.n_frames), np.float32)
+        batch = self.batch
+        block = np.zeros((batch, self.n_frames, self.spec.features.n_mels), np.float32)
+        valid = np.zeros((batch, self.n_frames), np.float32)
         rows = ((stack, i) for stack in stacks for i in range(len(stack)))
         with self._lock:
-            for start in range(0, n, BATCH):
+            for start in range(0, n, batch):
                 block[:] = 0.0
                 valid[:] = 0.0
                 valid[:, 0] = 1.0  # an empty row pools one zero frame, not 0/0
-                count = min(BATCH, n - start)
+                count = min(batch, n - start)
                 for j in range(count):
                     stack, i = next(rows)
                     real = min(int(frames[start + j]), self.n_frames, stack.shape[1])

@@ -30,10 +30,13 @@ from annotate.modelling.model_folder import ModelSpec
 
 _tf = None
 
-#: Segments per call of the compiled model. Fixed, so that every call sees
-#: the same shape: a segment's probabilities then do not depend on how many
-#: segments were gathered around it (``--batch-size``, ``--jobs``).
-MICRO_BATCH = 32
+#: Segments per call of the compiled model: one. A segment's probabilities
+#: then depend on nothing but the segment: not on how many were gathered
+#: around it (``--batch-size``, ``--jobs``), nor on which recordings share a
+#: flush or a cluster shard. With blocks of 32, XNNPACK's kernels computed a
+#: row differently by its place in the block, and a cluster run's shards
+#: differed from the local run in the last bit of some probabilities.
+MICRO_BATCH = 1
 
 #: What ``backend`` may ask for; ``auto`` takes LiteRT where it can.
 BACKENDS = ("auto", "keras", "litert")
@@ -124,11 +127,19 @@ def choose_backbone_backend(spec, layers: tuple[int, ...], requested: str | None
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature`` in float64, rows summing to 1."""
+    """Row-wise softmax of ``logits / temperature`` in float64, rows summing to 1.
+
+    Each row is computed on its own: numpy's vectorised ``exp`` gives an
+    element other last bits in a SIMD lane than in the loop's tail, so over
+    a whole array a row's probabilities would depend on how many rows came
+    before it (a cluster shard against the local run).
+    """
     scaled = np.asarray(logits, dtype=np.float64) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
+    out = np.empty_like(scaled)
+    for i, row in enumerate(scaled):
+        exp = np.exp(row - row.max())
+        out[i] = exp / exp.sum()
+    return out
 
 
 class Classifier:

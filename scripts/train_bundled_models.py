@@ -48,8 +48,6 @@ from annotate.training.heads import encode_items, train_head  # noqa: E402
 
 SEED = 20261201
 SYNTHETIC_PER_LANGUAGE = 100
-#: Model folders of the log-mel CNNs this script used to write; removed.
-RETIRED = ()
 LICENCES = ("EmoDB: free for research (CC0-1.0 per audb); EMOVO: research use with "
             "acknowledgement; RAVDESS: CC BY-NC-SA 4.0 (non-commercial); Common Voice: CC0-1.0; "
             "espeak-ng speech: synthetic, made here")
@@ -152,9 +150,6 @@ def main() -> None:
                            "test_speakers": "annotate/training/heldout.py (never used)"},
             smooth_language=task == "language")
         print(f"   {spec.folder}: {time.monotonic() - started:.0f} s", flush=True)
-    for name in RETIRED:
-        if (out / name).exists():
-            shutil.rmtree(out / name)
 
 
 if __name__ == "__main__":

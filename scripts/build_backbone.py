@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=4,
                         help="transformer blocks in the LiteRT export")
     parser.add_argument("--quantization", choices=sorted(EXPORT_TOLERANCE),
-                        default="dynamic-range-int8")
+                        default="float16")
     parser.add_argument("--force", action="store_true",
                         help="rebuild even when the folder already holds these weights")
     args = parser.parse_args()

@@ -179,9 +179,13 @@ def test_shipped_export_tracks_the_keras_encoder(shipped):
     layers = tuple(range(shipped.litert.n_layers + 1))
     lite = Backbone(shipped, layers, "litert", frames[0]).pooled([features], frames)
     keras = Backbone(shipped, layers, "keras", frames[0]).pooled([features], frames)
-    # int8 weights: each pooled state within a few percent of its range, the
-    # block-4 state (which holds Whisper's outlier channels) within a third.
     rel = np.abs(lite - keras).max(axis=(0, 2)) / np.abs(keras).max(axis=(0, 2))
-    assert rel[:4].max() < 0.05 and rel[4] < 0.4
+    if shipped.litert.quantization == "float16":
+        # The weights were published in float16: the export loses nothing.
+        assert rel.max() < 1e-4
+    else:
+        # int8 weights: each pooled state within a few percent of its range, the
+        # block-4 state (which holds Whisper's outlier channels) within a third.
+        assert rel[:4].max() < 0.05 and rel[4] < 0.4
     correlation = np.corrcoef(lite.ravel(), keras.ravel())[0, 1]
     assert correlation > 0.999

@@ -518,6 +518,11 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
     from annotate.modelling.model_folder import bundled_models_dir
     from annotate.training.train import check_output_dir, model_languages
 
+    from annotate.errors import expected_one_of
+    from annotate.labels import TASKS
+
+    if task not in TASKS:
+        raise UsageError(expected_one_of("task", task, TASKS))
     output_dir = Path(output_dir)
     check_output_dir(output_dir, overwrite)
     folder = Path(backbone)

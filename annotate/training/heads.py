@@ -455,45 +455,56 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
 def head_card(spec: ModelSpec) -> str:
     """A model card for a head (data, split, settings, validation figures, limits)."""
     v = spec.metrics.get("validation", {})
-    data = spec.training.get("corpora") or spec.training.get("data") or "see model.json"
-    serves = ", ".join(spec.languages)
+    held = spec.metrics.get("heldout", {})
+    info = spec.training
+    data = info.get("corpora") or "see model.json"
+    if not isinstance(data, str):
+        data = ", ".join(f"{c['name']} ({c['root']})" for c in data)
     cross = ("" if "*" not in spec.languages else
              "\n**Cross-lingual.** It serves every language without an emotion model of "
              "its own (French among them): no training recording was in those languages, "
              "so expect lower accuracy there than on the corpora it was trained on.\n")
+    article = "An" if spec.task[0] in "aeiou" else "A"
+    rows = "".join(
+        f"| {name} | {r.get('n', '')} | {r.get('uar', float('nan')):.3f} | "
+        f"{r.get('accuracy', float('nan')):.3f} | {r.get('ece', float('nan')):.3f} |\n"
+        for name, r in held.get("sets", {}).items())
+    heldout = (f"\n## Held out ({held.get('split', '')})\n\n| test set | recordings | UAR | "
+               f"accuracy | ECE |\n|---|---|---|---|---|\n{rows}" if rows else "")
+    switch = (f" Its probabilities are smoothed along each recording with switch "
+              f"probability {spec.switch_probability} (fitted on validation sequences)."
+              if spec.switch_probability else "")
     return f"""# {spec.name}
 
-A {spec.task} head on the `{spec.training.get('backbone')}` backbone (OpenAI
-Whisper base's encoder, MIT licence): it reads the mean and standard
-deviation over each speech segment of hidden states {list(spec.backbone.layers)}
-and outputs {len(spec.labels)} logits ({', '.join(spec.labels)}), divided by
-the calibration temperature {spec.temperature:.3f}. Serves: {serves}.
+{article} {spec.task} head on the `{info.get('backbone')}` backbone (its folder holds
+the encoder's card and licence): it reads the
+mean and standard deviation over each speech segment of hidden states
+{list(spec.backbone.layers)} and outputs {len(spec.labels)} logits
+({', '.join(spec.labels)}), divided by the calibration temperature
+{spec.temperature:.3f}.{switch} Serves: {', '.join(spec.languages)}.
 {cross}
 ## Data
 
-{json.dumps(data, indent=1) if not isinstance(data, str) else data}
+{data}. Recordings per corpus: {json.dumps(info.get('recordings_per_corpus',
+                                                     info.get('recordings', '?')))}.
 
-Licences are those of the corpora (EmoDB: free for research; EMOVO:
-research use with acknowledgement; RAVDESS: CC BY-NC-SA 4.0, non-commercial;
-Common Voice: CC0). Test speakers (`annotate/training/heldout.py`) were never
-used, not even for the search.
+Licences: {info.get('licences', 'those of the corpora named above')}.
+Test speakers: {info.get('test_speakers', 'none held out here: evaluate on other speakers')}.
 
-## Settings (chosen on validation speakers)
+## Settings (chosen on validation speakers: {info.get('search', {}).get('trials', 0)} trials)
 
-`{json.dumps(spec.training.get('settings'))}`
+`{json.dumps(info.get('settings'))}`
 
 ## Validation ({v.get('split', '')})
 
 | recordings | UAR | accuracy | ECE |
 |---|---|---|---|
 | {v.get('recordings', '')} | {v.get('uar', float('nan')):.3f} | {v.get('accuracy', float('nan')):.3f} | {v.get('ece', float('nan')):.3f} |
-
-Held-out test figures: `docs/accuracy.md`.
-
+{heldout}
 ## Limits
 
-Acted emotion corpora are not everyday speech; labels carry the corpus'
-categories. A segment's label is only as good as 3 s of audio allows.
+Acted emotion corpora are not everyday speech, and labels carry each
+corpus' categories. A segment's label is only as good as 3 s of audio allows.
 """
 
 

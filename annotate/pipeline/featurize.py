@@ -7,7 +7,6 @@ TensorFlow). Every failure comes back as data.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -96,29 +95,10 @@ def plan_chunks(
     ]
 
 
-@functools.cache
-def _blas():
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
 def featurize_chunk(
     chunk: Chunk, settings: SegmentSettings, params: tuple[FeatureParams, ...]
 ) -> ChunkResult:
-    """Decode, segment, detect speech and compute each model's features for one chunk.
-
-    numpy's BLAS is held to one thread here: OpenBLAS splits the mel
-    projection differently by its thread count, which changed the last bits
-    of features between a local run and a Dask worker (where it has one).
-    """
-    with _blas().limit(limits=1, user_api="blas"):
-        return _featurize_chunk(chunk, settings, params)
-
-
-def _featurize_chunk(
-    chunk: Chunk, settings: SegmentSettings, params: tuple[FeatureParams, ...]
-) -> ChunkResult:
+    """Decode, segment, detect speech and compute each model's features for one chunk."""
     bounds = chunk.bounds[chunk.first : chunk.stop]
     try:
         span_start, span_end = float(bounds[0, 0]), float(bounds[-1, 1])

@@ -39,6 +39,22 @@ def test_every_bundled_model_folder_is_complete_and_small():
     assert set(language.labels) == {"en", "de", "fr", "it"}
 
 
+def test_the_bundled_backbone_is_complete_licensed_and_within_the_budget():
+    from annotate.modelling.backbone_folder import read_backbone_folder
+
+    folder = resource_dir("models")
+    backbone = read_backbone_folder(folder / "whisper-base")
+    assert backbone.litert is not None and backbone.litert_problem((0, 1, 2, 3, 4)) is None
+    assert "MIT" in (backbone.folder / "LICENSE").read_text()
+    assert "OpenAI" in (backbone.folder / "MODEL_CARD.md").read_text()
+    for name in SHIPPED:
+        head = read_model_folder(folder / name)
+        assert head.backbone is not None and head.backbone.name == "whisper-base"
+        assert max(head.backbone.layers) <= backbone.litert.n_layers
+    total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert total < 100 * 10**6, total
+
+
 def test_bundled_models_are_used_by_default_from_any_directory(tmp_path):
     write_audio(tmp_path / "c" / "a.wav", speech_like(3.0, seed=3), 16000)
     elsewhere = tmp_path / "elsewhere"
@@ -53,3 +69,4 @@ def test_bundled_models_are_used_by_default_from_any_directory(tmp_path):
     metadata = json.loads(pq.read_schema(elsewhere / "out.parquet").metadata[b"annotate"])
     names = {m["name"] for m in metadata["models"]}
     assert SHIPPED <= names
+    assert [b["name"] for b in metadata["backbones"]] == ["whisper-base"]

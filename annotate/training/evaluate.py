@@ -5,6 +5,14 @@ by ``plan_chunks`` + ``featurize_chunk``, the model folder is loaded by
 :class:`annotate.modelling.inference.Classifier` (safe mode, calibrated softmax), and a
 recording's probabilities are the duration-weighted mean over its speech
 segments, as ``annotate summarize`` computes them.
+
+A head on a pretrained backbone (``model.json`` names a ``backbone``) reads
+the backbone's pooled hidden states instead of log-mel frames: its speech
+segments are encoded once by the backend ``annotate run`` would choose
+(:func:`annotate.training.heads.encode_items`, cached on disk), and a
+language head's posteriors are smoothed along each recording as the run
+smooths them. Leave-one-speaker-out retrains the head with the settings
+recorded in its folder (no search) and keeps its temperature.
 """
 
 from __future__ import annotations
@@ -74,7 +82,9 @@ def evaluate(
             (pass recordings of speakers it was not trained on). ``loso``:
             for each speaker, retrain with the model's recorded
             hyperparameters on the other speakers (early stopping on a split
-            of those) and score the left-out speaker's recordings.
+            of those) and score the left-out speaker's recordings; a head on
+            a backbone is retrained with its recorded ``training.settings``
+            for their epochs, its temperature kept.
         jobs: Worker processes for decoding and features (default: all cores).
         progress: Receives one line per stage (and per epoch under ``loso``).
 
@@ -85,7 +95,8 @@ def evaluate(
         ``n_recordings`` (scored recordings), ``split`` (a description),
         ``predictions`` (per recording: path, speaker, label, predicted label
         and probabilities in the order of ``labels``) and more; under ``loso``
-        also ``folds``, ``pooled_uar`` and ``mean_fold_uar``.
+        also ``folds``, ``pooled_uar`` and ``mean_fold_uar``. For a head,
+        also ``without_speech`` (paths left out).
 
     Raises:
         UsageError: Unknown protocol, or corpora for another task.
@@ -106,10 +117,11 @@ def evaluate(
             f"no recording of {', '.join(c.name for c in corpora)} has a label the model "
             f"knows ({', '.join(spec.labels)})", kind="labels",
         )
-    if protocol == "holdout":
-        result = _holdout(spec, items, jobs, report)
+    if spec.backbone is not None:
+        run = _holdout_head if protocol == "holdout" else _loso_head
     else:
-        result = _loso(spec, items, jobs, report)
+        run = _holdout if protocol == "holdout" else _loso
+    result = run(spec, items, jobs, report)
     result.update({
         "model": str(spec.folder),
         "task": spec.task,
@@ -228,14 +240,225 @@ def _loso(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> dict:
     return result
 
 
+# --- heads on a backbone ----------------------------------------------------------------
+
+
+def encode_for_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report):
+    """The items' speech segments through the head's backbone, as ``annotate run`` encodes them.
+
+    The backend is the one a run would choose for the head's hidden states;
+    segments are cut with the head's window (``features.segment_s``).
+
+    Returns:
+        :class:`annotate.training.heads.EncodedRecordings` (recordings with
+        speech only), the paths left out because they hold no speech, and
+        one failure record per unreadable recording.
+    """
+    from annotate.modelling.backbone_folder import backbone_of
+    from annotate.modelling.inference import choose_backbone_backend
+    from annotate.training.heads import encode_items
+
+    backbone = backbone_of(spec)
+    backend = choose_backbone_backend(backbone, spec.backbone.layers)
+    paths = set(items["path"])
+    unreadable: dict[str, str] = {}
+
+    def listen(text: str) -> None:
+        # encode_items reports each unreadable recording as "skipped <path>: <message>"
+        if text.startswith("skipped "):
+            for path in paths:
+                if text.startswith(f"skipped {path}: "):
+                    unreadable[path] = text[len(f"skipped {path}: "):]
+        report(text)
+
+    report(f"{len(items)} recordings through {backbone.name} ({backend}), "
+           f"{spec.features.segment_s:g} s segments")
+    data = encode_items(items, backbone, backend, spec.features.segment_s, None, jobs, listen)
+    encoded = set(data.meta["path"])
+    silent = sorted(p for p in paths - encoded if p not in unreadable)
+    failures = [{"path": p, "error": "unreadable", "message": m}
+                for p, m in sorted(unreadable.items())]
+    return data, silent, failures
+
+
+def head_probabilities(spec: ModelSpec, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibrated segment probabilities of a head, as ``annotate run`` writes them.
+
+    A language head with a ``switch_probability`` is smoothed along each
+    recording over all its labels (the run's default candidates).
+
+    Args:
+        spec: The head.
+        data: Encoded recordings (:func:`encode_for_head`).
+
+    Returns:
+        Segment probabilities [shape=(n_segments, n_labels), float64], each
+        segment's recording and its duration in seconds.
+    """
+    from annotate.modelling.inference import Classifier
+
+    x, owner, durations = data.segments(spec.backbone.layers)
+    probs = Classifier(spec).load().predict(x)  # the backend a run would choose
+    if spec.task == "language" and spec.switch_probability is not None:
+        probs = smooth_along_recordings(probs, owner, spec.switch_probability)
+    return probs, owner, durations
+
+
+def smooth_along_recordings(probs: np.ndarray, owner: np.ndarray, switch_probability: float
+                            ) -> np.ndarray:
+    """Language posteriors smoothed within each recording (segments in time order)."""
+    from annotate.modelling.smoothing import smooth_language
+
+    out = np.array(probs, dtype=np.float64)
+    for r in np.unique(owner):
+        rows = np.flatnonzero(owner == r)
+        out[rows] = smooth_language(out[rows], switch_probability)
+    return out
+
+
+def _recording_means(probs: np.ndarray, owner: np.ndarray, durations: np.ndarray,
+                     n_recordings: int) -> np.ndarray:
+    """Duration-weighted mean of each recording's segment probabilities."""
+    sums = np.zeros((n_recordings, probs.shape[1]))
+    np.add.at(sums, owner, probs * durations[:, None])
+    weights = np.bincount(owner, weights=durations, minlength=n_recordings)
+    return sums / np.maximum(weights, 1e-9)[:, None]
+
+
+def _holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> dict:
+    data, silent, failures = encode_for_head(spec, items, jobs, report)
+    probs, owner, durations = head_probabilities(spec, data)
+    report(f"scored {len(probs)} speech segments of {len(data.meta)} recordings")
+    rec_probs = _recording_means(probs, owner, durations, len(data.meta))
+    result = _score(spec.labels, data.meta, rec_probs, np.ones(len(data.meta), bool), probs,
+                    owner)
+    result["n_without_speech"] = len(silent)
+    result["split"] = (
+        f"holdout: {len(data.meta)} recordings with speech of "
+        f"{data.meta['speaker'].nunique()} speakers scored by the given head on "
+        f"{spec.backbone.name}"
+    )
+    result["speakers_seen_in_training"] = []  # heads record no speaker lists
+    result["without_speech"] = silent
+    result["failures"] = failures
+    return result
+
+
+#: Keys a head's ``training.settings`` must hold for leave-one-speaker-out.
+HEAD_SETTINGS = ("layers", "hidden", "l2", "dropout", "learning_rate", "epochs")
+
+
+def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> dict:
+    from annotate.modelling.inference import softmax, tensorflow
+    from annotate.training.heads import balanced_weights, corpus_codes, fit_head
+
+    settings = spec.training.get("settings")
+    if not isinstance(settings, dict) or any(k not in settings for k in HEAD_SETTINGS):
+        raise ModelError(
+            f"{spec.folder}/model.json has no complete training.settings "
+            f"({', '.join(HEAD_SETTINGS)}): leave-one-speaker-out retrains the head with "
+            "them, so it needs a head written by `annotate train`"
+        )
+    settings = dict(settings, layers=tuple(settings["layers"]))
+    if settings["layers"] != spec.backbone.layers:
+        raise ModelError(f"{spec.folder}/model.json: training.settings.layers "
+                         f"{list(settings['layers'])} differ from backbone.layers "
+                         f"{list(spec.backbone.layers)}")
+    speakers = sorted(items["speaker"].unique())
+    if len(speakers) < 2:
+        raise InputError(
+            f"leave-one-speaker-out needs at least 2 speakers (one left out, one to train on), "
+            f"found {len(speakers)}", kind="split",
+        )
+    seed = int(spec.training.get("seed", 0))
+    data, silent, failures = encode_for_head(spec, items, jobs, report)
+    labels = spec.labels
+    y_rec = data.meta["label"].map({label: i for i, label in enumerate(labels)}).to_numpy(
+        np.int64)
+    x, owner, durations = data.segments(settings["layers"])
+    y = y_rec[owner]
+    segment_speaker = data.meta["speaker"].to_numpy()[owner]
+    segment_corpus = corpus_codes(data)[owner]
+    probs = np.zeros((len(x), len(labels)))
+    folds = []
+    for number, speaker in enumerate(speakers, start=1):
+        test = segment_speaker == speaker
+        train = ~test
+        if not test.any() or not train.any():
+            report(f"fold {number}/{len(speakers)} ({speaker}): no speech to "
+                   f"{'score' if not test.any() else 'train on'}; skipped")
+            continue
+        # as annotate train weighs them: corpora and labels balanced, longer segments more
+        weights = (balanced_weights(y[train], len(labels), segment_corpus[train])
+                   * durations[train] / 3.0)
+        model = fit_head(x[train], y[train], weights, len(labels), settings, seed)
+        logits = model.predict(x[test], batch_size=256, verbose=0)
+        fold_probs = softmax(logits, spec.temperature)
+        if spec.task == "language" and spec.switch_probability is not None:
+            fold_probs = smooth_along_recordings(fold_probs, owner[test],
+                                                 spec.switch_probability)
+        probs[test] = fold_probs
+        del model
+        tensorflow().keras.backend.clear_session()  # one graph per fold, not all of them
+        mine = np.flatnonzero(data.meta["speaker"].to_numpy() == speaker)
+        local = {r: i for i, r in enumerate(mine)}
+        local_owner = np.array([local[r] for r in owner[test]])
+        fold = _score(labels, data.meta.iloc[mine].reset_index(drop=True),
+                      _recording_means(fold_probs, local_owner, durations[test], len(mine)),
+                      np.ones(len(mine), bool), fold_probs, local_owner)
+        folds.append({
+            "speaker": speaker,
+            "n_recordings": fold["n_recordings"],
+            "accuracy": fold["accuracy"],
+            "uar": fold["uar"],
+            "epochs_run": int(settings["epochs"]),
+            "temperature": spec.temperature,
+            "train_speakers": len(set(segment_speaker[train])),
+        })
+        report(f"fold {number}/{len(speakers)} ({speaker}): UAR {fold['uar']:.3f} on "
+               f"{fold['n_recordings']} recordings")
+    done = np.isin(data.meta["speaker"].to_numpy(), [f["speaker"] for f in folds])
+    kept = np.flatnonzero(done)
+    local = {r: i for i, r in enumerate(kept)}
+    segments = np.isin(owner, kept)
+    local_owner = np.array([local[r] for r in owner[segments]], np.int64)
+    meta = data.meta.iloc[kept].reset_index(drop=True)
+    result = _score(labels, meta,
+                    _recording_means(probs[segments], local_owner, durations[segments],
+                                     len(kept)),
+                    np.ones(len(kept), bool), probs[segments], local_owner)
+    fold_uars = [f["uar"] for f in folds if not np.isnan(f["uar"])]
+    result.update({
+        "n_without_speech": len(silent),
+        "split": f"loso: {len(folds)} folds, one per speaker; each fold retrained the head "
+                 f"with its recorded settings (no search) on the other speakers' "
+                 f"{spec.backbone.name} features, kept its temperature "
+                 f"{spec.temperature:.3f}, and scored the left-out speaker",
+        "pooled_uar": result["uar"],
+        "mean_fold_uar": float(np.mean(fold_uars)) if fold_uars else float("nan"),
+        "folds": folds,
+        "hyperparameters": {k: (list(v) if isinstance(v, tuple) else v)
+                            for k, v in settings.items()},
+        "without_speech": silent,
+        "failures": failures,
+    })
+    return result
+
+
 def _measure(labels, recordings: Recordings, segment_probs, owner) -> dict:
     """Per-recording metrics (and per segment, per speaker) of scored recordings."""
-    index = {label: i for i, label in enumerate(labels)}
-    true = recordings.meta["label"].map(index).to_numpy(np.int64)
     rec_probs, scored = recording_probabilities(recordings, segment_probs)
+    return _score(labels, recordings.meta, rec_probs, scored, segment_probs, owner)
+
+
+def _score(labels, meta: pd.DataFrame, rec_probs: np.ndarray, scored: np.ndarray,
+           segment_probs: np.ndarray, owner: np.ndarray) -> dict:
+    """:func:`_measure`'s figures from recording probabilities (``scored``: those with speech)."""
+    index = {label: i for i, label in enumerate(labels)}
+    true = meta["label"].map(index).to_numpy(np.int64)
     metrics = classification_metrics(true[scored], rec_probs[scored], labels)
     per_segment = classification_metrics(true[owner], segment_probs, labels)
-    speakers = recordings.meta["speaker"].to_numpy()
+    speakers = meta["speaker"].to_numpy()
     per_speaker = {}
     for speaker in sorted(set(speakers[scored])):
         mine = scored & (speakers == speaker)
@@ -258,9 +481,8 @@ def _measure(labels, recordings: Recordings, segment_probs, owner) -> dict:
         "predictions": [
             {"path": str(p), "speaker": str(who), "label": str(t), "predicted": labels[int(k)],
              "probabilities": [round(float(x), 6) for x in row]}
-            for p, who, t, k, row, s in zip(recordings.meta["path"], speakers,
-                                            recordings.meta["label"], predicted, rec_probs,
-                                            scored) if s
+            for p, who, t, k, row, s in zip(meta["path"], speakers, meta["label"], predicted,
+                                            rec_probs, scored, strict=True) if s
         ],
     }
 

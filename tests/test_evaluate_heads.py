@@ -1,0 +1,173 @@
+"""Tests of evaluating heads on a backbone: holdout through the run's path, and LOSO.
+
+A tiny random Whisper-shaped backbone and untrained heads on it
+(``annotate.testing``); the corpus is fabricated in EmoDB's layout
+(``wav/SSTTTEV.wav``, emotions differing by voice pitch), plus a tone that
+holds no speech and a file that is not audio.
+"""
+
+# Test names say what each test checks.
+# ruff: noqa: D103
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from annotate.errors import InputError, ModelError
+from annotate.modelling.model_folder import read_model_folder, write_model_folder
+from annotate.testing import create_backbone_folder, create_head_folder, make_toy_emodb, tone
+from annotate.training.corpora import read_corpus
+from annotate.training.evaluate import evaluate
+
+SR = 16000
+EMOTIONS = ["anger", "neutral", "sadness"]
+#: What LOSO retrains with: the shape of ``training.settings`` that ``annotate train`` writes.
+SETTINGS = {"layers": [1, 2], "hidden": 0, "l2": 1e-4, "dropout": 0.0,
+            "learning_rate": 1e-2, "epochs": 30}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def feature_cache(tmp_path_factory):
+    """Encoded features go to a temporary cache, never the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANNOTATE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = make_toy_emodb(tmp_path_factory.mktemp("emodb"), first_seed=200)
+    sf.write(root / "wav" / "10a05Wa.wav", tone(2.0), SR)  # no speech
+    (root / "wav" / "09a05Na.wav").write_bytes(b"not audio at all")  # unreadable
+    return read_corpus("emodb", root)
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory) -> dict:
+    """A backbone and, beside it, an emotion head (with training settings) and a language head."""
+    root = tmp_path_factory.mktemp("models")
+    backbone = create_backbone_folder(root / "tiny-backbone", n_layers=2)
+    emotion = create_head_folder(root / "emotion", "emotion", EMOTIONS, backbone, layers=(1, 2),
+                                 languages=["de"], seed=1)
+    emotion = dataclasses.replace(emotion, temperature=1.5,
+                                  training={"settings": SETTINGS, "seed": 3})
+    write_model_folder(emotion, "# emotion\n\nAn untrained head for tests.\n")
+    language = create_head_folder(root / "language", "language", ["de", "en"], backbone,
+                                  layers=(2,), languages=["de", "en"], seed=2,
+                                  switch_probability=0.1)
+    return {"backbone": backbone, "emotion": read_model_folder(emotion.folder),
+            "language": language}
+
+
+@pytest.fixture(scope="module")
+def holdout(heads, corpus):
+    return evaluate(heads["emotion"].folder, [corpus], "holdout", jobs=1)
+
+
+@pytest.fixture(scope="module")
+def run_rows(heads, corpus, tmp_path_factory):
+    """Per-recording rows of ``annotate run`` with the same heads (language given, then not).
+
+    The run reads the recordings that hold speech (a manifest): what the
+    evaluation's predictions cover.
+    """
+    import pandas as pd
+
+    from annotate.pipeline.local import run
+    from annotate.views.summarize import per_recording, read_output
+
+    out = tmp_path_factory.mktemp("run")
+    manifest = out / "speech.csv"
+    speech = corpus.items[~corpus.items["path"].str.contains("10a05Wa|09a05Na")]
+    pd.DataFrame({"path": speech["path"]}).to_csv(manifest, index=False)
+    rows = {}
+    for name, languages in (("known", ["de"]), ("detected", None)):
+        run([manifest], out / f"{name}.parquet",
+            language_model=heads["language"].folder,
+            emotion_models={"de": heads["emotion"].folder}, languages=languages,
+            window_s=heads["backbone"].features.segment_s, jobs=1)
+        rows[name] = per_recording(read_output(out / f"{name}.parquet")).set_index("path")
+    return rows
+
+
+# --- holdout ----------------------------------------------------------------------------
+
+
+def test_holdout_of_a_head_has_the_result_keys_and_counts(holdout, heads, corpus):
+    assert holdout["protocol"] == "holdout"
+    assert holdout["labels"] == EMOTIONS
+    assert holdout["n_recordings"] == 36
+    assert holdout["n_without_speech"] == 1
+    assert [Path(p).name for p in holdout["without_speech"]] == ["10a05Wa.wav"]
+    assert [Path(f["path"]).name for f in holdout["failures"]] == ["09a05Na.wav"]
+    assert np.sum(holdout["confusion"]["matrix"]) == 36
+    assert set(holdout["per_speaker"]) == {"emodb:03", "emodb:08", "emodb:09", "emodb:10"}
+    assert sum(s["n_recordings"] for s in holdout["per_speaker"].values()) == 36
+    for key in ("accuracy", "uar", "ece"):
+        assert 0.0 <= holdout[key] <= 1.0
+    # 1 s windows: recordings of 1.2-1.8 s give two segments each
+    assert holdout["per_segment"]["n"] == 72
+    assert "tiny-backbone" in holdout["split"]
+    assert len(holdout["predictions"]) == 36
+
+
+def test_holdout_of_a_head_equals_annotate_run(holdout, run_rows):
+    rows = run_rows["known"]
+    for prediction in holdout["predictions"]:
+        row = rows.loc[prediction["path"]]
+        expected = [row[f"emo_{label}"] for label in holdout["labels"]]
+        assert np.allclose(prediction["probabilities"], expected, atol=1e-5)
+        assert row["emotion"] == prediction["predicted"]
+
+
+def test_holdout_of_a_language_head_smooths_as_the_run_does(heads, corpus, run_rows):
+    from annotate.training.heldout import as_language_corpus
+
+    result = evaluate(heads["language"].folder, [as_language_corpus(corpus)], "holdout", jobs=1)
+    assert result["task"] == "language" and result["n_recordings"] == 36
+    rows = run_rows["detected"]
+    for prediction in result["predictions"]:
+        row = rows.loc[prediction["path"]]
+        assert np.allclose(prediction["probabilities"], [row["lang_de"], row["lang_en"]],
+                           atol=1e-5)
+
+
+# --- leave one speaker out --------------------------------------------------------------
+
+
+def test_loso_of_a_head_retrains_per_speaker_with_its_settings(heads, corpus):
+    result = evaluate(heads["emotion"].folder, [corpus], "loso", jobs=1)
+    assert result["protocol"] == "loso"
+    assert [f["speaker"] for f in result["folds"]] == ["emodb:03", "emodb:08", "emodb:09",
+                                                       "emodb:10"]
+    assert sum(f["n_recordings"] for f in result["folds"]) == result["n_recordings"] == 36
+    assert all(f["epochs_run"] == 30 and f["temperature"] == 1.5 for f in result["folds"])
+    assert result["hyperparameters"] == SETTINGS
+    assert result["pooled_uar"] == result["uar"]
+    assert result["mean_fold_uar"] == pytest.approx(np.mean([f["uar"] for f in result["folds"]]))
+    assert set(result["per_speaker"]) == {f["speaker"] for f in result["folds"]}
+    for key in ("accuracy", "uar", "ece"):
+        assert 0.0 <= result[key] <= 1.0
+    # the emotions differ by pitch by a factor of 1.7 or more: a retrained head finds that
+    assert result["uar"] > 0.6
+    assert result["n_without_speech"] == 1 and len(result["failures"]) == 1
+
+
+def test_loso_refuses_a_head_without_settings_and_a_single_speaker(heads, corpus):
+    from annotate.training.heldout import as_language_corpus
+
+    with pytest.raises(ModelError, match="training.settings"):
+        evaluate(heads["language"].folder, [as_language_corpus(corpus)], "loso", jobs=1)
+    single = dataclasses.replace(
+        corpus, items=corpus.items[corpus.items["speaker"] == "emodb:03"].reset_index(drop=True))
+    with pytest.raises(InputError, match="at least 2 speakers"):
+        evaluate(heads["emotion"].folder, [single], "loso", jobs=1)

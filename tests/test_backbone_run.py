@@ -53,6 +53,7 @@ def corpus(tmp_path_factory):
     write_audio(folder / "short.wav", speech_like(1.7, seed=2), 16000)
     write_audio(folder / "mixed.flac", np.concatenate(
         [speech_like(3.0, seed=3), np.zeros(48000, np.float32), tone(3.0) * 0]), 16000)
+    write_audio(folder / "silent.wav", np.zeros(40000, np.float32), 16000)  # no speech at all
     return folder
 
 
@@ -62,10 +63,11 @@ def table(path) -> pd.DataFrame:
 
 def test_heads_label_every_speech_segment_once_per_backbone_pass(corpus, heads, tmp_path):
     result = annotate.run([corpus], tmp_path / "out.parquet", **head_args(heads), jobs=1)
-    assert result.failed == 0 and result.annotated == 3
+    assert result.failed == 0 and result.annotated == 4
     rows = table(tmp_path / "out.parquet")
     speech = rows[rows["speech"]]
-    assert len(rows) == 4 + 1 + 3 and not speech.empty
+    assert len(rows) == 4 + 1 + 3 + 1 and not speech.empty
+    assert not rows.loc[rows["path"] == "silent.wav", "speech"].any()
     np.testing.assert_allclose(speech[[f"lang_{c}" for c in LANGUAGES]].sum(axis=1), 1.0)
     assert speech["emotion"].notna().all() and rows.loc[~rows["speech"], "lang"].isna().all()
     metadata = json.loads(pq.read_schema(tmp_path / "out.parquet").metadata[b"annotate"])

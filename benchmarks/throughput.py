@@ -118,14 +118,19 @@ def tree_rss(pid: int) -> int:
 
 
 def run_annotate(corpus: Path, out: Path, model_args: list[str]) -> dict:
-    """``annotate run`` in a subprocess: wall and CPU time, peak tree RSS, first part."""
+    """``annotate run`` in a subprocess: wall and CPU time, peak tree RSS, first part.
+
+    A run that fails gives ``{"error": its last line of stderr}`` instead.
+    """
     for stale in (out, out.with_name(out.stem + ".failures.parquet")):
         stale.unlink(missing_ok=True)
     shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
     cmd = [sys.executable, "-m", "annotate", "run", str(corpus), "-o", str(out), "-q", *model_args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
+    errors = out.with_name(out.stem + ".stderr.txt")
+    with open(errors, "w") as sink:
+        proc = subprocess.Popen(cmd, stderr=sink)
     peak, first = 0, None
     parts = out.with_name(out.name + ".partial") / "parts"
     while proc.poll() is None:
@@ -136,7 +141,8 @@ def run_annotate(corpus: Path, out: Path, model_args: list[str]) -> dict:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise SystemExit(f"annotate run failed with exit code {proc.returncode}")
+        lines = errors.read_text(errors="replace").strip().splitlines() or [""]
+        return {"error": f"exit code {proc.returncode}: {lines[-1].strip()}"}
     return {
         "wall_s": wall,
         "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
@@ -364,11 +370,16 @@ def main() -> None:
     }
     if args.quick:
         corpora = {"wav16k_30min": corpora["wav16k_30min"]}
-    rows = {}
+    rows: dict[str, dict] = {}
+    failed: dict[str, str] = {}
     network_ms = None
     for name, (folder, samples, file_s, rate, fmt) in corpora.items():
         duration = build_corpus(folder, samples, file_s, rate, fmt)
         result = run_annotate(folder, args.work / f"{name}.parquet", model_args)
+        if "error" in result:
+            failed[name] = result["error"]
+            print(f"{name}: annotate run failed: {result['error']}", flush=True)
+            continue
         result["audio_s"] = duration
         result["x_real_time"] = duration / result["wall_s"]
         result["s_per_audio_hour"] = result["wall_s"] / (duration / 3600)
@@ -415,6 +426,8 @@ def main() -> None:
               f"{r['cpu_s']:8.1f} {r['peak_rss_mib']:8.0f} {r['first_result_s']:8.1f} "
               f"{r['floor_s']:8.2f} {r['run_over_floor']:9.2f} {r['networks_s']:8.2f} "
               f"{r['run_over_arithmetic']:9.2f} {r['s_per_audio_hour']:9.2f}")
+    for name, error in failed.items():
+        print(f"{name:22} annotate run failed: {error}")
     run_x = rows["wav16k_30min"]["x_real_time"]
     how = ", Keras encoder per window" if models.backbones else ""
     print(f"naive baseline (language model only{how}, {naive_audio / 60:.1f} min timed): "
@@ -430,16 +443,20 @@ def main() -> None:
         print("note: Whisper per segment skipped: faster-whisper is not installed "
               "(pip install '.[bench]')")
     print()
-    print_targets(rows, naive_x)
+    print_targets(rows, failed, naive_x)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "naive_x_real_time": naive_x,
+        args.json.write_text(json.dumps({"rows": rows, "failed": failed,
+                                         "naive_x_real_time": naive_x,
                                          "network_ms_per_segment": network_ms,
                                          "start_up_s": start_s, "whisper_per_segment": whisper},
                                         indent=2))
 
 
-def print_targets(rows: dict, naive_x: float) -> None:
-    """The targets of issue #13 (backbone models) and of the throughput issue, met or not."""
+def print_targets(rows: dict, failed: dict, naive_x: float) -> None:
+    """The targets of issue #13 (backbone models) and of the throughput issue, met or not.
+
+    A corpus whose run failed counts as 0x: its target is not met.
+    """
     def x(name: str) -> float | None:
         return rows[name]["x_real_time"] if name in rows else None
 
@@ -452,21 +469,24 @@ def print_targets(rows: dict, naive_x: float) -> None:
             if {"wav16k_2h", "wav16k_30min"} <= set(per_hour) else None)
     first = max(r["first_result_s"] for r in rows.values())
     over_floor = [r["run_over_floor"] for r in rows.values()]
-    two_h = [v for v in (x("wav16k_2h"), x("wav16k_one_2h_file")) if v is not None]
+    two_h = [0.0 if name in failed else x(name) for name in ("wav16k_2h", "wav16k_one_2h_file")
+             if name in failed or x(name) is not None]
     table = [
         ("#13: >= 150x end to end, 16 kHz WAV, 30 min", x("wav16k_30min"),
          lambda v: f"{v:.0f}x", lambda v: v >= 150),
         ("#13: >= 150x end to end, 16 kHz WAV, 2 h (and one 2 h file)",
          min(two_h) if two_h else None,
-         lambda v: " / ".join(f"{t:.0f}x" for t in two_h), lambda v: v >= 150),
+         lambda v: " / ".join(f"{t:.0f}x" if t else "failed" for t in two_h),
+         lambda v: v >= 150),
         ("#13: peak RSS of the process tree <= 2 GiB", rss, lambda v: f"{v:.0f} MiB",
          lambda v: v <= 2048),
-        ("#13: RSS flat with corpus size (2 h vs 10 min)",
-         rows["wav16k_2h"]["peak_rss_mib"] / rows["wav16k_10min"]["peak_rss_mib"]
-         if {"wav16k_2h", "wav16k_10min"} <= set(rows) else None,
+        ("#13: RSS flat with corpus size (2 h within 10 % of 30 min)",
+         rows["wav16k_2h"]["peak_rss_mib"] / rows["wav16k_30min"]["peak_rss_mib"]
+         if {"wav16k_2h", "wav16k_30min"} <= set(rows) else None,
          lambda v: f"x{v:.2f}", lambda v: v <= 1.1),
         ("throughput: >= 1000x on 16 kHz WAV, 2 h", min(two_h) if two_h else None,
-         lambda v: " / ".join(f"{t:.0f}x" for t in two_h), lambda v: v >= 1000),
+         lambda v: " / ".join(f"{t:.0f}x" if t else "failed" for t in two_h),
+         lambda v: v >= 1000),
         ("throughput: >= 1000x on 16 kHz WAV, 30 min", x("wav16k_30min"),
          lambda v: f"{v:.0f}x", lambda v: v >= 1000),
         ("throughput: >= 700x on 48 kHz MP3", x("mp3_48k_30min"), lambda v: f"{v:.0f}x",
@@ -475,8 +495,8 @@ def print_targets(rows: dict, naive_x: float) -> None:
          lambda v: f"{v:.1f}x", lambda v: v >= 10),
         ("throughput: run <= 1.5x the floor", max(over_floor),
          lambda v: f"{min(over_floor):.2f}-{v:.2f}", lambda v: v <= 1.5),
-        ("throughput: flat, 2 h within 10 % of 30 min per audio hour", flat,
-         lambda v: f"{v:+.0%}", lambda v: abs(v) <= 0.10),
+        ("throughput: flat, 2 h at most 10 % slower per audio hour than 30 min", flat,
+         lambda v: f"{v:+.0%}", lambda v: v <= 0.10),
         ("throughput: first results within 10 s", first, lambda v: f"{v:.1f} s",
          lambda v: v <= 10),
     ]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from annotate.errors import InputError, ModelError
+from annotate.errors import InputError, ModelError, UsageError
 from annotate.modelling.model_folder import read_model_folder, write_model_folder
 from annotate.testing import create_backbone_folder, create_head_folder, make_toy_emodb, tone
 from annotate.training.corpora import read_corpus
@@ -160,6 +160,27 @@ def test_loso_of_a_head_retrains_per_speaker_with_its_settings(heads, corpus):
     # the emotions differ by pitch by a factor of 1.7 or more: a retrained head finds that
     assert result["uar"] > 0.6
     assert result["n_without_speech"] == 1 and len(result["failures"]) == 1
+
+
+def test_loso_with_training_corpora_trains_on_them_and_scores_only_the_others(heads, corpus,
+                                                                             tmp_path):
+    other = read_corpus("emodb", make_toy_emodb(tmp_path / "other", speakers=("11", "12"),
+                                                emotions="WNF", first_seed=400))
+    result = evaluate(heads["emotion"].folder, [corpus], "loso", jobs=1,
+                      training_corpora=[other])
+    assert [f["speaker"] for f in result["folds"]] == ["emodb:03", "emodb:08", "emodb:09",
+                                                       "emodb:10"]
+    # each fold trains on 3 scored speakers plus the 2 always-trained ones
+    assert all(f["train_speakers"] == 5 for f in result["folds"])
+    assert result["n_recordings"] == 36
+    assert set(result["per_speaker"]) == {"emodb:03", "emodb:08", "emodb:09", "emodb:10"}
+    # happiness is not one of the head's labels: those recordings are dropped
+    assert result["training_only_recordings"] == 12
+    assert "never scored" in result["split"]
+    with pytest.raises(UsageError, match="only for leave-one-speaker-out"):
+        evaluate(heads["emotion"].folder, [corpus], "holdout", jobs=1, training_corpora=[other])
+    with pytest.raises(UsageError, match="both scored and always trained on"):
+        evaluate(heads["emotion"].folder, [corpus], "loso", jobs=1, training_corpora=[corpus])
 
 
 def test_loso_refuses_a_head_without_settings_and_a_single_speaker(heads, corpus):

@@ -72,6 +72,7 @@ def evaluate(
     *,
     jobs: int | None = None,
     progress: Report | None = None,
+    training_corpora: list[Corpus] | None = None,
 ) -> dict:
     """Measure a model on labelled corpora.
 
@@ -87,6 +88,10 @@ def evaluate(
             for their epochs, its temperature kept.
         jobs: Worker processes for decoding and features (default: all cores).
         progress: Receives one line per stage (and per epoch under ``loso``).
+        training_corpora: Under ``loso`` with a head only: recordings that
+            are in every fold's training data and never scored, for a head
+            trained on more corpora than the ones measured (as it was
+            trained); recordings with labels the head lacks are dropped.
 
     Returns:
         A JSON-serialisable dict: ``accuracy``, ``uar``, ``ece``,
@@ -117,11 +122,22 @@ def evaluate(
             f"no recording of {', '.join(c.name for c in corpora)} has a label the model "
             f"knows ({', '.join(spec.labels)})", kind="labels",
         )
-    if spec.backbone is not None:
+    if training_corpora:
+        if protocol != "loso" or spec.backbone is None:
+            raise UsageError("training corpora are only for leave-one-speaker-out with a head "
+                             "on a backbone")
+        extra = collect_items(training_corpora, spec.task)
+        extra = extra[extra["label"].isin(spec.labels)].reset_index(drop=True)
+        shared = sorted(set(extra["speaker"]) & set(items["speaker"]))
+        if shared:
+            raise UsageError(f"speakers both scored and always trained on: {', '.join(shared)}")
+        result = _loso_head(spec, items, jobs, report, extra)
+    elif spec.backbone is not None:
         run = _holdout_head if protocol == "holdout" else _loso_head
+        result = run(spec, items, jobs, report)
     else:
         run = _holdout if protocol == "holdout" else _loso
-    result = run(spec, items, jobs, report)
+        result = run(spec, items, jobs, report)
     result.update({
         "model": str(spec.folder),
         "task": spec.task,
@@ -348,7 +364,8 @@ def _holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) ->
 HEAD_SETTINGS = ("layers", "hidden", "l2", "dropout", "learning_rate", "epochs")
 
 
-def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> dict:
+def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
+               extra: pd.DataFrame | None = None) -> dict:
     from annotate.modelling.inference import softmax, tensorflow
     from annotate.training.heads import balanced_weights, corpus_codes, fit_head
 
@@ -371,7 +388,8 @@ def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> di
             f"found {len(speakers)}", kind="split",
         )
     seed = int(spec.training.get("seed", 0))
-    data, silent, failures = encode_for_head(spec, items, jobs, report)
+    everything = items if extra is None else pd.concat([items, extra], ignore_index=True)
+    data, silent, failures = encode_for_head(spec, everything, jobs, report)
     labels = spec.labels
     y_rec = data.meta["label"].map({label: i for i, label in enumerate(labels)}).to_numpy(
         np.int64)
@@ -428,12 +446,16 @@ def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> di
                                      len(kept)),
                     np.ones(len(kept), bool), probs[segments], local_owner)
     fold_uars = [f["uar"] for f in folds if not np.isnan(f["uar"])]
+    also = "" if extra is None else (
+        f" and, in every fold, {len(extra)} recordings of "
+        f"{', '.join(sorted(extra['corpus'].astype(str).unique()))} never scored")
     result.update({
         "n_without_speech": len(silent),
         "split": f"loso: {len(folds)} folds, one per speaker; each fold retrained the head "
                  f"with its recorded settings (no search) on the other speakers' "
-                 f"{spec.backbone.name} features, kept its temperature "
+                 f"{spec.backbone.name} features{also}, kept its temperature "
                  f"{spec.temperature:.3f}, and scored the left-out speaker",
+        "training_only_recordings": 0 if extra is None else int(len(extra)),
         "pooled_uar": result["uar"],
         "mean_fold_uar": float(np.mean(fold_uars)) if fold_uars else float("nan"),
         "folds": folds,

@@ -7,6 +7,7 @@ inside each command, so ``annotate --help`` stays instant.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -90,6 +91,19 @@ def run(
         progress.stop()
         console.print("[yellow]interrupted[/]: finished recordings are kept; "
                       "run the same command again to resume")
+        from annotate.cli import console as shared
+
+        if shared.IN_OWN_PROCESS:
+            # The run's files are closed and its lock released. Native threads
+            # (a feature thread inside numpy, an interpreter's pool) may still be
+            # running: the interpreter's shutdown then sometimes died in C++
+            # ("terminate called without an active exception", exit 1 instead of
+            # 130), so the process ends here, as it would have after shutdown.
+            import os
+
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet and not result.already_complete:
         console.print(

@@ -45,13 +45,16 @@ def parallel_features(jobs: int, workers: str, **options):
 
     Threads share the process, so its BLAS (numpy's mel projection) is held
     to one thread for the duration: its own threads would only compete with
-    the jobs. Worker processes get that limit from joblib.
+    the jobs, and OpenBLAS splits the product differently by its thread
+    count, so a run on one job would differ in the last bits from one on
+    two, or from a Dask worker (which has one BLAS thread). Worker processes
+    get that limit from joblib.
     """
     from joblib import Parallel
     from threadpoolctl import threadpool_limits
 
     backend = {"threads": "threading", "processes": "loky"}[workers]
-    limits = (threadpool_limits(1, user_api="blas") if workers == "threads" and jobs > 1
+    limits = (threadpool_limits(1, user_api="blas") if workers == "threads"
               else contextlib.nullcontext())
     return Parallel(n_jobs=jobs, backend=backend, **options), limits
 

@@ -13,6 +13,7 @@ output path); 3 the run could not proceed (model, partial state, lock, disk);
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 
 import typer
@@ -42,6 +43,11 @@ app.command(name="app")(_view_commands.app)
 def main() -> None:
     """The ``annotate`` command as a process (the console script and ``python -m annotate``)."""
     _shared.IN_OWN_PROCESS = True
+    # Ctrl-C stops a run cleanly and it resumes: hear it even when the parent
+    # left SIGINT ignored (Python keeps an inherited SIG_IGN; seen from a test
+    # process after some in-process TensorFlow work).
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app(prog_name="annotate")
     finally:

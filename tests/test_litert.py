@@ -161,6 +161,24 @@ def test_litert_asked_for_but_unusable_says_why(tmp_path, models):
         Classifier(read_model_folder(stale), "litert").load()
 
 
+def test_an_export_for_blocks_of_several_segments_runs_on_keras(tmp_path, monkeypatch):
+    """Older exports fixed blocks of 32: auto takes Keras, and forcing LiteRT says why."""
+    import annotate.modelling.inference as inference
+
+    spec = create_model_folder(tmp_path / "m", "emotion", ["anger", "neutral"], seed=4,
+                               litert=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(inference, "MICRO_BATCH", 4)
+        export_litert(spec.folder)
+    exported = read_model_folder(spec.folder)
+    assert exported.litert_problem() is None  # the file itself is current
+    assert Classifier(exported).backend == "keras"
+    with pytest.raises(ModelError, match="exported for blocks of 4 segments"):
+        Classifier(exported, "litert").load()
+    features = speech_features(3)
+    assert Classifier(exported).logits(features).shape == (3, 2)
+
+
 def test_backend_from_the_environment_and_bad_values(models, monkeypatch):
     """$ANNOTATE_BACKEND sets the default; bad values list the valid ones."""
     spec = read_model_folder(models["language"])

@@ -87,9 +87,31 @@ def choose_backend(spec: ModelSpec, requested: str | None = None) -> str:
         UsageError: ``requested`` is not a backend.
         ModelError: LiteRT was asked for but cannot run this model (says why).
     """
-    return _pick(requested, lambda: spec.litert_problem(),
+    return _pick(requested, lambda: spec.litert_problem() or _block_problem(spec),
                  lambda problem: f"{spec.folder}: the LiteRT backend cannot run this model: "
                  f"{problem}. Export it with scripts/export_litert.py, or use the keras backend")
+
+
+def _block_problem(spec: ModelSpec) -> str | None:
+    """Why the export's fixed batch is not :data:`MICRO_BATCH`, or None.
+
+    Exports before one-segment blocks fixed the batch at 32; LiteRT cannot
+    resize such a graph, and blocks of 32 would make a segment's
+    probabilities depend on its neighbours. Such a folder runs on Keras.
+    """
+    interpreter_class, problem = _litert()
+    if problem:
+        return None  # _pick reports LiteRT itself
+    path = spec.folder / spec.litert.file
+    try:
+        batch = int(interpreter_class(model_path=str(path)).get_input_details()[0]
+                    ["shape_signature"][0])
+    except (ValueError, RuntimeError, IndexError) as error:
+        return f"{spec.litert.file} does not load: {error}"
+    if batch not in (-1, MICRO_BATCH):
+        return (f"{spec.litert.file} was exported for blocks of {batch} segments, "
+                f"and runs {MICRO_BATCH} at a time now")
+    return None
 
 
 def _pick(requested: str | None, litert_problem, refusal) -> str:

@@ -113,6 +113,26 @@ def test_a_segments_states_do_not_depend_on_its_batch(tmp_path, backend):
     assert together.shape == (11, 3, 64)
 
 
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_lanes_share_the_segments_and_give_the_same_bits(tmp_path, monkeypatch, lanes):
+    """One interpreter or several, the states are the same bits, in order, over several stacks."""
+    import annotate.backbone.runtime as runtime
+    import annotate.modelling.inference as inference
+
+    spec = create_backbone_folder(tmp_path / "bb")
+    rng = np.random.default_rng(3)
+    stacks = [rng.standard_normal((n, 100, 16)).astype(np.float32) for n in (7, 1, 4)]
+    frames = np.array([100, 60, 100, 9, 100, 100, 41, 100, 100, 70, 100, 100])
+    one = runtime.Backbone(spec, (0, 1, 2), "litert", 100)
+    rows = [(s[i:i + 1]) for s in stacks for i in range(len(s))]
+    alone = np.concatenate([one.pooled([row], frames[j:j + 1]) for j, row in enumerate(rows)])
+    monkeypatch.setattr(inference, "LITERT_THREADS", lanes)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: lanes)
+    runner = runtime.Backbone(spec, (0, 1, 2), "litert", 100).load()
+    assert len(runner._lanes) == lanes
+    np.testing.assert_array_equal(runner.pooled(stacks, frames), alone)
+
+
 def test_litert_export_matches_the_keras_encoder(tmp_path):
     from annotate.backbone.runtime import Backbone
 

@@ -46,7 +46,7 @@ test: install browser speech
 # the heads on the corpora's training speakers (fixed seeds).
 models: install
 	$(BIN)/python scripts/build_backbone.py --out models/whisper-base
-	$(BIN)/python scripts/train_bundled_models.py --corpora $(CORPORA) --out models
+	$(BIN)/python scripts/train_bundled_models.py --corpora $(CORPORA) --out models --search 8
 
 # The 'bench' extra adds openSMILE + scikit-learn for the issue's ComParE + SVM anchor.
 accuracy: install

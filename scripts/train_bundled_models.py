@@ -7,7 +7,8 @@ search), with :func:`annotate.training.heads.train_head` -- the code behind
 
     whisper-base   OpenAI Whisper base's encoder (scripts/build_backbone.py)
     language       Common Voice en/de/fr/it + the emotion corpora labelled by language
-                   + espeak-ng speech of Common Voice training sentences (when
+                   + espeak-ng speech of Common Voice training sentences, each
+                   recording with 2 augmented copies (annotate.training.copies) (when
                    installed: a voice no corpus has, so that synthetic or unusual
                    voices are not taken for the corpora's languages)
     emotion-de     EmoDB (7 emotions)
@@ -44,7 +45,8 @@ from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E40
 from annotate.modelling.inference import choose_backbone_backend  # noqa: E402
 from annotate.training import heldout  # noqa: E402
 from annotate.training.corpora import read_corpus  # noqa: E402
-from annotate.training.heads import encode_items, train_head  # noqa: E402
+from annotate.training.copies import COPY_OF, DEFAULT_COPIES, augmented_copies  # noqa: E402
+from annotate.training.heads import default_cache_dir, encode_items, train_head  # noqa: E402
 
 SEED = 20261201
 SYNTHETIC_PER_LANGUAGE = 100
@@ -100,11 +102,18 @@ def main() -> None:
         parts.append(synthetic)
     else:
         print("espeak-ng is not installed: the language head trains without synthetic speech")
-    encoded = encode_items(pd.concat(parts, ignore_index=True), backbone, backend,
+    originals = pd.concat(parts, ignore_index=True)
+    # Augmented copies train the language head only (DEFAULT_COPIES; see annotate.training.copies).
+    copies = augmented_copies(originals, DEFAULT_COPIES["language"],
+                              default_cache_dir() / "augmented", SEED)
+    encoded = encode_items(pd.concat([originals, copies], ignore_index=True), backbone, backend,
                            jobs=args.jobs)
+    is_copy = encoded.meta[COPY_OF].fillna("").astype(str).ne("").to_numpy()
 
     def subset(corpora: list[str], relabel_language: bool = False, labels=None):
         keep = encoded.meta["corpus"].isin(corpora).to_numpy().copy()
+        if not relabel_language:
+            keep &= ~is_copy
         if labels is not None:
             keep &= encoded.meta["label" if not relabel_language else "language"].isin(
                 labels).to_numpy()
@@ -125,7 +134,8 @@ def main() -> None:
                      subset(["commonvoice", "emodb", "emovo", "ravdess", "espeak"], True),
                      ("de", "en", "fr", "it"), ("de", "en", "fr", "it"),
                      "Common Voice en/de/fr/it + EmoDB (de), EMOVO (it), RAVDESS (en) + "
-                     "espeak-ng speech of Common Voice training sentences"),
+                     "espeak-ng speech of Common Voice training sentences; 2 augmented copies of each "
+                     "recording (noise, reverberation, speed, telephone channel)"),
         "emotion-de": ("emotion", subset(["emodb"]), emodb, ("de",), "EmoDB"),
         "emotion-en": ("emotion", subset(["ravdess"]), ravdess, ("en",), "RAVDESS"),
         "emotion-it": ("emotion", subset(["emovo", "emodb", "ravdess"], labels=emovo), emovo,
@@ -141,7 +151,7 @@ def main() -> None:
         folder = out / name
         if folder.exists():
             shutil.rmtree(folder)
-        counts = data.meta.groupby("corpus").size().to_dict()
+        counts = data.meta[data.meta[COPY_OF].fillna("").eq("")].groupby("corpus").size().to_dict()
         spec = train_head(
             task, data, labels, languages, backbone, backend, folder, name,
             trials=args.search, n_folds=args.folds, seed=SEED,

@@ -136,37 +136,38 @@ class Backbone:
             raise ValueError(f"{n} segments but {len(frames)} frame counts")
         out = np.zeros((n, len(self.layers), self.spec.pooled_width), np.float32)
         batch, mels = self.batch, self.spec.features.n_mels
-        buffers = [(np.zeros((batch, self.n_frames, mels), np.float32),
-                    np.zeros((batch, self.n_frames), np.float32)) for _ in self._lanes]
+        # Rows in order, each with its place in ``out``; a stack spilled to disk
+        # (annotate.audio.spill) is read when its turn comes.
+        rows = ((array, i) for stack in stacks for array in (np.asarray(stack),)
+                for i in range(len(array)))
+        taking = threading.Lock()
+        taken = [0]
 
-        def encode(lane: int, array: np.ndarray, first: int, starts: list[int]) -> None:
-            # Blocks of one stack: rows start..start+batch of ``array``, which
-            # are segments first+start... of the output.
-            run, (block, valid) = self._lanes[lane], buffers[lane]
-            for start in starts:
-                block[:] = 0.0
-                valid[:] = 0.0
-                valid[:, 0] = 1.0  # an empty row pools one zero frame, not 0/0
-                count = min(batch, len(array) - start)
-                for j in range(count):
-                    real = min(int(frames[first + start + j]), self.n_frames, array.shape[1])
-                    block[j, :real] = array[start + j, :real]
-                    valid[j, :real] = 1.0
-                out[first + start : first + start + count] = run(block, valid)[:count]
+        def lane(run) -> None:
+            # Each lane takes the next block of rows until none is left.
+            block = np.zeros((batch, self.n_frames, mels), np.float32)
+            valid = np.zeros((batch, self.n_frames), np.float32)
+            while True:
+                with taking:
+                    start = taken[0]
+                    count = min(batch, n - start)
+                    if count <= 0:
+                        return
+                    block[:] = 0.0
+                    valid[:] = 0.0
+                    valid[:, 0] = 1.0  # an empty row pools one zero frame, not 0/0
+                    for j in range(count):
+                        array, i = next(rows)
+                        real = min(int(frames[start + j]), self.n_frames, array.shape[1])
+                        block[j, :real] = array[i, :real]
+                        valid[j, :real] = 1.0
+                    taken[0] = start + count
+                out[start : start + count] = run(block, valid)[:count]
 
-        lanes = len(self._lanes)
         with self._lock:
-            first = 0
-            for stack in stacks:
-                # A stack may wait on disk (annotate.audio.spill): read it when its turn comes.
-                array = np.asarray(stack)
-                starts = list(range(0, len(array), batch))
-                if self._pool is None or len(starts) < 2:
-                    encode(0, array, first, starts)
-                else:
-                    jobs = [self._pool.submit(encode, lane, array, first, starts[lane::lanes])
-                            for lane in range(lanes)]
-                    for job in jobs:
-                        job.result()
-                first += len(array)
+            if self._pool is None or n <= batch:
+                lane(self._lanes[0])
+            else:
+                for job in [self._pool.submit(lane, run) for run in self._lanes]:
+                    job.result()
         return out

@@ -113,6 +113,10 @@ def train(
     cache_dir: Annotated[Optional[Path], typer.Option(
         help="With --architecture head: where encoded recordings are cached "
         "[default: $ANNOTATE_CACHE or ~/.cache/annotate/backbone].")] = None,
+    copies: Annotated[Optional[int], typer.Option(
+        help="With --architecture head: augmented copies (noise, reverberation, speed, "
+        "telephone channel) of each training recording, trained on but never validated "
+        "[default: 2 for language, 0 for emotion]; --no-augment makes none.")] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 30,
     batch_size: Annotated[int, typer.Option(help="Crops per gradient step.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
@@ -150,11 +154,13 @@ def train(
         if architecture == "head":
             from annotate.training.heads import train_on_corpora
 
-            if search < 0 or folds < 2:
-                raise UsageError(f"--search must be >= 0 and --folds >= 2, got {search}, {folds}")
+            if search < 0 or folds < 2 or (copies is not None and copies < 0):
+                raise UsageError(f"--search and --copies must be >= 0 and --folds >= 2, "
+                                 f"got {search}, {copies}, {folds}")
             spec = train_on_corpora(
                 task, corpora, output, backbone=backbone, trials=search, n_folds=folds,
                 seed=seed, window_s=segment_s, cache_dir=cache_dir, jobs=jobs,
+                copies=0 if no_augment else copies,
                 languages=[c.strip() for c in languages.split(",") if c.strip()]
                 if languages else None, overwrite=overwrite, report=_say)
             v = spec.metrics["validation"]

@@ -34,6 +34,7 @@ from annotate.errors import UsageError
 from annotate.modelling.backbone_folder import BackboneSpec
 from annotate.modelling.model_folder import BackboneInput, ModelSpec, write_model_folder
 from annotate.modelling.networks import build_head
+from annotate.training.copies import COPY_OF
 
 Report = Callable[[str], None]
 
@@ -62,6 +63,25 @@ class EncodedRecordings:
     meta: pd.DataFrame
     states: list[np.ndarray]
     durations: list[np.ndarray]
+
+    def subset(self, keep: np.ndarray) -> EncodedRecordings:
+        """The recordings where ``keep`` is true."""
+        return EncodedRecordings(self.meta[keep].reset_index(drop=True),
+                                 [s for s, k in zip(self.states, keep) if k],
+                                 [d for d, k in zip(self.durations, keep) if k])
+
+    def split_copies(self) -> tuple[EncodedRecordings, EncodedRecordings, np.ndarray]:
+        """Originals, augmented copies (:mod:`annotate.training.copies`), and each copy's original.
+
+        Copies whose original is not among the recordings are dropped.
+        """
+        copy_of = (self.meta[COPY_OF].fillna("").astype(str).to_numpy() if COPY_OF in self.meta
+                   else np.full(len(self.meta), "", dtype=object))
+        originals = self.subset(copy_of == "")
+        index = {path: i for i, path in enumerate(originals.meta["path"])}
+        keep = np.array([c != "" and c in index for c in copy_of], dtype=bool)
+        copies = self.subset(keep)
+        return originals, copies, np.array([index[c] for c in copy_of[keep]], dtype=np.int64)
 
     def segments(self, layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every speech segment's head input, its recording and its duration."""
@@ -105,11 +125,16 @@ def encode_items(items: pd.DataFrame, backbone: BackboneSpec, backend: str,
         runner = Backbone(backbone, layers, backend, params.n_frames).load()
         cache.mkdir(parents=True, exist_ok=True)
         by_path = {p: i for i, p in zip(todo, items["path"].iloc[todo])}
+        # One call for many recordings, so that every lane of the encoder has work.
+        bounds_of = [b[s] for b, s in zip(recordings.bounds, recordings.speech)]
+        samples = np.rint(np.concatenate([b[:, 1] - b[:, 0] for b in bounds_of] or [[]])
+                          * params.sampling_rate).astype(np.int64)
+        frames = np.minimum(params.frames_of(samples), params.n_frames)
+        every = runner.pooled(list(recordings.features), frames)
+        ends = np.cumsum([len(b) for b in bounds_of])
         for r, path in enumerate(recordings.meta["path"]):
-            bounds = recordings.bounds[r][recordings.speech[r]]
-            samples = np.rint((bounds[:, 1] - bounds[:, 0]) * params.sampling_rate)
-            frames = np.minimum(params.frames_of(samples.astype(np.int64)), params.n_frames)
-            states = runner.pooled([recordings.features[r]], frames)
+            bounds = bounds_of[r]
+            states = every[ends[r] - len(bounds) : ends[r]]
             target = cache / f"{keys[by_path[path]]}.npz"
             tmp = target.with_suffix(f".{os.getpid()}.tmp.npz")
             np.savez(tmp, states=states.astype(np.float32),
@@ -211,19 +236,54 @@ def corpus_codes(data: EncodedRecordings) -> np.ndarray:
     return pd.factorize(data.meta["corpus"].astype(str))[0].astype(np.int64)
 
 
+@dataclass
+class Copies:
+    """Augmented copies that train beside the originals (never validated).
+
+    Attributes:
+        data: The copies' encoded recordings.
+        original: Per copy, the index of its original recording.
+    """
+
+    data: EncodedRecordings
+    original: np.ndarray
+
+    def segments(self, layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every copy's segments, each owned by the copy's original recording."""
+        x, owner, durations = self.data.segments(layers)
+        return x, self.original[owner], durations
+
+
+def training_rows(data: EncodedRecordings, copies: Copies | None, layers: tuple[int, ...]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Segments of originals then copies: features, owning original, duration, is-a-copy."""
+    x, owner, durations = data.segments(layers)
+    if copies is None or not len(copies.original):
+        return x, owner, durations, np.zeros(len(x), bool)
+    xc, oc, dc = copies.segments(layers)
+    return (np.concatenate([x, xc]), np.concatenate([owner, oc]),
+            np.concatenate([durations, dc]),
+            np.concatenate([np.zeros(len(x), bool), np.ones(len(xc), bool)]))
+
+
 def out_of_fold_logits(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int, settings: dict,
-                       folds: list[np.ndarray], seed: int) -> np.ndarray:
-    """Every segment's logits from the head trained without its speaker's fold."""
-    x, owner, durations = data.segments(tuple(settings["layers"]))
+                       folds: list[np.ndarray], seed: int, copies: Copies | None = None
+                       ) -> np.ndarray:
+    """Every original segment's logits from the head trained without its speaker's fold.
+
+    A fold's head also trains on the copies of the other folds' recordings.
+    """
+    x, owner, durations, is_copy = training_rows(data, copies, tuple(settings["layers"]))
     corpus = corpus_codes(data)[owner]
-    logits = np.zeros((len(x), n_labels), np.float32)
+    logits = np.zeros((int((~is_copy).sum()), n_labels), np.float32)
     for f, validation in enumerate(folds):
         held = np.isin(owner, validation)
-        y = y_rec[owner[~held]]
-        weights = balanced_weights(y, n_labels, corpus[~held]) * durations[~held] / 3.0
-        model = fit_head(x[~held], y, weights,
-                         n_labels, settings, seed + f)
-        logits[held] = model.predict(x[held], batch_size=256, verbose=0)
+        train = ~held
+        y = y_rec[owner[train]]
+        weights = balanced_weights(y, n_labels, corpus[train]) * durations[train] / 3.0
+        model = fit_head(x[train], y, weights, n_labels, settings, seed + f)
+        scored = held & ~is_copy
+        logits[scored[: len(logits)]] = model.predict(x[scored], batch_size=256, verbose=0)
     return logits
 
 
@@ -246,7 +306,7 @@ def validation_score(true: np.ndarray, predicted: np.ndarray, corpus: np.ndarray
 
 def search_settings(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int,
                     folds: list[np.ndarray], trials: int, max_layer: int, seed: int,
-                    report: Report) -> tuple[dict, list[dict]]:
+                    report: Report, copies: Copies | None = None) -> tuple[dict, list[dict]]:
     """The settings with the best mean validation UAR over ``trials`` TPE trials."""
     choices = [c for c in LAYER_CHOICES if max(c) <= max_layer] or [(max_layer,)]
     _, owner, durations = data.segments(choices[0])
@@ -254,7 +314,7 @@ def search_settings(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int,
     corpus = corpus_codes(data)
 
     def score(settings: dict) -> float:
-        logits = out_of_fold_logits(data, y_rec, n_labels, settings, folds, seed)
+        logits = out_of_fold_logits(data, y_rec, n_labels, settings, folds, seed, copies)
         rec = _recording_probs(_softmax(logits), owner, durations, len(y_rec))
         return validation_score(y_rec, rec.argmax(axis=1), corpus, n_labels)
 
@@ -378,11 +438,9 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
     from annotate.training.metrics import expected_calibration_error
     from annotate.training.train import fit_temperature
 
-    keep = data.meta["label"].isin(labels).to_numpy()
-    if not keep.all():
-        data = EncodedRecordings(data.meta[keep].reset_index(drop=True),
-                                 [s for s, k in zip(data.states, keep) if k],
-                                 [d for d, k in zip(data.durations, keep) if k])
+    data = data.subset(data.meta["label"].isin(labels).to_numpy())
+    data, copy_data, copy_original = data.split_copies()
+    copies = Copies(copy_data, copy_original) if len(copy_original) else None
     index = {label: i for i, label in enumerate(labels)}
     y_rec = data.meta["label"].map(index).to_numpy().astype(np.int64)
     missing = [label for label in labels if label not in set(data.meta["label"])]
@@ -392,11 +450,12 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
                 + data.meta["speaker"].astype(str)).to_numpy()
     folds = speaker_folds(speakers, n_folds, seed)
     max_layer = data.states[0].shape[1] - 1
-    report(f"{task} head on {backbone.name}: {len(data.meta)} recordings, "
-           f"{len(set(speakers))} speakers, {len(folds)} speaker folds, {trials} search trials")
+    report(f"{task} head on {backbone.name}: {len(data.meta)} recordings "
+           f"(+ {len(copy_original)} augmented copies), {len(set(speakers))} speakers, "
+           f"{len(folds)} speaker folds, {trials} search trials")
     settings, history = search_settings(data, y_rec, len(labels), folds, trials, max_layer, seed,
-                                        report)
-    logits = out_of_fold_logits(data, y_rec, len(labels), settings, folds, seed)
+                                        report, copies)
+    logits = out_of_fold_logits(data, y_rec, len(labels), settings, folds, seed, copies)
     x, owner, durations = data.segments(tuple(settings["layers"]))
     temperature = fit_temperature(logits, y_rec[owner])
     rec = _recording_probs(_softmax(logits, temperature), owner, durations, len(data.meta))
@@ -420,10 +479,10 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         metrics["switch_probability"] = {"chosen": switch, "validation": switch_table}
         report(f"switch probability {switch} (segment accuracy on validation sequences: "
                f"{switch_table})")
+    x, owner, durations, _ = training_rows(data, copies, tuple(settings["layers"]))
     y = y_rec[owner]
     weights = balanced_weights(y, len(labels), corpus_codes(data)[owner]) * durations / 3.0
-    model = fit_head(x, y, weights, len(labels),
-                     settings, seed)
+    model = fit_head(x, y, weights, len(labels), settings, seed)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save(output_dir / "model.keras")
@@ -435,6 +494,7 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
             **(training_info or {}),
             "backbone": backbone.name,
             "backbone_backend": backend,
+            "augmented_copies": int(len(copy_original)),
             "settings": _jsonable(settings),
             "search": {"trials": trials, "sampler": "optuna TPE" if trials else None,
                        "objective": "per-recording UAR of each corpus on the out-of-fold "
@@ -513,6 +573,7 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
                      trials: int = 0, n_folds: int = 4, seed: int = 0,
                      languages: list[str] | None = None, window_s: float = 3.0,
                      cache_dir: Path | None = None, jobs: int | None = None,
+                     copies: int | None = None,
                      overwrite: bool = False, report: Report = print) -> ModelSpec:
     """``annotate train TASK --corpus ... --architecture head``: a head on a backbone.
 
@@ -522,7 +583,11 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
     Args:
         backbone: A bundled backbone's name or a backbone folder.
         backend: How the backbone encodes (default: as ``annotate run`` would).
+        copies: Augmented copies per training recording (default:
+            :data:`annotate.training.copies.DEFAULT_COPIES` for the task),
+            written beside the feature cache.
     """
+    from annotate.training.copies import DEFAULT_COPIES, augmented_copies
     from annotate.labels import EMOTIONS
     from annotate.modelling.backbone_folder import read_backbone_folder
     from annotate.modelling.inference import choose_backbone_backend
@@ -553,6 +618,12 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
     items = items[items["label"].notna()].reset_index(drop=True)
     if items.empty:
         raise UsageError("the corpora hold no labelled training recording")
+    copies = DEFAULT_COPIES[task] if copies is None else int(copies)
+    if copies:
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        report(f"{copies} augmented copies of each recording in {cache / 'augmented'}")
+        items = pd.concat([items, augmented_copies(items, copies, cache / "augmented", seed)],
+                          ignore_index=True)
     data = encode_items(items, spec, backend, window_s, cache_dir, jobs, report)
     present = set(data.meta["label"])
     labels = (tuple(e for e in EMOTIONS if e in present) if task == "emotion"
@@ -567,5 +638,7 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
         task, data, labels, model_languages(task, labels, data.meta, languages), spec, backend,
         output_dir, output_dir.name, trials=trials, n_folds=n_folds, seed=seed,
         training_info={"corpora": [{"name": c.name, "root": str(c.root)} for c in corpora],
-                       "recordings": int(len(data.meta))},
+                       "recordings": int((data.meta.get(COPY_OF, pd.Series(dtype=str))
+                                          .fillna("") == "").sum() if COPY_OF in data.meta
+                                         else len(data.meta))},
         smooth_language=task == "language", report=report)

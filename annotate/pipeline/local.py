@@ -25,6 +25,8 @@ from annotate.pipeline.progress import Progress
 from annotate.pipeline.result import RunResult, is_already_complete
 from annotate.pipeline.store import PartialStore, check_output_path, failures_path, read_metadata
 from annotate.pipeline.workers import (
+    Lookahead,
+    gated,
     ignore_ctrl_c,
     parallel_features,
     resolve_workers,
@@ -42,6 +44,10 @@ FLUSH_INTERVAL_S = 5.0
 #: past this they wait on disk (a 120 s chunk holds about 3 MB per feature
 #: setting), so that memory does not grow with a recording's length.
 SPILL_BUDGET_BYTES = 32 * 2**20
+#: Feature tasks (chunks of at most CHUNK_S) that may run or wait finished
+#: ahead of inference, per job, with thread workers: enough to keep the
+#: encoder fed, few enough that memory does not grow with the corpus.
+LOOKAHEAD_PER_JOB = 4
 
 
 def run(
@@ -169,14 +175,18 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
     planning_failures: list[Failure] = []
     silence_loky_cancel_race()
 
+    lookahead = Lookahead(LOOKAHEAD_PER_JOB * jobs) if workers == "threads" else None
+
     def tasks() -> Iterator:
+        ticket = 0
         for index, recording in enumerate(todo):
             planned = plan_chunks(index, recording, settings, CHUNK_S)
             if isinstance(planned, Failure):
                 planning_failures.append(planned)
                 continue
             for chunk in planned:
-                yield delayed(featurize_chunk)(chunk, settings, params)
+                yield delayed(gated)(lookahead, ticket, featurize_chunk, chunk, settings, params)
+                ticket += 1
 
     pending: list[RecordingFeatures] = []
     pending_segments = 0
@@ -214,6 +224,8 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
             # models while the workers already decode.
             annotator.load()
             for chunk_result in results:
+                if lookahead is not None:
+                    lookahead.consumed()
                 drain_planning_failures()
                 chunk_result.features, held_bytes = spill.keep(chunk_result.features, held_bytes)
                 open_recording.append(chunk_result)
@@ -243,6 +255,8 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
                 "run the same command again to resume"
             ) from error
         finally:
+            if lookahead is not None:
+                lookahead.close()
             stop_quietly(results)
             spill.close()
 

@@ -26,7 +26,12 @@ import numpy as np
 
 from annotate.errors import ModelError
 from annotate.features import FeatureParams
-from annotate.modelling.model_folder import ModelSpec, bundled_models_dir, file_sha256
+from annotate.modelling.model_folder import (
+    ModelSpec,
+    bundled_models_dir,
+    file_sha256,
+    read_spec_file,
+)
 
 SPEC_FILE = "backbone.json"
 FORMAT = "annotate-backbone/1"
@@ -136,13 +141,8 @@ def read_backbone_folder(folder: str | Path) -> BackboneSpec:
     """
     folder = Path(folder)
     path = folder / SPEC_FILE
-    if not path.is_file():
-        raise ModelError(f"{folder} is not a backbone folder: {SPEC_FILE} is missing")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+    raw = read_spec_file(path, "backbone folder")
+    if raw.get("format") != FORMAT:
         raise ModelError(f"{path}: format must be {FORMAT!r}")
     missing = [k for k in ("name", "architecture", "features", "width", "n_layers") if k not in raw]
     if missing:

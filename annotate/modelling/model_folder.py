@@ -166,6 +166,23 @@ class ModelSpec:
         }
 
 
+def read_spec_file(path: Path, kind: str) -> dict:
+    """The JSON object in a folder's description file (``model.json``, ``backbone.json``).
+
+    Raises:
+        ModelError: The file is missing, not JSON, or not an object.
+    """
+    if not path.is_file():
+        raise ModelError(f"{path.parent} is not a {kind}: {path.name} is missing")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{path} must hold a JSON object")
+    return raw
+
+
 def read_model_folder(folder: str | Path) -> ModelSpec:
     """Read and validate a model folder's ``model.json``.
 
@@ -176,14 +193,7 @@ def read_model_folder(folder: str | Path) -> ModelSpec:
     if not folder.is_dir():
         raise ModelError(f"model folder not found: {folder}")
     spec_path = folder / SPEC_FILE
-    if not spec_path.is_file():
-        raise ModelError(f"{folder} is not a model folder: {SPEC_FILE} is missing")
-    try:
-        raw = json.loads(spec_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelError(f"{spec_path} is not valid JSON: {error}") from None
-    if not isinstance(raw, dict):
-        raise ModelError(f"{spec_path} must hold a JSON object")
+    raw = read_spec_file(spec_path, "model folder")
     missing = [key for key in REQUIRED_KEYS if key not in raw]
     if missing:
         raise ModelError(f"{spec_path} lacks {', '.join(missing)}")

@@ -397,6 +397,21 @@ def fit_switch_probability(probs: np.ndarray, owner: np.ndarray, y_rec: np.ndarr
     return float(best), scores
 
 
+def calibration_rows(data: EncodedRecordings, languages: tuple[str, ...]) -> np.ndarray:
+    """The recordings a head's temperature is fitted on: those in the languages it serves.
+
+    A head for one language may train on other languages' recordings too
+    (emotion-it on EmoDB and RAVDESS beside EMOVO); its probabilities should
+    be calibrated where it will be used. A cross-lingual head (``*``), a
+    language head, or recordings without a language column: all of them.
+    """
+    every = np.ones(len(data.meta), bool)
+    if "*" in languages or "language" not in data.meta:
+        return every
+    served = data.meta["language"].isin(languages).to_numpy()
+    return served if served.any() else every
+
+
 def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     from annotate.modelling.inference import softmax
 
@@ -457,7 +472,8 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
                                         report, copies)
     logits = out_of_fold_logits(data, y_rec, len(labels), settings, folds, seed, copies)
     x, owner, durations = data.segments(tuple(settings["layers"]))
-    temperature = fit_temperature(logits, y_rec[owner])
+    served = calibration_rows(data, languages)[owner]
+    temperature = fit_temperature(logits[served], y_rec[owner][served])
     rec = _recording_probs(_softmax(logits, temperature), owner, durations, len(data.meta))
     metrics = {
         "split": f"out-of-fold over {len(folds)} speaker-disjoint folds of the training speakers",
@@ -469,6 +485,7 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         "ece": float(expected_calibration_error(rec, y_rec)),
         "segment_ece": float(expected_calibration_error(_softmax(logits, temperature),
                                                         y_rec[owner])),
+        "temperature_fitted_on": int(calibration_rows(data, languages).sum()),
     }
     report(f"validation: UAR {metrics['uar']:.3f}, accuracy {metrics['accuracy']:.3f}, "
            f"ECE {metrics['ece']:.3f}, temperature {temperature:.2f}")

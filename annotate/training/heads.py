@@ -486,6 +486,8 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         "segment_ece": float(expected_calibration_error(_softmax(logits, temperature),
                                                         y_rec[owner])),
         "temperature_fitted_on": int(calibration_rows(data, languages).sum()),
+        "ece_where_fitted": float(expected_calibration_error(
+            rec[calibration_rows(data, languages)], y_rec[calibration_rows(data, languages)])),
     }
     report(f"validation: UAR {metrics['uar']:.3f}, accuracy {metrics['accuracy']:.3f}, "
            f"ECE {metrics['ece']:.3f}, temperature {temperature:.2f}")

@@ -70,3 +70,17 @@ def test_bundled_models_are_used_by_default_from_any_directory(tmp_path):
     names = {m["name"] for m in metadata["models"]}
     assert SHIPPED <= names
     assert [b["name"] for b in metadata["backbones"]] == ["whisper-base"]
+
+
+def test_annotate_models_shows_each_heads_held_out_figures():
+    """The held-out figures recorded in model.json reach the listing, set by set."""
+    result = subprocess.run([sys.executable, "-m", "annotate", "models"], capture_output=True,
+                            text=True, env={**bundled_env(), "COLUMNS": "400"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines()
+            if line.count("│") > 3}
+    emodb = read_model_folder(resource_dir("models") / "emotion-de").metrics["heldout"]
+    figures = emodb["sets"]["emodb"]
+    assert (f"emodb: acc {figures['accuracy']:.2f}, UAR {figures['uar']:.2f}, "
+            f"ECE {figures['ece']:.2f}") in rows["emotion-de"]
+    assert "commonvoice: acc" in rows["language"] and "telephone: acc" in rows["language"]

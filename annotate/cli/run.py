@@ -173,6 +173,9 @@ def _figures(metrics: dict) -> str:
     names = {"uar": "UAR", "accuracy": "acc", "ece": "ECE"}
     flat = [f"{names[k]} {v:.2f}" for k, v in metrics.items()
             if k in names and isinstance(v, (int, float))]
-    nested = [f"{k}: " + _figures(v) for k, v in metrics.items()
-              if isinstance(v, dict) and any(n in v for n in names)]
+    nested = []
+    for key, value in metrics.items():
+        inner = _figures(value) if isinstance(value, dict) else ""
+        if inner:  # "sets" only groups the sets by name
+            nested.append(inner if key == "sets" else f"{key}: {inner}")
     return "; ".join(filter(None, [", ".join(flat), *nested]))

@@ -106,8 +106,8 @@ def _block_problem(spec: ModelSpec) -> str | None:
     try:
         batch = int(interpreter_class(model_path=str(path)).get_input_details()[0]
                     ["shape_signature"][0])
-    except (ValueError, RuntimeError, IndexError) as error:
-        return f"{spec.litert.file} does not load: {error}"
+    except (ValueError, RuntimeError, IndexError):
+        return None  # a broken export is refused when it loads (LiteRTNetwork)
     if batch not in (-1, MICRO_BATCH):
         return (f"{spec.litert.file} was exported for blocks of {batch} segments, "
                 f"and runs {MICRO_BATCH} at a time now")

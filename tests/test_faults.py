@@ -402,3 +402,33 @@ def test_unwritable_output_folders_fail_before_any_work(corpus, tmp_path, model_
         assert result.exit_code == 2
         assert says(result.output, f"the output folder {folder} is not writable")
         assert list(folder.iterdir()) == []
+
+
+def test_the_runs_last_words_wait_for_a_decoder_capture_on_descriptor_2(tmp_path, capfd):
+    """A feature thread catching a decoder's notes on descriptor 2 does not swallow them."""
+    import threading
+    import time
+
+    from annotate.audio import c_stderr
+    from annotate.cli.run import _descriptor_2_as_it_is
+
+    captured = tmp_path / "notes.txt"
+    inside = threading.Event()
+
+    def capture() -> None:
+        with c_stderr.exclusive(), open(captured, "w") as sink:
+            saved = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+            inside.set()
+            time.sleep(0.3)
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    thread = threading.Thread(target=capture)
+    thread.start()
+    inside.wait(5)
+    with _descriptor_2_as_it_is():
+        os.write(2, b"interrupted: finished recordings are kept\n")
+    thread.join()
+    assert "interrupted" in capfd.readouterr().err
+    assert "interrupted" not in captured.read_text()

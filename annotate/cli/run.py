@@ -85,12 +85,15 @@ def run(
             backend=backend, workers=workers,
         )
     except AnnotateError as error:
-        progress.stop()
-        raise fail(error) from None
+        with _descriptor_2_as_it_is():
+            progress.stop()
+            raise fail(error) from None
     except KeyboardInterrupt:
-        progress.stop()
-        console.print("[yellow]interrupted[/]: finished recordings are kept; "
-                      "run the same command again to resume")
+        with _descriptor_2_as_it_is():
+            progress.stop()
+            console.print("[yellow]interrupted[/]: finished recordings are kept; "
+                          "run the same command again to resume")
+            sys.stderr.flush()
         from annotate.cli import console as shared
 
         if shared.IN_OWN_PROCESS:
@@ -166,6 +169,19 @@ def list_models() -> None:
                       reads, _figures(spec.metrics.get("validation", spec.metrics)),
                       _figures(spec.metrics.get("heldout", {})))
     out.print(table)
+
+
+def _descriptor_2_as_it_is():
+    """Hold off feature threads that point descriptor 2 elsewhere while the run's end is told.
+
+    A run that stops leaves feature threads finishing their task; one may be
+    catching a decoder's notes for a failure row on descriptor 2, and what
+    the main thread printed then went into that capture: "interrupted" was
+    lost (and the process ends right after, before the thread restores it).
+    """
+    from annotate.audio.c_stderr import LOCK
+
+    return LOCK
 
 
 def _figures(metrics: dict) -> str:

@@ -8,7 +8,11 @@ Checks, with the bench extra installed (``pip install '.[bench]'``):
 2. encoder: the Keras encoder built from ``models/whisper-base`` against
    CTranslate2's own ``encode`` (compute type float32), on the same
    features, for a 3 s segment and a full 30 s window;
-3. export: the LiteRT export's pooled hidden states against Keras's.
+3. export: the LiteRT export's pooled hidden states against Keras's;
+4. language: the Keras encoder and decoder step
+   (``annotate.backbone.whisper_language``, decoder weights read from the
+   CTranslate2 file) against CTranslate2's ``detect_language``, the
+   probabilities of all 99 languages, for the 3 s segment and the 30 s window.
 
 ``--write-golden`` records CTranslate2's outputs and faster-whisper's
 features into ``tests/golden/whisper_base.npz``, which the test suite
@@ -79,8 +83,8 @@ def main() -> None:
     from faster_whisper.feature_extractor import FeatureExtractor
 
     work = Path(tempfile.mkdtemp(prefix="annotate-parity-"))
-    ct = ctranslate2.models.Whisper(str(ct2_folder(args.ct2, work)), compute_type="float32",
-                                    intra_threads=2)
+    ct2_dir = ct2_folder(args.ct2, work)
+    ct = ctranslate2.models.Whisper(str(ct2_dir), compute_type="float32", intra_threads=2)
     extractor = FeatureExtractor()
     spec = read_backbone_folder(args.backbone)
     keras = build_encoder(spec.load_weights())
@@ -114,6 +118,30 @@ def main() -> None:
     padded[: len(theirs)] = theirs
     full = np.abs(encode_keras(padded) - encode_ct2(padded)).max()
     print(f"  30 s window: max |difference| {full:.2e}")
+
+    print("language: Keras encoder + decoder step vs CTranslate2 detect_language (float32)")
+    from annotate.backbone.ctranslate2_file import read_ctranslate2
+    from annotate.backbone.whisper_language import (
+        LANGUAGE_CODES,
+        build_language_identifier,
+        language_weights,
+    )
+
+    variables = read_ctranslate2(ct2_dir / "model.bin").variables
+    identifier = build_language_identifier(language_weights(variables),
+                                           int(variables["decoder/num_heads"]))
+    for name, mel in (("3 s", theirs), ("30 s window", padded)):
+        states = encode_keras(mel)[None]
+        logits = np.asarray(identifier([states, np.ones(states.shape[:2], np.float32)]))[0]
+        ours_p = np.exp(logits - logits.max())
+        ours_p /= ours_p.sum()
+        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel.T[None]))
+        theirs_p = dict(ct.detect_language(view)[0])
+        want_p = np.array([theirs_p[f"<|{code}|>"] for code in LANGUAGE_CODES])
+        print(f"  {name}: max |probability difference| {np.abs(ours_p - want_p).max():.2e} "
+              f"over {len(LANGUAGE_CODES)} languages; top: ours "
+              f"{LANGUAGE_CODES[int(ours_p.argmax())]}, CTranslate2 "
+              f"{LANGUAGE_CODES[int(want_p.argmax())]}")
 
     if spec.litert is not None:
         from annotate.backbone.runtime import Backbone

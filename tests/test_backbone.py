@@ -209,3 +209,34 @@ def test_shipped_export_tracks_the_keras_encoder(shipped):
         assert rel[:4].max() < 0.05 and rel[4] < 0.4
     correlation = np.corrcoef(lite.ravel(), keras.ravel())[0, 1]
     assert correlation > 0.999
+
+
+def test_lanes_stop_when_the_caller_leaves(tmp_path, monkeypatch):
+    """A lane that fails ends the call at once, and the other lanes stop taking segments."""
+    import time
+
+    import annotate.backbone.runtime as runtime
+    import annotate.modelling.inference as inference
+
+    monkeypatch.setattr(inference, "LITERT_THREADS", 2)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    spec = create_backbone_folder(tmp_path / "bb")
+    runner = runtime.Backbone(spec, (0, 1, 2), "litert", 100).load()
+    calls = []
+
+    def broken(block, valid):
+        raise RuntimeError("the interpreter failed")
+
+    def slow(block, valid):
+        calls.append(1)
+        time.sleep(0.005)
+        return np.zeros((len(block), 3, 64), np.float32)
+
+    runner._lanes = [broken, slow]
+    stack = np.zeros((400, 100, 16), np.float32)
+    with pytest.raises(RuntimeError, match="the interpreter failed"):
+        runner.pooled([stack], np.full(400, 100))
+    time.sleep(0.05)  # a call already under way may finish
+    settled = len(calls)
+    time.sleep(0.3)
+    assert len(calls) == settled < 399  # without the stop it would go on through all 399

@@ -142,6 +142,7 @@ class Backbone:
                 for i in range(len(array)))
         taking = threading.Lock()
         taken = [0]
+        abandoned = threading.Event()  # the caller left (Ctrl-C, an error): lanes stop
 
         def lane(run) -> None:
             # Each lane takes the next block of rows until none is left.
@@ -151,7 +152,7 @@ class Backbone:
                 with taking:
                     start = taken[0]
                     count = min(batch, n - start)
-                    if count <= 0:
+                    if count <= 0 or abandoned.is_set():
                         return
                     block[:] = 0.0
                     valid[:] = 0.0
@@ -168,6 +169,10 @@ class Backbone:
             if self._pool is None or n <= batch:
                 lane(self._lanes[0])
             else:
-                for job in [self._pool.submit(lane, run) for run in self._lanes]:
-                    job.result()
+                jobs = [self._pool.submit(lane, run) for run in self._lanes]
+                try:
+                    for job in jobs:
+                        job.result()
+                finally:
+                    abandoned.set()
         return out

@@ -23,7 +23,7 @@ def test_tasks_wait_for_the_consumer_and_come_back_in_order():
             ahead.append(len(started) - consumed[0])
         return i
 
-    results = Parallel(n_jobs=2, backend="threading", return_as="generator")(
+    results = Parallel(n_jobs=2, backend="threading", return_as="generator", batch_size=1)(
         delayed(gated)(lookahead, i, work, i) for i in range(40))
     got = []
     for value in results:
@@ -37,7 +37,7 @@ def test_tasks_wait_for_the_consumer_and_come_back_in_order():
     # Without the gate the producer runs away from the same consumer.
     started.clear(), ahead.clear()
     consumed[0] = 0
-    results = Parallel(n_jobs=2, backend="threading", return_as="generator")(
+    results = Parallel(n_jobs=2, backend="threading", return_as="generator", batch_size=1)(
         delayed(gated)(None, i, work, i) for i in range(40))
     for _ in results:
         time.sleep(0.002)
@@ -90,3 +90,40 @@ def test_a_run_holds_at_most_its_lookahead(tmp_path, monkeypatch, model_args):
     annotate.run([tmp_path / "c"], tmp_path / "out.parquet", jobs=2, workers="threads",
                  **model_args)
     assert seen["running"] == 12 and seen["most"] <= 2
+
+
+def _admitted(path: str, ticket: int) -> tuple[int, int]:
+    """A task's ticket and the results consumed when it started (read in the worker)."""
+    with open(path, "rb") as state:
+        return ticket, int.from_bytes(state.read(8), "little")
+
+
+def test_worker_processes_wait_for_the_consumer_through_a_file(tmp_path):
+    from annotate.pipeline.workers import FileLookahead
+
+    lookahead = FileLookahead(tmp_path / "lookahead", 3)
+    results = Parallel(n_jobs=2, backend="loky", return_as="generator", batch_size=1)(
+        delayed(gated)(lookahead, i, _admitted, lookahead.path, i) for i in range(30))
+    seen = []
+    for ticket, consumed_at_start in results:
+        time.sleep(0.01)  # a slow consumer
+        seen.append((ticket, consumed_at_start))
+        lookahead.consumed()
+    lookahead.close()
+    assert [t for t, _ in seen] == list(range(30))
+    assert all(ticket < consumed + 3 for ticket, consumed in seen)
+    assert max(ticket - consumed for ticket, consumed in seen) == 2  # the gate was reached
+
+
+def test_a_closed_file_lookahead_releases_workers(tmp_path):
+    from annotate.pipeline.workers import FileLookahead
+
+    import pickle
+
+    lookahead = FileLookahead(tmp_path / "lookahead", 1)
+    in_worker = pickle.loads(pickle.dumps(lookahead))  # as a worker process gets it
+    assert in_worker.wait_turn(0)  # admitted at once
+    lookahead.close()
+    assert gated(in_worker, 10, lambda: "ran") is None  # released, not run
+    (tmp_path / "lookahead").unlink()  # the run finished and removed its folder
+    assert in_worker.wait_turn(10) is False

@@ -25,6 +25,7 @@ from annotate.pipeline.progress import Progress
 from annotate.pipeline.result import RunResult, is_already_complete
 from annotate.pipeline.store import PartialStore, check_output_path, failures_path, read_metadata
 from annotate.pipeline.workers import (
+    FileLookahead,
     Lookahead,
     gated,
     ignore_ctrl_c,
@@ -45,8 +46,8 @@ FLUSH_INTERVAL_S = 5.0
 #: setting), so that memory does not grow with a recording's length.
 SPILL_BUDGET_BYTES = 32 * 2**20
 #: Feature tasks (chunks of at most CHUNK_S) that may run or wait finished
-#: ahead of inference, per job, with thread workers: enough to keep the
-#: encoder fed, few enough that memory does not grow with the corpus.
+#: ahead of inference, per job: enough to keep the encoder fed, few enough
+#: that memory does not grow with the corpus.
 LOOKAHEAD_PER_JOB = 4
 
 
@@ -175,7 +176,8 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
     planning_failures: list[Failure] = []
     silence_loky_cancel_race()
 
-    lookahead = Lookahead(LOOKAHEAD_PER_JOB * jobs) if workers == "threads" else None
+    lookahead = (Lookahead(LOOKAHEAD_PER_JOB * jobs) if workers == "threads"
+                 else FileLookahead(store.folder / "lookahead", LOOKAHEAD_PER_JOB * jobs))
 
     def tasks() -> Iterator:
         ticket = 0
@@ -224,8 +226,7 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
             # models while the workers already decode.
             annotator.load()
             for chunk_result in results:
-                if lookahead is not None:
-                    lookahead.consumed()
+                lookahead.consumed()
                 drain_planning_failures()
                 chunk_result.features, held_bytes = spill.keep(chunk_result.features, held_bytes)
                 open_recording.append(chunk_result)
@@ -255,8 +256,7 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
                 "run the same command again to resume"
             ) from error
         finally:
-            if lookahead is not None:
-                lookahead.close()
+            lookahead.close()
             stop_quietly(results)
             spill.close()
 

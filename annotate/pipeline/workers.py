@@ -68,8 +68,12 @@ class Lookahead:
     memory (peak RSS 351 MiB for 30 min of audio, 510 MiB for 2 h). Task
     ``ticket`` (counted from 0 in dispatch order) starts only once fewer
     than ``limit`` tasks before it are still unconsumed. Admission follows
-    the tickets, so the task the consumer waits for is always admitted.
-    For threads only: worker processes cannot share it.
+    the tickets, so the task the consumer waits for is always admitted, as
+    long as joblib sends tasks one at a time (``batch_size=1``): a batch
+    returns when its last task is done, and that one could be waiting for
+    the first.
+    Worker processes cannot share it: :class:`FileLookahead` does the same
+    through a file.
     """
 
     def __init__(self, limit: int) -> None:
@@ -98,7 +102,71 @@ class Lookahead:
             self._condition.notify_all()
 
 
-def gated(lookahead: Lookahead | None, ticket: int, function, *args):
+class FileLookahead:
+    """:class:`Lookahead` for worker processes: the consumer's count lives in a small file.
+
+    Worker processes cannot share a condition variable, so a task polls the
+    file (every :data:`POLL_S`) until its ticket is admitted. The file holds
+    two integers, the results consumed and whether the run stopped; only the
+    main process writes it. It pickles as its path and limit.
+    """
+
+    POLL_S = 0.005
+
+    def __init__(self, path, limit: int) -> None:
+        import os
+
+        self.path = str(path)
+        self.limit = int(limit)
+        self._consumed = 0
+        self._descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._write(0, 0)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "limit": self.limit}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path, self.limit = state["path"], state["limit"]
+        self._consumed, self._descriptor = 0, None
+
+    def _write(self, consumed: int, closed: int) -> None:
+        import os
+
+        os.pwrite(self._descriptor, int(consumed).to_bytes(8, "little")
+                  + int(closed).to_bytes(8, "little"), 0)
+
+    def wait_turn(self, ticket: int) -> bool:
+        """Block until task ``ticket`` may start; False if the run stopped (or the file went)."""
+        import time
+
+        while True:
+            try:
+                with open(self.path, "rb") as state:
+                    raw = state.read(16)
+            except OSError:
+                return False
+            if len(raw) == 16:
+                consumed, closed = int.from_bytes(raw[:8], "little"), raw[8:] != bytes(8)
+                if closed:
+                    return False
+                if ticket < consumed + self.limit:
+                    return True
+            time.sleep(self.POLL_S)
+
+    def consumed(self) -> None:
+        self._consumed += 1
+        self._write(self._consumed, 0)
+
+    def close(self) -> None:
+        import os
+
+        if self._descriptor is not None:
+            self._write(self._consumed, 1)
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+def gated(lookahead: Lookahead | FileLookahead | None, ticket: int, function, *args):
     """``function(*args)`` once ``lookahead`` admits ``ticket`` (at once without one).
 
     Returns None, without calling it, if the run stopped while it waited.

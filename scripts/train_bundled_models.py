@@ -45,7 +45,7 @@ from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E40
 from annotate.modelling.inference import choose_backbone_backend  # noqa: E402
 from annotate.training import heldout  # noqa: E402
 from annotate.training.corpora import read_corpus  # noqa: E402
-from annotate.training.copies import COPY_OF, DEFAULT_COPIES, augmented_copies  # noqa: E402
+from annotate.training.copies import DEFAULT_COPIES, augmented_copies, copy_sources  # noqa: E402
 from annotate.training.heads import default_cache_dir, encode_items, train_head  # noqa: E402
 
 SEED = 20261201
@@ -108,7 +108,7 @@ def main() -> None:
                               default_cache_dir() / "augmented", SEED)
     encoded = encode_items(pd.concat([originals, copies], ignore_index=True), backbone, backend,
                            jobs=args.jobs)
-    is_copy = encoded.meta[COPY_OF].fillna("").astype(str).ne("").to_numpy()
+    is_copy = copy_sources(encoded.meta) != ""
 
     def subset(corpora: list[str], relabel_language: bool = False, labels=None):
         keep = encoded.meta["corpus"].isin(corpora).to_numpy().copy()
@@ -151,7 +151,7 @@ def main() -> None:
         folder = out / name
         if folder.exists():
             shutil.rmtree(folder)
-        counts = data.meta[data.meta[COPY_OF].fillna("").eq("")].groupby("corpus").size().to_dict()
+        counts = data.meta[copy_sources(data.meta) == ""].groupby("corpus").size().to_dict()
         spec = train_head(
             task, data, labels, languages, backbone, backend, folder, name,
             trials=args.search, n_folds=args.folds, seed=SEED,

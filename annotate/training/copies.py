@@ -34,6 +34,13 @@ COPY_OF = "copy_of"
 DEFAULT_COPIES = {"language": 2, "emotion": 0}
 
 
+def copy_sources(meta: pd.DataFrame) -> np.ndarray:
+    """Per row, the path of the recording it is a copy of, or ``""`` for an original."""
+    if COPY_OF not in meta:
+        return np.full(len(meta), "", dtype=object)
+    return meta[COPY_OF].fillna("").astype(str).to_numpy()
+
+
 def augmented_copies(items: pd.DataFrame, copies: int, folder: Path, seed: int,
                      settings: AugmentSettings = AugmentSettings(),
                      sampling_rate: int = 16000) -> pd.DataFrame:

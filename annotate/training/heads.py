@@ -34,7 +34,7 @@ from annotate.errors import UsageError
 from annotate.modelling.backbone_folder import BackboneSpec
 from annotate.modelling.model_folder import BackboneInput, ModelSpec, write_model_folder
 from annotate.modelling.networks import build_head
-from annotate.training.copies import COPY_OF
+from annotate.training.copies import copy_sources
 
 Report = Callable[[str], None]
 
@@ -75,8 +75,7 @@ class EncodedRecordings:
 
         Copies whose original is not among the recordings are dropped.
         """
-        copy_of = (self.meta[COPY_OF].fillna("").astype(str).to_numpy() if COPY_OF in self.meta
-                   else np.full(len(self.meta), "", dtype=object))
+        copy_of = copy_sources(self.meta)
         originals = self.subset(copy_of == "")
         index = {path: i for i, path in enumerate(originals.meta["path"])}
         keep = np.array([c != "" and c in index for c in copy_of], dtype=bool)
@@ -472,7 +471,8 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
                                         report, copies)
     logits = out_of_fold_logits(data, y_rec, len(labels), settings, folds, seed, copies)
     x, owner, durations = data.segments(tuple(settings["layers"]))
-    served = calibration_rows(data, languages)[owner]
+    fitted = calibration_rows(data, languages)
+    served = fitted[owner]
     temperature = fit_temperature(logits[served], y_rec[owner][served])
     rec = _recording_probs(_softmax(logits, temperature), owner, durations, len(data.meta))
     metrics = {
@@ -485,9 +485,8 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         "ece": float(expected_calibration_error(rec, y_rec)),
         "segment_ece": float(expected_calibration_error(_softmax(logits, temperature),
                                                         y_rec[owner])),
-        "temperature_fitted_on": int(calibration_rows(data, languages).sum()),
-        "ece_where_fitted": float(expected_calibration_error(
-            rec[calibration_rows(data, languages)], y_rec[calibration_rows(data, languages)])),
+        "temperature_fitted_on": int(fitted.sum()),
+        "ece_where_fitted": float(expected_calibration_error(rec[fitted], y_rec[fitted])),
     }
     report(f"validation: UAR {metrics['uar']:.3f}, accuracy {metrics['accuracy']:.3f}, "
            f"ECE {metrics['ece']:.3f}, temperature {temperature:.2f}")
@@ -657,7 +656,5 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
         task, data, labels, model_languages(task, labels, data.meta, languages), spec, backend,
         output_dir, output_dir.name, trials=trials, n_folds=n_folds, seed=seed,
         training_info={"corpora": [{"name": c.name, "root": str(c.root)} for c in corpora],
-                       "recordings": int((data.meta.get(COPY_OF, pd.Series(dtype=str))
-                                          .fillna("") == "").sum() if COPY_OF in data.meta
-                                         else len(data.meta))},
+                       "recordings": int((copy_sources(data.meta) == "").sum())},
         smooth_language=task == "language", report=report)

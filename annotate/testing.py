@@ -203,13 +203,56 @@ def tiny_encoder_weights(n_mels: int = 16, width: int = 32, n_layers: int = 2, n
     return weights
 
 
+def tiny_decoder_weights(width: int = 32, n_layers: int = 2, n_heads: int = 2,
+                         seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float16 decoder variables with CTranslate2's names and shapes.
+
+    The vocabulary stops a little after Whisper's language tokens.
+    """
+    from annotate.backbone.whisper_language import FIRST_LANGUAGE_TOKEN, LANGUAGE_CODES
+
+    rng = np.random.default_rng(seed)
+
+    def r(*shape, scale=0.3):
+        return (scale * rng.standard_normal(shape)).astype(np.float16)
+
+    vocabulary = FIRST_LANGUAGE_TOKEN + len(LANGUAGE_CODES) + 10
+    v = {"decoder/embeddings/weight": r(vocabulary, width),
+         "decoder/position_encodings/encodings": r(448, width),
+         "decoder/layer_norm/gamma": 1 + r(width), "decoder/layer_norm/beta": r(width),
+         "decoder/num_heads": np.int32(n_heads)}
+    for i in range(n_layers):
+        p = f"decoder/layer_{i}"
+        for norm in ("self_attention", "attention", "ffn"):
+            v[f"{p}/{norm}/layer_norm/gamma"] = 1 + r(width)
+            v[f"{p}/{norm}/layer_norm/beta"] = r(width)
+        for name, rows, cols in (("self_attention/linear_0", 3 * width, width),
+                                 ("self_attention/linear_1", width, width),
+                                 ("attention/linear_0", width, width),
+                                 ("attention/linear_1", 2 * width, width),
+                                 ("attention/linear_2", width, width),
+                                 ("ffn/linear_0", 4 * width, width),
+                                 ("ffn/linear_1", width, 4 * width)):
+            v[f"{p}/{name}/weight"] = r(rows, cols)
+            v[f"{p}/{name}/bias"] = r(rows, scale=0.1)
+    return v
+
+
 def create_backbone_folder(folder: str | Path, n_layers: int = 2, width: int = 32,
-                           litert: bool = True, quantize: bool = False, seed: int = 0):
-    """Write a backbone folder holding a tiny random Whisper-shaped encoder (and its export)."""
+                           litert: bool = True, quantize: bool = False, seed: int = 0,
+                           language: bool = False, litert_blocks: int | None = None):
+    """Write a backbone folder holding a tiny random Whisper-shaped encoder (and its exports).
+
+    Args:
+        language: Add decoder weights and Whisper's language identification
+            (``language.tflite`` when ``litert``).
+        litert_blocks: Blocks in ``model.tflite`` (default: all).
+    """
     from annotate.modelling.backbone_folder import (
         WEIGHTS_FILE,
         BackboneExport,
         BackboneSpec,
+        LanguageExport,
         save_weights,
         write_backbone_folder,
     )
@@ -219,17 +262,24 @@ def create_backbone_folder(folder: str | Path, n_layers: int = 2, width: int = 3
     folder.mkdir(parents=True, exist_ok=True)
     features = TINY_BACKBONE_FEATURES
     weights = tiny_encoder_weights(features.n_mels, width, n_layers, seed=seed)
-    save_weights(weights, folder / WEIGHTS_FILE)
-    export = None
+    decoder = tiny_decoder_weights(width, n_layers, seed=seed + 1) if language else {}
+    save_weights(weights | decoder, folder / WEIGHTS_FILE)
+    sha = file_sha256(folder / WEIGHTS_FILE)
+    blocks = litert_blocks or n_layers
+    export = language_export = None
     if litert:
-        from annotate.backbone.export import BATCH, convert_encoder
+        from annotate.backbone.export import BATCH, convert_encoder, convert_language_path
 
-        blob = convert_encoder(weights, n_layers, features.n_mels, quantize=quantize)
+        blob = convert_encoder(weights, blocks, features.n_mels, quantize=quantize)
         (folder / "model.tflite").write_bytes(blob)
-        export = BackboneExport("model.tflite", file_sha256(folder / WEIGHTS_FILE), n_layers,
+        export = BackboneExport("model.tflite", sha, blocks,
                                 "dynamic-range-int8" if quantize else "float32", BATCH)
+        if language:
+            blob = convert_language_path(weights, decoder, blocks)
+            (folder / "language.tflite").write_bytes(blob)
+            language_export = LanguageExport("language.tflite", sha, "float32")
     spec = BackboneSpec(folder, folder.name, "whisper-encoder", features, width, n_layers,
-                        {"model": "random weights for tests"}, export)
+                        {"model": "random weights for tests"}, export, language_export)
     write_backbone_folder(spec, f"# {spec.name}\n\nRandom weights for tests.\n", "none\n")
     return spec
 

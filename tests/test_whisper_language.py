@@ -13,37 +13,13 @@ from annotate.backbone.whisper_language import (
     build_language_identifier,
     language_weights,
 )
+from annotate.testing import tiny_decoder_weights
 
 WIDTH, HEADS, LAYERS = 16, 2, 2
 
 
 def tiny_decoder(seed: int = 0) -> dict[str, np.ndarray]:
-    """Decoder variables with CTranslate2's names and shapes (a vocabulary up to the languages)."""
-    rng = np.random.default_rng(seed)
-
-    def r(*shape, scale=0.3):
-        return (scale * rng.standard_normal(shape)).astype(np.float16)
-
-    vocabulary = FIRST_LANGUAGE_TOKEN + len(LANGUAGE_CODES) + 10
-    v = {"decoder/embeddings/weight": r(vocabulary, WIDTH),
-         "decoder/position_encodings/encodings": r(448, WIDTH),
-         "decoder/layer_norm/gamma": 1 + r(WIDTH), "decoder/layer_norm/beta": r(WIDTH),
-         "decoder/num_heads": np.int32(HEADS)}
-    for i in range(LAYERS):
-        p = f"decoder/layer_{i}"
-        for norm in ("self_attention", "attention", "ffn"):
-            v[f"{p}/{norm}/layer_norm/gamma"] = 1 + r(WIDTH)
-            v[f"{p}/{norm}/layer_norm/beta"] = r(WIDTH)
-        for name, rows, cols in (("self_attention/linear_0", 3 * WIDTH, WIDTH),
-                                 ("self_attention/linear_1", WIDTH, WIDTH),
-                                 ("attention/linear_0", WIDTH, WIDTH),
-                                 ("attention/linear_1", 2 * WIDTH, WIDTH),
-                                 ("attention/linear_2", WIDTH, WIDTH),
-                                 ("ffn/linear_0", 4 * WIDTH, WIDTH),
-                                 ("ffn/linear_1", WIDTH, 4 * WIDTH)):
-            v[f"{p}/{name}/weight"] = r(rows, cols)
-            v[f"{p}/{name}/bias"] = r(rows, scale=0.1)
-    return v
+    return tiny_decoder_weights(WIDTH, LAYERS, HEADS, seed)
 
 
 def reference_logits(v: dict, states: np.ndarray) -> np.ndarray:

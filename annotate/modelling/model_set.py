@@ -19,6 +19,11 @@ from annotate.modelling.model_folder import (
 )
 
 ANY_LANGUAGE = "*"
+#: Where the language probabilities come from (``annotate run --language-id``):
+#: ``head``, the language model; ``whisper``, the backbone's own language
+#: identification (any of Whisper's 99 codes); ``auto``, the head when it
+#: knows every candidate, else Whisper.
+LANGUAGE_IDS = ("auto", "head", "whisper")
 #: The longest input of a Whisper encoder (its 1500 positions).
 MAX_BACKBONE_SEGMENT_S = 30.0
 
@@ -99,6 +104,54 @@ class ModelSet:
                              if spec.backbone is not None and spec.backbone.name == name
                              for layer in spec.backbone.layers}))
 
+    @property
+    def whisper_language(self) -> BackboneSpec | None:
+        """The language model's backbone, if it records Whisper's language identification."""
+        if self.language.backbone is None:
+            return None
+        spec = self.backbones[self.language.backbone.name]
+        return spec if spec.language is not None else None
+
+    def choose_language_id(self, languages: Sequence[str] | None,
+                           requested: str = "auto") -> tuple[str, tuple[str, ...]]:
+        """Where the run's language probabilities come from, and its candidates.
+
+        Args:
+            languages: The candidates asked for (None: the language model's labels).
+            requested: One of :data:`LANGUAGE_IDS`.
+
+        Returns:
+            ``("head" or "whisper", candidates)``.
+
+        Raises:
+            UsageError: An unknown choice or code, or codes neither source knows.
+        """
+        from annotate.labels import WHISPER_LANGUAGES
+        from annotate.errors import expected_one_of
+
+        if requested not in LANGUAGE_IDS:
+            raise UsageError(expected_one_of("language identification", requested, LANGUAGE_IDS))
+        head = self.language.labels
+        candidates = tuple(dict.fromkeys(languages)) if languages else head
+        unknown = [code for code in candidates if code not in head]
+        if requested == "head" or (requested == "auto" and not unknown):
+            if unknown:
+                raise UsageError(expected_one_of("language", unknown[0], head))
+            return "head", candidates
+        if self.whisper_language is None:
+            why = (f"the language model {self.language.folder} reads no backbone with "
+                   "Whisper's language identification (language.tflite)")
+            if requested == "whisper":
+                raise UsageError(f"--language-id whisper: {why}")
+            raise UsageError(expected_one_of("language", unknown[0], head) + f"; {why}")
+        for code in candidates:
+            if code not in WHISPER_LANGUAGES:
+                raise UsageError(f"bad language {code!r}: neither the language model "
+                                 f"[{', '.join(sorted(head))}] nor Whisper "
+                                 f"({len(WHISPER_LANGUAGES)} codes: {', '.join(WHISPER_LANGUAGES)}) "
+                                 "knows it")
+        return "whisper", candidates
+
     def with_window(self, window_s: float) -> ModelSet:
         """The same models, with backbone heads fed segments of up to ``window_s`` seconds.
 
@@ -149,22 +202,35 @@ class ModelSet:
 
         return tuple(choose_backend(spec, requested) for spec in self.specs)
 
-    def choose_backbone_backends(self, requested: str | None = None) -> dict[str, str]:
+    def choose_backbone_backends(self, requested: str | None = None,
+                                 language_id: str = "head") -> dict[str, str]:
         """The backend running each backbone: LiteRT where its export covers the layers read.
 
         Args:
             requested: As for :meth:`choose_backends`.
+            language_id: ``"whisper"``: the language model's backbone also
+                runs Whisper's language identification.
 
         Raises:
             ModelError: LiteRT was asked for but cannot run a backbone.
         """
         from annotate.modelling.inference import choose_backbone_backend
 
-        return {name: choose_backbone_backend(spec, self.backbone_layers(name), requested)
+        return {name: choose_backbone_backend(spec, self.backbone_layers(name), requested,
+                                              language=self.identifies_language(name, language_id))
                 for name, spec in self.backbones.items()}
 
-    def describe_backbones(self, backends: dict[str, str]) -> list[dict]:
-        """Name, folder, content hash, layers read and backend of each backbone."""
+    def identifies_language(self, backbone: str, language_id: str) -> bool:
+        """Whether backbone ``backbone`` runs Whisper's language identification."""
+        return (language_id == "whisper" and self.language.backbone is not None
+                and self.language.backbone.name == backbone)
+
+    def describe_backbones(self, backends: dict[str, str], language_id: str = "head") -> list[dict]:
+        """Name, folder, content hash, layers read and backend of each backbone.
+
+        A backbone running Whisper's language identification also has its
+        ``language`` record (file, temperature).
+        """
         return [
             {
                 "name": name,
@@ -172,6 +238,8 @@ class ModelSet:
                 "hash": folder_hash(spec.folder),
                 "layers": list(self.backbone_layers(name)),
                 "backend": backends[name],
+                **({"language": spec.language.to_json()}
+                   if self.identifies_language(name, language_id) else {}),
             }
             for name, spec in self.backbones.items()
         ]

@@ -2,7 +2,10 @@
 
 The language of a recording is the duration-weighted mean of its speech
 segments' language probabilities (or the one language given by the user);
-it picks the emotion model for every segment of that recording.
+it picks the emotion model for every segment of that recording. The
+segments' language probabilities come from the language model (a head on
+the backbone), or from Whisper's own language identification when the
+candidates go beyond the head's languages (:meth:`ModelSet.choose_language_id`).
 """
 
 from __future__ import annotations
@@ -74,22 +77,38 @@ class Annotator:
             :meth:`ModelSet.choose_backends` under ``$ANNOTATE_BACKEND``).
         backbone_backends: The backend of each backbone by name (default:
             :meth:`ModelSet.choose_backbone_backends` under ``$ANNOTATE_BACKEND``).
+        language_id: ``"head"`` (the language model) or ``"whisper"`` (the
+            backbone's language identification: any of Whisper's codes).
 
     Heads on a backbone share its pass: each speech segment is encoded once
     per annotate call, and every head reads its pooled hidden states.
+    Whisper's language identification continues the same pass.
+
+    The table has a ``lang_<code>`` column for each of the language model's
+    labels (null for those that are not candidates), or, with Whisper, for
+    each candidate.
     """
 
     def __init__(self, models: ModelSet, languages: tuple[str, ...] | None = None,
                  backends: Sequence[str] | None = None,
-                 backbone_backends: dict[str, str] | None = None) -> None:
+                 backbone_backends: dict[str, str] | None = None,
+                 language_id: str = "head") -> None:
         self.models = models
+        self.language_id = language_id
         self.backends = tuple(backends) if backends else models.choose_backends()
         self.backbone_backends = (dict(backbone_backends) if backbone_backends is not None
-                                  else models.choose_backbone_backends())
+                                  else models.choose_backbone_backends(language_id=language_id))
         self._backend_of = {id(s): b for s, b in zip(models.specs, self.backends, strict=True)}
         self._backbones: dict[str, Backbone] = {}
-        self.all_languages = models.language.labels
-        self.languages = tuple(languages) if languages else self.all_languages
+        self.languages = tuple(languages) if languages else models.language.labels
+        self._whisper_tokens = None
+        if language_id == "whisper":
+            from annotate.labels import WHISPER_LANGUAGES
+
+            self.all_languages = self.languages
+            self._whisper_tokens = np.array([WHISPER_LANGUAGES.index(c) for c in self.languages])
+        else:
+            self.all_languages = models.language.labels
         self.candidates = np.array([code in self.languages for code in self.all_languages])
         self.schema = segments_schema(self.all_languages)
         self._classifiers: dict[int, Classifier] = {}
@@ -107,7 +126,8 @@ class Annotator:
                           if s.backbone is not None and s.backbone.name == name)
             self._backbones[name] = Backbone(
                 self.models.backbones[name], self.models.backbone_layers(name),
-                self.backbone_backends[name], reader.features.n_frames).load()
+                self.backbone_backends[name], reader.features.n_frames,
+                language=self.models.identifies_language(name, self.language_id)).load()
         return self._backbones[name]
 
     def load(self) -> Annotator:
@@ -120,8 +140,8 @@ class Annotator:
 
     def annotate(self, recordings: list[RecordingFeatures]) -> pa.Table:
         """Label every segment of ``recordings`` (one inference call per model)."""
-        encoded = self._encode(recordings)
-        language_probs = self._language_probs(recordings, encoded)
+        encoded, whisper_logits = self._encode(recordings)
+        language_probs = self._language_probs(recordings, encoded, whisper_logits)
         routed = [self.models.emotion_for(self._recording_language(r, p))
                   for r, p in zip(recordings, language_probs)]
         emotion_probs = self._emotion_probs(recordings, routed, encoded)
@@ -134,9 +154,13 @@ class Annotator:
             schema=self.schema,
         )
 
-    def _encode(self, recordings: list[RecordingFeatures]) -> dict[str, list[np.ndarray]]:
-        """Per backbone, each recording's pooled hidden states [shape=(n_speech, layers, width)]."""
-        encoded = {}
+    def _encode(self, recordings: list[RecordingFeatures]):
+        """Per backbone, each recording's pooled hidden states [shape=(n_speech, layers, width)].
+
+        Also returns Whisper's language logits of every speech segment
+        [shape=(n_speech_total, 99)], or None when the run does not use them.
+        """
+        encoded, whisper_logits = {}, None
         for name in self.models.backbones:
             reader = next(s for s in self.models.specs
                           if s.backbone is not None and s.backbone.name == name)
@@ -144,9 +168,11 @@ class Annotator:
             stacks = [a for r in recordings for a in r.features[params]]
             frames = np.concatenate(
                 [_speech_frames(r, params) for r in recordings]) if recordings else np.zeros(0)
-            pooled = self.backbone(name).pooled(stacks, frames)
+            pooled, logits = self.backbone(name).encode(stacks, frames)
             encoded[name] = _split(pooled, [r.speech.sum() for r in recordings])
-        return encoded
+            if logits is not None:
+                whisper_logits = logits
+        return encoded, whisper_logits
 
     def _inputs(self, spec, members: list[RecordingFeatures], encoded, indices=None) -> list:
         """What ``spec``'s network reads for the speech segments of ``members``."""
@@ -158,13 +184,20 @@ class Annotator:
         chosen = per_recording if indices is None else [per_recording[i] for i in indices]
         return [a[:, keep].reshape(len(a), spec.backbone.input_size) for a in chosen]
 
-    def _language_probs(self, recordings: list[RecordingFeatures], encoded) -> list[np.ndarray]:
+    def _language_probs(self, recordings: list[RecordingFeatures], encoded,
+                        whisper_logits: np.ndarray | None) -> list[np.ndarray]:
         spec = self.models.language
-        logits = self.classifier(spec).logits(
-            self._inputs(spec, recordings, encoded)).astype(np.float64)
+        if self._whisper_tokens is not None:
+            # Whisper's scores of the candidates' tokens, renormalised over them.
+            logits = whisper_logits[:, self._whisper_tokens].astype(np.float64)
+            temperature = self.models.whisper_language.language.temperature
+        else:
+            logits = self.classifier(spec).logits(
+                self._inputs(spec, recordings, encoded)).astype(np.float64)
+            temperature = spec.temperature
         # Excluded languages get no probability: a softmax over the candidates.
         logits[:, ~self.candidates] = -np.inf
-        probs = softmax(logits, spec.temperature) if len(logits) else logits
+        probs = softmax(logits, temperature) if len(logits) else logits
         per_recording = _split(probs, [r.speech.sum() for r in recordings])
         if spec.switch_probability is None or len(self.languages) == 1:
             return per_recording

@@ -70,6 +70,7 @@ class ShardTask:
     parts_url: str
     fingerprint: str
     version: str = __version__
+    language_id: str = "head"
 
 
 @dataclass(frozen=True)
@@ -149,15 +150,16 @@ _annotators_lock = threading.Lock()
 
 
 def worker_annotator(models: ModelPayload, languages: tuple[str, ...] | None,
-                     window_s: float = 3.0) -> Annotator:
+                     window_s: float = 3.0, language_id: str = "head") -> Annotator:
     """The loaded annotator of this worker process for these models (loaded once)."""
-    key = (models.key, languages, window_s)
+    key = (models.key, languages, window_s, language_id)
     with _annotators_lock:
         if key not in _annotators:
             root = _worker_directory() / "annotate-models"
             root.mkdir(parents=True, exist_ok=True)
             _annotators[key] = Annotator(models.materialise(root).with_window(window_s),
-                                         languages, models.backends).load()
+                                         languages, models.backends,
+                                         language_id=language_id).load()
         return _annotators[key]
 
 
@@ -184,7 +186,8 @@ def annotate_shard(task: ShardTask, models: ModelPayload) -> ShardResult:
     if task.version != __version__:
         raise StateError(f"a Dask worker runs annotate {__version__}, the driver {task.version}; "
                          "install the same version on every worker")
-    annotator = worker_annotator(models, task.languages, task.settings.window_s)
+    annotator = worker_annotator(models, task.languages, task.settings.window_s,
+                                 task.language_id)
     params = annotator.models.feature_params
     result = ShardResult(task.shard.id)
     tables: list[pa.Table] = []
@@ -234,6 +237,7 @@ def run_on_cluster(
     languages: tuple[str, ...] | None,
     metadata: dict,
     address: str,
+    language_id: str = "head",
     shard_size: int = 32,
     batch_size: int = 256,
     overwrite: bool = False,
@@ -252,6 +256,7 @@ def run_on_cluster(
         models: The run's models (their folders are sent to the workers).
         settings: How recordings are cut.
         languages: Candidate languages.
+        language_id: ``"head"`` or ``"whisper"`` (:meth:`ModelSet.choose_language_id`).
         metadata: The run's metadata, with its ``fingerprint``.
         address: The Dask scheduler (``tcp://host:8786``).
         shard_size: Recordings per task.
@@ -292,7 +297,8 @@ def run_on_cluster(
     recordings = [Recording(r.key, os.path.abspath(r.source)) for r in recordings]
     result.recordings = len(recordings)
     shards = make_shards(recordings, shard_size, fingerprint)
-    schema = segments_schema(models.language.labels)
+    schema = segments_schema(
+        (languages or models.language.labels) if language_id == "whisper" else models.language.labels)
     with _connect(Client, address) as client, ShardStore(fs, path, fingerprint, overwrite) as store:
         finished = store.finished(shards)
         for name in store.discarded_parts:
@@ -303,7 +309,8 @@ def run_on_cluster(
         if todo:
             payload = ModelPayload.from_models(models, metadata["models"])
             tasks = [ShardTask(shard, settings, float(metadata["settings"]["chunk_s"]),
-                               languages, batch_size, store.parts_url, fingerprint)
+                               languages, batch_size, store.parts_url, fingerprint,
+                               language_id=language_id)
                      for shard in todo]
             for shard_result in _run_tasks(client, as_completed, tasks, payload, progress):
                 store.check_part(shard_result.shard_id)

@@ -17,7 +17,7 @@ from typing import Iterator
 from annotate._version import __version__
 from annotate.audio.discover import Failure, discover
 from annotate.audio.spill import SpillFolder
-from annotate.errors import AnnotateError, UsageError, expected_one_of
+from annotate.errors import AnnotateError, UsageError
 from annotate.modelling.model_set import ModelSet
 from annotate.pipeline.annotator import Annotator, RecordingFeatures, assemble_recording
 from annotate.pipeline.featurize import ChunkResult, SegmentSettings, featurize_chunk, plan_chunks
@@ -58,6 +58,7 @@ def run(
     language_model: str | Path | None = None,
     emotion_models: dict[str, str | Path] | None = None,
     languages: list[str] | tuple[str, ...] | None = None,
+    language_id: str = "auto",
     window_s: float = 3.0,
     hop_s: float | None = None,
     jobs: int | None = None,
@@ -79,6 +80,9 @@ def run(
         language_model: A model folder replacing the bundled language model.
         emotion_models: ``{language: folder}`` replacing bundled emotion models.
         languages: Candidate languages; one language means it is known.
+        language_id: Where language probabilities come from: ``"head"``,
+            ``"whisper"`` or ``"auto"`` (the head when it knows every
+            candidate, else Whisper's language identification).
         window_s: Segment length in seconds.
         hop_s: Segment hop in seconds (default: ``window_s``).
         jobs: Parallel decoding and feature jobs (default: all cores).
@@ -117,23 +121,21 @@ def run(
     if cluster is None:  # annotate.pipeline.cluster checks the output, which may be a URL
         check_output_path(output)
     models = ModelSet.load(language_model, emotion_models).with_window(window_s)
-    if languages:
-        languages = tuple(dict.fromkeys(languages))
-        for code in languages:
-            if code not in models.language.labels:
-                raise UsageError(expected_one_of("language", code, models.language.labels))
+    language_id, candidates = models.choose_language_id(languages, language_id)
+    languages = candidates if languages else None
     settings = SegmentSettings(
         window_s=window_s, hop_s=hop_s, sampling_rate=models.feature_params[0].sampling_rate
     )
     backends = models.choose_backends(backend)
-    backbone_backends = models.choose_backbone_backends(backend)
+    backbone_backends = models.choose_backbone_backends(backend, language_id)
     described = models.describe(backends)
     metadata = {
         "version": __version__,
         "schema_version": load_schema("segments")["version"],
-        "settings": {**asdict(settings), "languages": list(languages or []), "chunk_s": CHUNK_S},
+        "settings": {**asdict(settings), "languages": list(languages or []), "chunk_s": CHUNK_S,
+                     "language_id": language_id},
         "models": described,
-        "backbones": models.describe_backbones(backbone_backends),
+        "backbones": models.describe_backbones(backbone_backends, language_id),
     }
     metadata["fingerprint"] = _fingerprint(metadata)
     if cluster is not None:
@@ -141,6 +143,7 @@ def run(
 
         return run_on_cluster(
             inputs, requested_output, models=models, settings=settings, languages=languages,
+            language_id=language_id,
             metadata=metadata, address=cluster, shard_size=shard_size, batch_size=batch_size,
             overwrite=overwrite, progress=progress)
     result = RunResult(output, failures_path(output))
@@ -153,7 +156,7 @@ def run(
 
     recordings, failures = discover(inputs)
     result.recordings = len(recordings)
-    annotator = Annotator(models, languages, backends, backbone_backends)
+    annotator = Annotator(models, languages, backends, backbone_backends, language_id)
     with PartialStore(output, metadata["fingerprint"], overwrite) as store:
         for name in store.discarded_parts:
             progress.message(f"discarded unreadable part {name}; its recordings are redone")

@@ -167,3 +167,20 @@ def test_a_stale_language_export_is_not_run_on_litert(heads, tmp_path):
     assert choose_backbone_backend(stale, (0,), "auto", language=True) == "keras"
     with pytest.raises(ModelError, match="converted from other weights"):
         Backbone(stale, (0,), "litert", 100, language=True).load()
+
+
+def test_the_command_line_takes_language_id_and_whisper_codes(corpus, heads, tmp_path):
+    from typer.testing import CliRunner
+
+    from annotate.cli import app
+
+    out = tmp_path / "cli.parquet"
+    args = ["run", str(corpus), "-o", str(out), "-q", "-j", "1",
+            "--language-model", str(heads / "language"),
+            "--emotion-model", f"*={heads / 'emotion-multi'}"]
+    done = CliRunner().invoke(app, [*args, "--languages", "en,zh"])
+    assert done.exit_code == 0, done.output
+    assert {"lang_en", "lang_zh"} <= set(table(out).columns)
+    refused = CliRunner().invoke(app, [*args, "--languages", "zh", "--language-id", "head",
+                                       "--overwrite"])
+    assert refused.exit_code == 2 and "bad language 'zh'" in refused.output

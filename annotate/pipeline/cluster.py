@@ -22,6 +22,7 @@ the ``distributed`` extra).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -85,12 +86,17 @@ class ModelPayload:
         emotion: ``(language, index into hashes)`` for each emotion route.
         backends: The backend the driver chose for each model (workers use
             the same, whatever their environment).
+        backbones: Per backbone name, its content hash and ``{relative path:
+            bytes}``: the driver's backbone folders travel too, so that a
+            worker's heads read the same encoder as the driver's (not the
+            one its own installation bundles).
     """
 
     files: dict[str, dict[str, bytes]]
     hashes: tuple[str, ...]
     emotion: tuple[tuple[str, int], ...]
     backends: tuple[str, ...]
+    backbones: tuple[tuple[str, str, dict[str, bytes]], ...] = ()
 
     @classmethod
     def from_models(cls, models: ModelSet, described: list[dict]) -> ModelPayload:
@@ -98,19 +104,19 @@ class ModelPayload:
         specs = models.specs
         hashes = tuple(entry["hash"] for entry in described)
         backends = tuple(entry["backend"] for entry in described)
-        files = {}
-        for spec, digest in zip(specs, hashes, strict=True):
-            folder = Path(spec.folder)
-            files[digest] = {p.relative_to(folder).as_posix(): p.read_bytes()
-                             for p in sorted(folder.rglob("*")) if p.is_file()}
+        files = {digest: _folder_files(Path(spec.folder))
+                 for spec, digest in zip(specs, hashes, strict=True)}
         index = {id(spec): i for i, spec in enumerate(specs)}
         emotion = tuple((code, index[id(spec)]) for code, spec in models.emotion.items())
-        return cls(files, hashes, emotion, backends)
+        backbones = tuple((name, folder_hash(spec.folder), _folder_files(Path(spec.folder)))
+                          for name, spec in models.backbones.items())
+        return cls(files, hashes, emotion, backends, backbones)
 
     @property
     def key(self) -> tuple:
         """Identifies the models, routes and backends (not the bytes, which the hashes name)."""
-        return self.hashes, self.emotion, self.backends
+        return (self.hashes, self.emotion, self.backends,
+                tuple((name, digest) for name, digest, _ in self.backbones))
 
     def materialise(self, root: Path) -> ModelSet:
         """Write each folder once under ``root/<hex>`` and read the model set back.
@@ -118,6 +124,13 @@ class ModelPayload:
         Raises:
             ModelError: A written folder does not hash to its content hash.
         """
+        if self.backbones:
+            # Heads find their backbone beside them: one folder per set of backbones.
+            together = hashlib.sha256("".join(d for _, d, _ in self.backbones).encode())
+            root = root / f"with-{together.hexdigest()[:16]}"
+            root.mkdir(parents=True, exist_ok=True)
+            for name, digest, files in self.backbones:
+                _materialise_folder(root, digest, files, name)
         folders = {digest: _materialise_folder(root, digest, files)
                    for digest, files in self.files.items()}
         # One spec per distinct model, as on the driver: the annotator groups
@@ -126,8 +139,14 @@ class ModelPayload:
         return ModelSet(specs[0], {code: specs[i] for code, i in self.emotion})
 
 
-def _materialise_folder(root: Path, digest: str, files: dict[str, bytes]) -> Path:
-    folder = root / digest.split(":", 1)[-1]
+def _folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _materialise_folder(root: Path, digest: str, files: dict[str, bytes],
+                        name: str | None = None) -> Path:
+    folder = root / (name or digest.split(":", 1)[-1])
     if not folder.is_dir():
         tmp = root / f".{folder.name}.{uuid.uuid4().hex}.tmp"
         tmp.mkdir()

@@ -68,6 +68,14 @@ class FeatureParams:
             return n_samples // self.hop_length
         return 1 + n_samples // self.hop_length
 
+    def segment_frames(self, durations_s) -> np.ndarray:
+        """Frames of segments ``durations_s`` seconds long, at most :attr:`n_frames` each.
+
+        What a backbone encodes of each segment: its real length, up to the window.
+        """
+        samples = np.rint(np.asarray(durations_s, np.float64) * self.sampling_rate)
+        return np.minimum(self.frames_of(samples.astype(np.int64)), self.n_frames)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -247,8 +247,7 @@ def network_ms_per_segment(models, results: list) -> float:
 def _speech_frames(result, params) -> np.ndarray:
     """Log-mel frames of each speech segment of a chunk result at its real length."""
     bounds = result.bounds[result.speech]
-    samples = np.rint((bounds[:, 1] - bounds[:, 0]) * params.sampling_rate).astype(np.int64)
-    return np.minimum(params.frames_of(samples), params.n_frames)
+    return params.segment_frames(bounds[:, 1] - bounds[:, 0])
 
 
 def naive(corpus: Path, model_dir: Path, budget_s: float) -> tuple[float, float]:

@@ -265,13 +265,10 @@ def check_language_export(encoder, decoder, path: Path, blocks: int, n_frames: i
         interpreter.set_tensor(inputs[2]["index"], valid[i:i + 1])
         interpreter.invoke()
         got.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    from annotate.modelling.inference import softmax
+
     got = np.concatenate(got)
     worst = float(np.abs(got - want).max() / np.abs(want).max())
-
-    def softmax(x):
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
     probability = float(np.abs(softmax(got) - softmax(want)).max())
     print(f"LiteRT language export vs Keras: largest difference {worst:.2e} of the logits' "
           f"range, {probability:.1e} in probability over the 99 languages")

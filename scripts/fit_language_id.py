@@ -51,8 +51,7 @@ def segment_logits(spec, items, jobs: int | None) -> tuple[np.ndarray, np.ndarra
         print(f"  skipped {failure.path}: {failure.message}")
     features, owner = recordings.stacked(params)
     durations = np.concatenate([recordings.speech_durations(i) for i in range(len(recordings))])
-    frames = np.minimum(params.frames_of(np.rint(durations * params.sampling_rate).astype(int)),
-                        params.n_frames)
+    frames = params.segment_frames(durations)
     backbone = Backbone(spec, (0,), "litert", params.n_frames, language=True)
     _, logits = backbone.encode([features], frames)
     return logits, recordings.meta["language"].to_numpy()[owner]

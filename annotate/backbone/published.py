@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 from importlib import resources
-
 from typing import TYPE_CHECKING
 
 import numpy as np

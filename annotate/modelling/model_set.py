@@ -8,8 +8,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
-from annotate.errors import ModelError, UsageError
+from annotate.errors import ModelError, UsageError, expected_one_of
 from annotate.features import FeatureParams
+from annotate.labels import WHISPER_LANGUAGES
 from annotate.modelling.backbone_folder import BackboneSpec, backbone_of
 from annotate.modelling.model_folder import (
     ModelSpec,
@@ -126,9 +127,6 @@ class ModelSet:
         Raises:
             UsageError: An unknown choice or code, or codes neither source knows.
         """
-        from annotate.labels import WHISPER_LANGUAGES
-        from annotate.errors import expected_one_of
-
         if requested not in LANGUAGE_IDS:
             raise UsageError(expected_one_of("language identification", requested, LANGUAGE_IDS))
         head = self.language.labels

@@ -262,8 +262,7 @@ class Annotator:
 def _speech_frames(recording: RecordingFeatures, params: FeatureParams) -> np.ndarray:
     """Log-mel frames of each speech segment at its real length."""
     bounds = recording.bounds[recording.speech]
-    samples = np.rint((bounds[:, 1] - bounds[:, 0]) * params.sampling_rate).astype(np.int64)
-    return np.minimum(params.frames_of(samples), params.n_frames)
+    return params.segment_frames(bounds[:, 1] - bounds[:, 0])
 
 
 def _split(rows: np.ndarray, counts: list[int]) -> list[np.ndarray]:

@@ -99,8 +99,16 @@ class ModelPayload:
     backbones: tuple[tuple[str, str, dict[str, bytes]], ...] = ()
 
     @classmethod
-    def from_models(cls, models: ModelSet, described: list[dict]) -> ModelPayload:
-        """Read the folders of ``models``; ``described`` is ``models.describe(backends)``."""
+    def from_models(cls, models: ModelSet, described: list[dict],
+                    described_backbones: list[dict] = ()) -> ModelPayload:
+        """Read the folders of ``models``.
+
+        Args:
+            models: The run's models.
+            described: ``models.describe(backends)``: each model's content hash.
+            described_backbones: ``models.describe_backbones(...)``: each
+                backbone's content hash (hashed here if missing).
+        """
         specs = models.specs
         hashes = tuple(entry["hash"] for entry in described)
         backends = tuple(entry["backend"] for entry in described)
@@ -108,7 +116,9 @@ class ModelPayload:
                  for spec, digest in zip(specs, hashes, strict=True)}
         index = {id(spec): i for i, spec in enumerate(specs)}
         emotion = tuple((code, index[id(spec)]) for code, spec in models.emotion.items())
-        backbones = tuple((name, folder_hash(spec.folder), _folder_files(Path(spec.folder)))
+        known = {entry["name"]: entry["hash"] for entry in described_backbones}
+        backbones = tuple((name, known.get(name) or folder_hash(spec.folder),
+                           _folder_files(Path(spec.folder)))
                           for name, spec in models.backbones.items())
         return cls(files, hashes, emotion, backends, backbones)
 
@@ -326,7 +336,8 @@ def run_on_cluster(
         result.skipped = sum(r.annotated for r in finished.values())
         progress.start(len(recordings), len(recordings) - sum(len(s.recordings) for s in todo))
         if todo:
-            payload = ModelPayload.from_models(models, metadata["models"])
+            payload = ModelPayload.from_models(models, metadata["models"],
+                                               metadata.get("backbones", []))
             tasks = [ShardTask(shard, settings, float(metadata["settings"]["chunk_s"]),
                                languages, batch_size, store.parts_url, fingerprint,
                                language_id=language_id)

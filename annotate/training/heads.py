@@ -126,9 +126,8 @@ def encode_items(items: pd.DataFrame, backbone: BackboneSpec, backend: str,
         by_path = {p: i for i, p in zip(todo, items["path"].iloc[todo])}
         # One call for many recordings, so that every lane of the encoder has work.
         bounds_of = [b[s] for b, s in zip(recordings.bounds, recordings.speech)]
-        samples = np.rint(np.concatenate([b[:, 1] - b[:, 0] for b in bounds_of] or [[]])
-                          * params.sampling_rate).astype(np.int64)
-        frames = np.minimum(params.frames_of(samples), params.n_frames)
+        frames = params.segment_frames(
+            np.concatenate([b[:, 1] - b[:, 0] for b in bounds_of] or [[]]))
         every = runner.pooled(list(recordings.features), frames)
         ends = np.cumsum([len(b) for b in bounds_of])
         for r, path in enumerate(recordings.meta["path"]):

@@ -286,8 +286,13 @@ def create_backbone_folder(folder: str | Path, n_layers: int = 2, width: int = 3
 
 def create_head_folder(folder: str | Path, task: str, labels, backbone, layers=(1, 2),
                        languages=("*",), name: str | None = None, seed: int = 0,
-                       switch_probability: float | None = None, litert: bool = True) -> ModelSpec:
-    """Write a head model folder (untrained, seeded) reading ``backbone``'s hidden states."""
+                       switch_probability: float | None = None, litert: bool = True,
+                       cascade=None) -> ModelSpec:
+    """Write a head model folder (untrained, seeded) reading ``backbone``'s hidden states.
+
+    ``cascade``: a :class:`annotate.modelling.model_folder.LanguageCascade`
+    for a language head.
+    """
     from annotate.modelling.model_folder import BackboneInput
     from annotate.modelling.networks import build_head
 
@@ -301,7 +306,8 @@ def create_head_folder(folder: str | Path, task: str, labels, backbone, layers=(
     spec = ModelSpec(folder=folder, name=name or folder.name, task=task, labels=tuple(labels),
                      languages=tuple(languages), weights="model.keras",
                      features=backbone.features, training={"data": "none: untrained"},
-                     metrics={}, backbone=source, switch_probability=switch_probability)
+                     metrics={}, backbone=source, switch_probability=switch_probability,
+                     cascade=cascade)
     card = f"# {spec.name}\n\nAn untrained head for tests. Do not use.\n"
     if litert:
         from annotate.modelling.litert_export import convert_to_litert

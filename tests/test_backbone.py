@@ -226,13 +226,13 @@ def test_lanes_stop_when_the_caller_leaves(tmp_path, monkeypatch):
     runner = runtime.Backbone(spec, (0, 1, 2), "litert", 100).load()
     calls = []
 
-    def broken(block, valid):
+    def broken(block, valid, count, wanted):
         raise RuntimeError("the interpreter failed")
 
-    def slow(block, valid):
+    def slow(block, valid, count, wanted):
         calls.append(1)
         time.sleep(0.005)
-        return np.zeros((len(block), 3, 64), np.float32), None
+        return np.zeros((len(block), 3, 64), np.float32), None, None
 
     runner._lanes = [broken, slow]
     stack = np.zeros((400, 100, 16), np.float32)

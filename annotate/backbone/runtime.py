@@ -20,13 +20,17 @@ from the folder's weights; TensorFlow imported lazily, here).
 With ``language=True`` each segment also goes on through the encoder's
 remaining blocks and Whisper's language identification (``language.tflite``
 on LiteRT), in the same lane, from the frames the first blocks gave: one
-encoder pass still feeds every head.
+encoder pass still feeds every head. A caller may ask for it only where it
+is needed (``needs_language``: the cascade, where the language head is
+unsure): the lane decides on each block's pooled states as soon as the
+encoder gives them, so no frames are kept.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -103,17 +107,22 @@ class Backbone:
             language_inputs = _inputs_by_rank(language)
             logits = language.get_output_details()[0]["index"]
 
-        def run(log_mel: np.ndarray, valid: np.ndarray):
+        def run(log_mel: np.ndarray, valid: np.ndarray, count: int, wanted):
+            # Pooled states of the block; language logits (or None) and which
+            # of its first ``count`` rows asked for them.
             encoder.set_tensor(encoder_inputs[3], log_mel)
             encoder.set_tensor(encoder_inputs[2], valid)
             encoder.invoke()
             pooled = encoder.get_tensor(outputs[2 * width])[:, keep]
             if language is None:
-                return pooled, None
+                return pooled, None, None
+            asked = wanted(pooled[:count])
+            if not asked.any():
+                return pooled, None, asked
             language.set_tensor(language_inputs[3], encoder.get_tensor(outputs[width]))
             language.set_tensor(language_inputs[2], valid)
             language.invoke()
-            return pooled, language.get_tensor(logits)
+            return pooled, language.get_tensor(logits), asked
 
         return run
 
@@ -161,9 +170,13 @@ class Backbone:
                 return pooled, tf.zeros((BATCH, 0))
             return pooled, language([frames, valid], training=False)
 
-        def run(log_mel, valid):
+        def run(log_mel, valid, count: int, wanted):
             pooled, logits = step(log_mel, valid)
-            return pooled.numpy(), None if language is None else logits.numpy()
+            pooled = pooled.numpy()
+            if language is None:
+                return pooled, None, None
+            asked = wanted(pooled[:count])
+            return pooled, logits.numpy() if asked.any() else None, asked
 
         return run
 
@@ -171,8 +184,9 @@ class Backbone:
         """Pooled hidden states of every segment (:meth:`encode` without the language)."""
         return self.encode(stacks, frames)[0]
 
-    def encode(self, stacks: list[np.ndarray],
-               frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def encode(self, stacks: list[np.ndarray], frames: np.ndarray,
+               needs_language: Callable[[np.ndarray], np.ndarray] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray | None]:
         """Pooled hidden states of every segment, and Whisper's language logits if asked for.
 
         Args:
@@ -180,11 +194,16 @@ class Backbone:
                 past each segment's end), taken in order; a stack spilled to
                 disk is read when its turn comes, one at a time.
             frames: np.ndarray [shape=(sum n_i,)]: each segment's real frame count.
+            needs_language: With ``language``, which segments need Whisper's
+                language logits, from their pooled states [shape=(k,
+                len(layers), 2 * width)] (a boolean array [shape=(k,)]); the
+                others skip the language step. Called from the lanes'
+                threads, one block at a time. None: every segment.
 
         Returns:
             Pooled states: np.ndarray [shape=(n, len(layers), 2 * width), dtype=float32];
-            language logits: np.ndarray [shape=(n, 99), dtype=float32], or
-            None without ``language``.
+            language logits: np.ndarray [shape=(n, 99), dtype=float32], NaN
+            for the segments ``needs_language`` spared, or None without ``language``.
         """
         self.load()
         n = int(sum(len(s) for s in stacks))
@@ -195,7 +214,7 @@ class Backbone:
         if self.language:
             from annotate.labels import WHISPER_LANGUAGES
 
-            logits = np.zeros((n, len(WHISPER_LANGUAGES)), np.float32)
+            logits = np.full((n, len(WHISPER_LANGUAGES)), np.nan, np.float32)
         batch, mels = self.batch, self.spec.features.n_mels
         # Rows in order, each with its place in ``out``; a stack spilled to disk
         # (annotate.audio.spill) is read when its turn comes.
@@ -203,6 +222,12 @@ class Backbone:
                 for i in range(len(array)))
         taking = threading.Lock()
         taken = [0]
+
+        def wanted(pooled: np.ndarray) -> np.ndarray:
+            if needs_language is None:
+                return np.ones(len(pooled), bool)
+            return np.asarray(needs_language(pooled), bool).reshape(len(pooled))
+
         abandoned = threading.Event()  # the caller left (Ctrl-C, an error): lanes stop
 
         def lane(run) -> None:
@@ -224,10 +249,10 @@ class Backbone:
                         block[j, :real] = array[i, :real]
                         valid[j, :real] = 1.0
                     taken[0] = start + count
-                pooled, language = run(block, valid)
+                pooled, language, asked = run(block, valid, count, wanted)
                 out[start : start + count] = pooled[:count]
-                if logits is not None:
-                    logits[start : start + count] = language[:count]
+                if language is not None:
+                    logits[start : start + count][asked] = language[:count][asked]
 
         with self._lock:
             if self._pool is None or n <= batch:

@@ -48,9 +48,11 @@ def run(
              "Codes beyond the language model's go to Whisper's language identification "
              "(any of its 99 codes, e.g. en,ja,es).")] = None,
     language_id: Annotated[str, typer.Option(
-        help="Where language probabilities come from: head (the language model), whisper "
-             "(Whisper's own language identification: slower, any of its 99 codes) or auto "
-             "(the head when it knows every candidate).")] = "auto",
+        help="Where language probabilities come from: head (the language model), cascade "
+             "(the head, fused with Whisper's language identification where the head is unsure), "
+             "whisper (Whisper's own language identification: slower, any of its 99 codes) or "
+             "auto (cascade when the head knows every candidate and records one, else head; "
+             "whisper for codes beyond the head's).")] = "auto",
     language_model: Annotated[Optional[Path], typer.Option(help="Language model folder replacing the bundled one.")] = None,
     emotion_model: Annotated[Optional[list[str]], typer.Option(
         help="LANG=DIR: an emotion model folder for recordings in LANG ('*' for all others). Repeatable.")] = None,

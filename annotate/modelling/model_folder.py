@@ -84,6 +84,39 @@ class BackboneInput:
 
 
 @dataclass(frozen=True)
+class LanguageCascade:
+    """``model.json``'s ``cascade`` entry: Whisper's language identification where a head is unsure.
+
+    A language head on a backbone with Whisper's language step
+    (``language.tflite``) sends each speech segment whose top probability
+    over the run's candidates is below ``threshold`` on through that step.
+    The segment's probabilities become the weighted product of the two
+    (a logistic fusion of their log-probabilities, the weights fitted on
+    validation speakers): ``softmax(head_weight * log p_head +
+    whisper_weight * log p_whisper)``, each renormalised over the candidates
+    first. ``scripts/fit_language_cascade.py`` fits it.
+
+    Attributes:
+        threshold: Segments whose top head probability is below it go on to Whisper.
+        head_weight: Weight of the head's log-probabilities in the fusion.
+        whisper_weight: Weight of Whisper's (with the backbone's temperature).
+        fitted_on: What the threshold and weights were chosen on.
+        validation: Figures on those recordings (free form).
+    """
+
+    threshold: float
+    head_weight: float
+    whisper_weight: float
+    fitted_on: str = ""
+    validation: dict = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict:
+        return {"threshold": self.threshold, "head_weight": self.head_weight,
+                "whisper_weight": self.whisper_weight, "fitted_on": self.fitted_on,
+                "validation": self.validation}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model folder's description (``model.json``), validated.
 
@@ -105,6 +138,9 @@ class ModelSpec:
         switch_probability: For a language model, the chance that the
             language changes between neighbouring speech segments, used to
             smooth its posteriors along a recording; None: no smoothing.
+        cascade: For a language head on a backbone with Whisper's language
+            step, when to ask that step too and how to fuse the two; None:
+            the head alone.
     """
 
     folder: Path
@@ -120,6 +156,7 @@ class ModelSpec:
     litert: LiteRTExport | None = None
     backbone: BackboneInput | None = None
     switch_probability: float | None = None
+    cascade: LanguageCascade | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -163,6 +200,7 @@ class ModelSpec:
             **({"backbone": self.backbone.to_json()} if self.backbone else {}),
             **({"switch_probability": self.switch_probability}
                if self.switch_probability is not None else {}),
+            **({"cascade": self.cascade.to_json()} if self.cascade else {}),
         }
 
 
@@ -248,7 +286,24 @@ def read_model_folder(folder: str | Path) -> ModelSpec:
         litert=litert,
         backbone=backbone,
         switch_probability=None if switch is None else float(switch),
+        cascade=_read_cascade(raw.get("cascade"), spec_path, raw["task"]),
     )
+
+
+def _read_cascade(raw, spec_path: Path, task: str) -> LanguageCascade | None:
+    if raw is None:
+        return None
+    numbers = ("threshold", "head_weight", "whisper_weight")
+    if (task != "language" or not isinstance(raw, dict)
+            or not all(isinstance(raw.get(k), (int, float)) for k in numbers)):
+        raise ModelError(f"{spec_path}: cascade must be an object with numbers "
+                         f"{', '.join(numbers)}, on a language model")
+    if not 0 <= raw["threshold"] <= 1 or raw["head_weight"] < 0 or raw["whisper_weight"] < 0:
+        raise ModelError(f"{spec_path}: cascade threshold must be in [0, 1] and its "
+                         "weights not negative")
+    return LanguageCascade(float(raw["threshold"]), float(raw["head_weight"]),
+                           float(raw["whisper_weight"]), str(raw.get("fitted_on", "")),
+                           dict(raw.get("validation") or {}))
 
 
 def _read_backbone(raw, spec_path: Path) -> BackboneInput | None:

@@ -24,7 +24,7 @@ ANY_LANGUAGE = "*"
 #: ``head``, the language model; ``whisper``, the backbone's own language
 #: identification (any of Whisper's 99 codes); ``auto``, the head when it
 #: knows every candidate, else Whisper.
-LANGUAGE_IDS = ("auto", "head", "whisper")
+LANGUAGE_IDS = ("auto", "head", "cascade", "whisper")
 #: The longest input of a Whisper encoder (its 1500 positions).
 MAX_BACKBONE_SEGMENT_S = 30.0
 
@@ -121,8 +121,15 @@ class ModelSet:
             languages: The candidates asked for (None: the language model's labels).
             requested: One of :data:`LANGUAGE_IDS`.
 
+        ``auto`` takes the language head where it knows every candidate, with
+        Whisper's language identification where the head is unsure
+        (``cascade``) when the head records how (``model.json``'s
+        ``cascade``) and its backbone has that step; Whisper's alone for
+        candidates beyond the head's. One candidate needs no identification:
+        the head, whose output is then certain.
+
         Returns:
-            ``("head" or "whisper", candidates)``.
+            ``("head", "cascade" or "whisper", candidates)``.
 
         Raises:
             UsageError: An unknown choice or code, or codes neither source knows.
@@ -132,9 +139,20 @@ class ModelSet:
         head = self.language.labels
         candidates = tuple(dict.fromkeys(languages)) if languages else head
         unknown = [code for code in candidates if code not in head]
+        if requested in ("head", "cascade") and unknown:
+            raise UsageError(expected_one_of("language", unknown[0], head)
+                             + f" (--language-id {requested} uses the language head)")
+        if requested == "cascade" and (self.language.cascade is None
+                                       or self.whisper_language is None):
+            raise UsageError(f"--language-id cascade: the language model {self.language.folder} "
+                             "records no cascade, or its backbone has no language.tflite "
+                             "(scripts/fit_language_cascade.py)")
+        if requested == "cascade":
+            return "cascade", candidates
         if requested == "head" or (requested == "auto" and not unknown):
-            if unknown:
-                raise UsageError(expected_one_of("language", unknown[0], head))
+            if (requested == "auto" and len(candidates) > 1 and self.language.cascade is not None
+                    and self.whisper_language is not None):
+                return "cascade", candidates
             return "head", candidates
         if self.whisper_language is None:
             why = (f"the language model {self.language.folder} reads no backbone with "
@@ -219,8 +237,8 @@ class ModelSet:
                 for name, spec in self.backbones.items()}
 
     def identifies_language(self, backbone: str, language_id: str) -> bool:
-        """Whether backbone ``backbone`` runs Whisper's language identification."""
-        return (language_id == "whisper" and self.language.backbone is not None
+        """Whether backbone ``backbone`` runs Whisper's language identification (or may: cascade)."""
+        return (language_id in ("whisper", "cascade") and self.language.backbone is not None
                 and self.language.backbone.name == backbone)
 
     def describe_backbones(self, backends: dict[str, str], language_id: str = "head") -> list[dict]:

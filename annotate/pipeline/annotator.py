@@ -4,12 +4,14 @@ The language of a recording is the duration-weighted mean of its speech
 segments' language probabilities (or the one language given by the user);
 it picks the emotion model for every segment of that recording. The
 segments' language probabilities come from the language model (a head on
-the backbone), or from Whisper's own language identification when the
-candidates go beyond the head's languages (:meth:`ModelSet.choose_language_id`).
+the backbone), fused with Whisper's own language identification where the
+head is unsure (the cascade), or from Whisper's alone when the candidates
+go beyond the head's languages (:meth:`ModelSet.choose_language_id`).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -18,8 +20,9 @@ import pyarrow as pa
 
 from annotate.audio.discover import Failure
 from annotate.features import FeatureParams
-from annotate.labels import EMOTIONS
+from annotate.labels import EMOTIONS, WHISPER_LANGUAGES
 from annotate.modelling.inference import Classifier, softmax
+from annotate.modelling.language_fusion import fuse_language
 from annotate.modelling.model_set import ModelSet
 from annotate.modelling.smoothing import smooth_language
 from annotate.schema import segments_schema
@@ -77,8 +80,10 @@ class Annotator:
             :meth:`ModelSet.choose_backends` under ``$ANNOTATE_BACKEND``).
         backbone_backends: The backend of each backbone by name (default:
             :meth:`ModelSet.choose_backbone_backends` under ``$ANNOTATE_BACKEND``).
-        language_id: ``"head"`` (the language model) or ``"whisper"`` (the
-            backbone's language identification: any of Whisper's codes).
+        language_id: ``"head"`` (the language model), ``"whisper"`` (the
+            backbone's language identification: any of Whisper's codes), or
+            ``"cascade"``: the head, and where it is unsure (the language
+            model's ``cascade``) the fusion of the head and Whisper's.
 
     Heads on a backbone share its pass: each speech segment is encoded once
     per annotate call, and every head reads its pooled hidden states.
@@ -101,15 +106,13 @@ class Annotator:
         self._backend_of = {id(s): b for s, b in zip(models.specs, self.backends, strict=True)}
         self._backbones: dict[str, Backbone] = {}
         self.languages = tuple(languages) if languages else models.language.labels
+        self.all_languages = self.languages if language_id == "whisper" else models.language.labels
         self._whisper_tokens = None
-        if language_id == "whisper":
-            from annotate.labels import WHISPER_LANGUAGES
-
-            self.all_languages = self.languages
-            self._whisper_tokens = np.array([WHISPER_LANGUAGES.index(c) for c in self.languages])
-        else:
-            self.all_languages = models.language.labels
+        if language_id in ("whisper", "cascade"):
+            self._whisper_tokens = np.array([WHISPER_LANGUAGES.index(c)
+                                             for c in self.all_languages])
         self.candidates = np.array([code in self.languages for code in self.all_languages])
+        self._head_lock = threading.Lock()
         self.schema = segments_schema(self.all_languages)
         self._classifiers: dict[int, Classifier] = {}
 
@@ -168,7 +171,9 @@ class Annotator:
             stacks = [a for r in recordings for a in r.features[params]]
             frames = np.concatenate(
                 [_speech_frames(r, params) for r in recordings]) if recordings else np.zeros(0)
-            pooled, logits = self.backbone(name).encode(stacks, frames)
+            unsure = (self._head_unsure if self.language_id == "cascade"
+                      and self.models.identifies_language(name, self.language_id) else None)
+            pooled, logits = self.backbone(name).encode(stacks, frames, unsure)
             encoded[name] = _split(pooled, [r.speech.sum() for r in recordings])
             if logits is not None:
                 whisper_logits = logits
@@ -178,26 +183,51 @@ class Annotator:
         """What ``spec``'s network reads for the speech segments of ``members``."""
         if spec.backbone is None:
             return [a for r in members for a in r.features[spec.features]]
-        order = self.models.backbone_layers(spec.backbone.name)
-        keep = [order.index(layer) for layer in spec.backbone.layers]
         per_recording = encoded[spec.backbone.name]
         chosen = per_recording if indices is None else [per_recording[i] for i in indices]
-        return [a[:, keep].reshape(len(a), spec.backbone.input_size) for a in chosen]
+        return [self._head_rows(spec, a) for a in chosen]
+
+    def _head_rows(self, spec, pooled: np.ndarray) -> np.ndarray:
+        """A head's input from its backbone's pooled states [shape=(n, layers run, width)]."""
+        order = self.models.backbone_layers(spec.backbone.name)
+        keep = [order.index(layer) for layer in spec.backbone.layers]
+        return pooled[:, keep].reshape(len(pooled), spec.backbone.input_size)
+
+    def _head_probs(self, logits: np.ndarray) -> np.ndarray:
+        """The language head's calibrated probabilities, renormalised over the candidates."""
+        logits = logits.astype(np.float64)
+        # Excluded languages get no probability: a softmax over the candidates.
+        logits[:, ~self.candidates] = -np.inf
+        return softmax(logits, self.models.language.temperature) if len(logits) else logits
+
+    def _whisper_probs(self, whisper_logits: np.ndarray) -> np.ndarray:
+        """Whisper's calibrated scores of the candidates' tokens, renormalised over them."""
+        logits = whisper_logits[:, self._whisper_tokens].astype(np.float64)
+        logits[:, ~self.candidates] = -np.inf
+        temperature = self.models.whisper_language.language.temperature
+        return softmax(logits, temperature) if len(logits) else logits
+
+    def _head_unsure(self, pooled: np.ndarray) -> np.ndarray:
+        """Cascade: which segments (pooled states, from a backbone lane) go on to Whisper's step."""
+        spec = self.models.language
+        with self._head_lock:  # the lanes ask from their threads; a classifier is not shared
+            logits = self.classifier(spec).logits(self._head_rows(spec, pooled))
+        return self._head_probs(logits).max(axis=1) < spec.cascade.threshold
 
     def _language_probs(self, recordings: list[RecordingFeatures], encoded,
                         whisper_logits: np.ndarray | None) -> list[np.ndarray]:
         spec = self.models.language
-        if self._whisper_tokens is not None:
-            # Whisper's scores of the candidates' tokens, renormalised over them.
-            logits = whisper_logits[:, self._whisper_tokens].astype(np.float64)
-            temperature = self.models.whisper_language.language.temperature
+        if self.language_id == "whisper":
+            probs = self._whisper_probs(whisper_logits)
         else:
-            logits = self.classifier(spec).logits(
-                self._inputs(spec, recordings, encoded)).astype(np.float64)
-            temperature = spec.temperature
-        # Excluded languages get no probability: a softmax over the candidates.
-        logits[:, ~self.candidates] = -np.inf
-        probs = softmax(logits, temperature) if len(logits) else logits
+            probs = self._head_probs(self.classifier(spec).logits(
+                self._inputs(spec, recordings, encoded)))
+        if self.language_id == "cascade" and len(probs):
+            # Where the head was unsure, the weighted product of its and Whisper's probabilities.
+            asked = ~np.isnan(whisper_logits[:, 0])
+            if asked.any():
+                probs[asked] = fuse_language(probs[asked], self._whisper_probs(
+                    whisper_logits[asked]), spec.cascade.head_weight, spec.cascade.whisper_weight)
         per_recording = _split(probs, [r.speech.sum() for r in recordings])
         if spec.switch_probability is None or len(self.languages) == 1:
             return per_recording

@@ -285,7 +285,7 @@ def run_on_cluster(
         models: The run's models (their folders are sent to the workers).
         settings: How recordings are cut.
         languages: Candidate languages.
-        language_id: ``"head"`` or ``"whisper"`` (:meth:`ModelSet.choose_language_id`).
+        language_id: ``"head"``, ``"cascade"`` or ``"whisper"`` (:meth:`ModelSet.choose_language_id`).
         metadata: The run's metadata, with its ``fingerprint``.
         address: The Dask scheduler (``tcp://host:8786``).
         shard_size: Recordings per task.

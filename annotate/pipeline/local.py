@@ -81,8 +81,11 @@ def run(
         emotion_models: ``{language: folder}`` replacing bundled emotion models.
         languages: Candidate languages; one language means it is known.
         language_id: Where language probabilities come from: ``"head"``,
-            ``"whisper"`` or ``"auto"`` (the head when it knows every
-            candidate, else Whisper's language identification).
+            ``"cascade"``, ``"whisper"`` or ``"auto"``
+            (:meth:`annotate.modelling.model_set.ModelSet.choose_language_id`:
+            the cascade where the language model records one and knows
+            every candidate, else the head; Whisper's language
+            identification for codes beyond the head's).
         window_s: Segment length in seconds.
         hop_s: Segment hop in seconds (default: ``window_s``).
         jobs: Parallel decoding and feature jobs (default: all cores).

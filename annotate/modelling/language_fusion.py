@@ -1,0 +1,126 @@
+"""The language head and Whisper's language identification together: the cascade.
+
+The head on the encoder's states is fast and sure of most segments; where it
+is unsure (its top probability below a threshold), Whisper's own language
+step, which has heard far more speakers and accents, is asked too, and the
+two are fused: ``softmax(a * log p_head + b * log p_whisper)``, a logistic
+fusion whose weights are fitted by log-likelihood on the validation
+segments the threshold sends on (so the fused probabilities are calibrated
+where they are used). The threshold trades accuracy against the cost of the
+language step: it is the lowest one within a small tolerance of the best
+validation accuracy (:func:`fit_cascade`). The settings live in the language model's
+``model.json`` (:class:`annotate.modelling.model_folder.LanguageCascade`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Thresholds the fit tries (top head probability below it: ask Whisper).
+THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+
+
+def fuse_language(head: np.ndarray, whisper: np.ndarray, head_weight: float,
+                  whisper_weight: float) -> np.ndarray:
+    """The weighted product of two language distributions, renormalised.
+
+    Args:
+        head, whisper: np.ndarray [shape=(n, k)], rows summing to 1 over the
+            candidates (0 elsewhere, in both).
+        head_weight, whisper_weight: The exponents.
+
+    Returns:
+        np.ndarray [shape=(n, k), float64]; 0 where ``head`` is 0.
+    """
+    head, whisper = np.asarray(head, np.float64), np.asarray(whisper, np.float64)
+    tiny = np.finfo(np.float64).tiny
+    scores = (head_weight * np.log(np.maximum(head, tiny))
+              + whisper_weight * np.log(np.maximum(whisper, tiny)))
+    scores[head <= 0] = -np.inf
+    scores -= scores.max(axis=1, keepdims=True)
+    out = np.exp(scores)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def fit_weights(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
+                grid: np.ndarray = np.round(np.arange(0.0, 2.51, 0.1), 2)
+                ) -> tuple[float, float]:
+    """The fusion weights with the least negative log-likelihood of ``truth`` (a grid search).
+
+    Two parameters on a fine grid: exact enough, and no optimiser to tune.
+    """
+    best, chosen = np.inf, (1.0, 0.0)
+    rows = np.arange(len(truth))
+    for a in grid:
+        for b in grid:
+            if a == 0 and b == 0:
+                continue
+            p = fuse_language(head, whisper, a, b)[rows, truth]
+            nll = -np.mean(np.log(np.maximum(p, 1e-12)))
+            if nll < best:
+                best, chosen = nll, (float(a), float(b))
+    return chosen
+
+
+@dataclass(frozen=True)
+class CascadeFit:
+    """What :func:`fit_cascade` chose, and the validation table it chose it from."""
+
+    threshold: float
+    head_weight: float
+    whisper_weight: float
+    #: One row per threshold tried: its weights, the share of segments sent
+    #: to Whisper, and the per-recording accuracy of each group (and their mean).
+    table: list[dict]
+
+
+def fit_cascade(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
+                owner: np.ndarray, durations: np.ndarray, group: np.ndarray,
+                tolerance: float = 0.002, thresholds=THRESHOLDS,
+                min_asked: int = 20) -> CascadeFit:
+    """Fusion weights and threshold on validation segments.
+
+    For each threshold, the weights are fitted on the segments it sends to
+    Whisper (those the fusion will see); the threshold chosen is the lowest
+    whose mean per-recording accuracy over the groups is within
+    ``tolerance`` of the best: the cheapest that is as good.
+
+    Args:
+        head, whisper: Calibrated probabilities of each segment [shape=(n, k)]
+            (the head's out of fold).
+        truth: Each segment's language index [shape=(n,)].
+        owner: Each segment's recording [shape=(n,)].
+        durations: Each segment's duration in seconds [shape=(n,)].
+        group: Each recording's set (corpus), by recording index: accuracy
+            is averaged per group, every group weighing the same.
+        tolerance: How far below the best accuracy the cheaper threshold may be.
+        thresholds: The thresholds tried, ascending.
+        min_asked: Fewer segments sent than this: no fusion weights are fitted
+            (the head's answer stands).
+    """
+    group = np.asarray(group)
+    n_recordings = int(owner.max()) + 1 if len(owner) else 0
+    rec_truth = np.zeros(n_recordings, np.int64)
+    rec_truth[owner] = truth
+    seen = np.zeros(n_recordings, bool)
+    seen[owner] = True
+    groups = sorted(set(group[seen]))
+    table = []
+    for threshold in thresholds:
+        asked = head.max(axis=1) < threshold
+        a, b = (fit_weights(head[asked], whisper[asked], truth[asked])
+                if asked.sum() >= min_asked else (1.0, 0.0))
+        probs = head.copy()
+        probs[asked] = fuse_language(head[asked], whisper[asked], a, b)
+        rec = np.zeros((n_recordings, head.shape[1]))
+        np.add.at(rec, owner, probs * durations[:, None])
+        right = rec.argmax(axis=1) == rec_truth
+        accuracy = {str(g): float(right[seen & (group == g)].mean()) for g in groups}
+        table.append({"threshold": float(threshold), "head_weight": a, "whisper_weight": b,
+                      "asked": float(asked.mean()),
+                      "mean_accuracy": float(np.mean(list(accuracy.values()))), **accuracy})
+    best = max(row["mean_accuracy"] for row in table)
+    chosen = next(row for row in table if row["mean_accuracy"] >= best - tolerance)
+    return CascadeFit(chosen["threshold"], chosen["head_weight"], chosen["whisper_weight"], table)

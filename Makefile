@@ -49,6 +49,7 @@ models: install
 	$(BIN)/python scripts/build_backbone.py --out models/whisper-base
 	$(BIN)/python scripts/fit_language_id.py --corpora $(CORPORA) --backbone models/whisper-base
 	$(BIN)/python scripts/train_bundled_models.py --corpora $(CORPORA) --out models --search 8
+	$(BIN)/python scripts/fit_language_cascade.py --corpora $(CORPORA) --models models
 
 # The 'bench' extra adds openSMILE + scikit-learn for the issue's ComParE + SVM anchor.
 accuracy: install

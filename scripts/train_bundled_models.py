@@ -66,6 +66,36 @@ def training_items(corpora: Path, names: list[str]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def training_recordings(corpora: Path, synthetic: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every bundled model's training recordings, and the language head's augmented copies.
+
+    The originals: the training speakers of EmoDB, EMOVO, RAVDESS and Common
+    Voice, and espeak-ng speech of Common Voice training sentences (written
+    to ``synthetic``) when espeak-ng is installed. Each column ``corpus``
+    names where a recording comes from.
+    """
+    emotion = training_items(corpora, ["emodb", "emovo", "ravdess"])
+    speech = training_items(corpora, ["commonvoice"])
+    parts = [emotion, speech]
+    if shutil.which("espeak-ng"):
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from synthetic_speech import make_synthetic_corpus
+
+        sentences = {lang: speech.loc[speech["language"] == lang, "sentence"].dropna().tolist()
+                     for lang in ("de", "en", "fr", "it")}
+        voices = make_synthetic_corpus(sentences, synthetic, SYNTHETIC_PER_LANGUAGE,
+                                       seed=SEED).items.copy()
+        voices["corpus"] = "espeak"
+        parts.append(voices)
+    else:
+        print("espeak-ng is not installed: the language head trains without synthetic speech")
+    originals = pd.concat(parts, ignore_index=True)
+    # Augmented copies train the language head only (DEFAULT_COPIES; see annotate.training.copies).
+    copies = augmented_copies(originals, DEFAULT_COPIES["language"],
+                              default_cache_dir() / "augmented", SEED)
+    return originals, copies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpora", type=Path, required=True)
@@ -87,25 +117,7 @@ def main() -> None:
     backbone = read_backbone_folder(backbone_dir)
     backend = choose_backbone_backend(backbone, tuple(range(backbone.litert.n_layers + 1)))
 
-    emotion = training_items(args.corpora, ["emodb", "emovo", "ravdess"])
-    speech = training_items(args.corpora, ["commonvoice"])
-    parts = [emotion, speech]
-    if shutil.which("espeak-ng"):
-        sys.path.insert(0, str(ROOT / "scripts"))
-        from synthetic_speech import make_synthetic_corpus
-
-        sentences = {lang: speech.loc[speech["language"] == lang, "sentence"].dropna().tolist()
-                     for lang in ("de", "en", "fr", "it")}
-        synthetic = make_synthetic_corpus(sentences, args.synthetic, SYNTHETIC_PER_LANGUAGE,
-                                          seed=SEED).items.copy()
-        synthetic["corpus"] = "espeak"
-        parts.append(synthetic)
-    else:
-        print("espeak-ng is not installed: the language head trains without synthetic speech")
-    originals = pd.concat(parts, ignore_index=True)
-    # Augmented copies train the language head only (DEFAULT_COPIES; see annotate.training.copies).
-    copies = augmented_copies(originals, DEFAULT_COPIES["language"],
-                              default_cache_dir() / "augmented", SEED)
+    originals, copies = training_recordings(args.corpora, args.synthetic)
     encoded = encode_items(pd.concat([originals, copies], ignore_index=True), backbone, backend,
                            jobs=args.jobs)
     is_copy = copy_sources(encoded.meta) != ""

@@ -264,24 +264,30 @@ def training_rows(data: EncodedRecordings, copies: Copies | None, layers: tuple[
             np.concatenate([np.zeros(len(x), bool), np.ones(len(xc), bool)]))
 
 
-def out_of_fold_logits(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int, settings: dict,
-                       folds: list[np.ndarray], seed: int, copies: Copies | None = None
-                       ) -> np.ndarray:
-    """Every original segment's logits from the head trained without its speaker's fold.
+def fold_heads(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int, settings: dict,
+               folds: list[np.ndarray], seed: int, copies: Copies | None = None):
+    """For each fold, the head trained without its recordings: yields ``(fold, model)``.
 
     A fold's head also trains on the copies of the other folds' recordings.
     """
-    x, owner, durations, is_copy = training_rows(data, copies, tuple(settings["layers"]))
+    x, owner, durations, _ = training_rows(data, copies, tuple(settings["layers"]))
     corpus = corpus_codes(data)[owner]
-    logits = np.zeros((int((~is_copy).sum()), n_labels), np.float32)
     for f, validation in enumerate(folds):
-        held = np.isin(owner, validation)
-        train = ~held
+        train = ~np.isin(owner, validation)
         y = y_rec[owner[train]]
         weights = balanced_weights(y, n_labels, corpus[train]) * durations[train] / 3.0
-        model = fit_head(x[train], y, weights, n_labels, settings, seed + f)
-        scored = held & ~is_copy
-        logits[scored[: len(logits)]] = model.predict(x[scored], batch_size=256, verbose=0)
+        yield f, fit_head(x[train], y, weights, n_labels, settings, seed + f)
+
+
+def out_of_fold_logits(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int, settings: dict,
+                       folds: list[np.ndarray], seed: int, copies: Copies | None = None
+                       ) -> np.ndarray:
+    """Every original segment's logits from the head trained without its speaker's fold."""
+    x, owner, _ = data.segments(tuple(settings["layers"]))
+    logits = np.zeros((len(x), n_labels), np.float32)
+    for f, model in fold_heads(data, y_rec, n_labels, settings, folds, seed, copies):
+        scored = np.isin(owner, folds[f])
+        logits[scored] = model.predict(x[scored], batch_size=256, verbose=0)
     return logits
 
 
@@ -551,6 +557,16 @@ def head_card(spec: ModelSpec) -> str:
     switch = (f" Its probabilities are smoothed along each recording with switch "
               f"probability {spec.switch_probability} (fitted on validation sequences)."
               if spec.switch_probability else "")
+    cascade = ""
+    if spec.cascade is not None:
+        c = spec.cascade
+        cascade = (f"\n**Cascade.** Where its top probability is below {c.threshold}, the "
+                   "segment also goes through Whisper's own language identification (the "
+                   "backbone's `language.tflite`), and its probabilities become "
+                   f"softmax({c.head_weight} log p_head + {c.whisper_weight} log p_whisper): "
+                   f"{c.validation.get('asked', float('nan')):.1%} of the validation segments. "
+                   f"Chosen on {c.fitted_on} (`scripts/fit_language_cascade.py`). "
+                   "`annotate run --language-id head` runs the head alone.\n")
     return f"""# {spec.name}
 
 {article} {spec.task} head on the `{info.get('backbone')}` backbone (its folder holds
@@ -559,7 +575,7 @@ mean and standard deviation over each speech segment of hidden states
 {list(spec.backbone.layers)} and outputs {len(spec.labels)} logits
 ({', '.join(spec.labels)}), divided by the calibration temperature
 {spec.temperature:.3f}.{switch} Serves: {', '.join(spec.languages)}.
-{cross}
+{cascade}{cross}
 ## Data
 
 {data}. Recordings per corpus: {json.dumps(info.get('recordings_per_corpus',

@@ -9,7 +9,11 @@ Every system is scored on the same held-out clips, the test speakers of
   (``annotate summarize --per-recording``), and ``new/seg`` scores every
   speech segment of the run's table on its own. Emotion is scored with the
   recording's language given (``--languages``), so that routing picks the
-  corpus' emotion model; language with all four candidates.
+  corpus' emotion model; language with all four candidates. Its language
+  is the cascade (``--language-id auto``): the head, fused with Whisper's
+  language step where the head is unsure. **head** and **Wh-ID** are the
+  same run with ``--language-id head`` and ``--language-id whisper``: each
+  source alone.
 - **Whisper**: faster-whisper's ``detect_language`` on Whisper base (the
   decoder's first step), its probabilities restricted to en/de/fr/it and
   renormalised; per clip (padded to 30 s, as it always is) and per speech
@@ -496,7 +500,7 @@ def main() -> None:
     parser.add_argument("--switching", type=int, default=40,
                         help="recordings that switch language (0: none)")
     parser.add_argument("--skip", default="",
-                        help="comma-separated: whisper, whisper-id, old, opensmile")
+                        help="comma-separated: whisper, whisper-id, head, old, opensmile")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -566,12 +570,14 @@ def main() -> None:
             systems[system][key] = score(rows, truth, "lang_")
             if system == "new":
                 systems["new/seg"][key] = score_segments(segments, truth, "lang_")
-        # The same run with Whisper's language identification instead of the head.
-        done = None if "whisper-id" in skip else run(list(truth), f"wid-{name}-lang", "new",
-                                                         None, "whisper")
-        if done is not None:
-            systems["Wh-ID"][key] = score(done[0], truth, "lang_")
-            systems["Wh-ID/seg"][key] = score_segments(done[1], truth, "lang_")
+        # The same run with the head alone, and with Whisper's language identification alone.
+        for column, language_id, tag in (("head", "head", "hd"), ("Wh-ID", "whisper", "wid")):
+            if column.lower() in skip or (column == "Wh-ID" and "whisper-id" in skip):
+                continue
+            done = run(list(truth), f"{tag}-{name}-lang", "new", None, language_id)
+            if done is not None:
+                systems[column][key] = score(done[0], truth, "lang_")
+                systems[f"{column}/seg"][key] = score_segments(done[1], truth, "lang_")
         if lid is not None and cut is not None:
             clips, whisper_segments = whisper_rows(lid, list(truth), cut)
             systems["Whisper"][key] = score(clips, truth, "lang_")
@@ -587,10 +593,12 @@ def main() -> None:
             cut = done[1] if cut is None else cut
             target = "new/seg" if system == "new" else system
             systems[target][key] = score_switching(done[1], timelines)
-        done = None if "whisper-id" in skip else run(list(timelines), "wid-switching", "new",
-                                                         None, "whisper")
-        if done is not None:
-            systems["Wh-ID/seg"][key] = score_switching(done[1], timelines)
+        for column, language_id, tag in (("head", "head", "hd"), ("Wh-ID", "whisper", "wid")):
+            if column.lower() in skip or (column == "Wh-ID" and "whisper-id" in skip):
+                continue
+            done = run(list(timelines), f"{tag}-switching", "new", None, language_id)
+            if done is not None:
+                systems[f"{column}/seg"][key] = score_switching(done[1], timelines)
         if lid is not None and cut is not None:
             _, whisper_segments = whisper_rows(lid, list(timelines), cut, clips=False)
             systems["Whisper/seg"][key] = score_switching(whisper_segments, timelines)
@@ -628,7 +636,7 @@ def main() -> None:
         for key, result in loso_results(args.models, args.corpora, started):
             systems["new"][key] = result
 
-    for system in ("new", "Wh-ID", "Whisper", "old CNN"):
+    for system in ("new", "head", "Wh-ID", "Whisper", "old CNN"):
         for task in ("language", "emotion"):
             parts = [r for k, r in systems[system].items()
                      if k.startswith(f"{task}: ") and k != "language: switching"]
@@ -662,12 +670,13 @@ def _fold(fold: dict) -> str:
     return f"{fold['speaker']} {fold['uar']:.2f}"
 
 
-#: The systems side by side: the bundled models through ``annotate run``; the
-#: same run with ``--language-id whisper`` (Wh-ID); faster-whisper's
-#: ``detect_language`` on the same segments, padded to 30 s (Whisper); the
-#: ComParE + SVM anchor; the log-mel CNNs of before the backbone.
-COLUMNS = ("new", "new/seg", "Wh-ID", "Wh-ID/seg", "Whisper", "Whisper/seg", "ComParE+SVM",
-           "old CNN")
+#: The systems side by side: the bundled models through ``annotate run`` (by
+#: default: the language cascade); the same run with ``--language-id head``
+#: (the language head alone) and ``--language-id whisper`` (Wh-ID);
+#: faster-whisper's ``detect_language`` on the same segments, padded to 30 s
+#: (Whisper); the ComParE + SVM anchor; the log-mel CNNs of before the backbone.
+COLUMNS = ("new", "new/seg", "head", "head/seg", "Wh-ID", "Wh-ID/seg", "Whisper", "Whisper/seg",
+           "ComParE+SVM", "old CNN")
 
 
 def print_tables(systems: dict[str, dict[str, dict]], notes: list[str], seconds: float) -> None:

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from conftest import write_audio
 from typer.testing import CliRunner
@@ -48,6 +50,28 @@ def test_run_then_summarize(corpus, tmp_path, model_cli_args):
     rows = pd.read_parquet(per_recording).set_index("path")
     assert rows.loc["de/a.wav", "duration_s"] == pytest.approx(4.0)
     assert rows[["lang_en", "lang_de", "lang_fr", "lang_it"]].sum(axis=1).round(6).eq(1).all()
+
+
+def test_speech_threshold_lets_quiet_speech_through(tmp_path, model_cli_args):
+    """Speech peaking near -55 dBFS (RAVDESS's quietest clips) is lost at -45, kept at -65."""
+    quiet = speech_like(3.0, seed=4)
+    frames = quiet[: len(quiet) // 400 * 400].reshape(-1, 400)
+    loudest = 20 * np.log10(np.sqrt((frames**2).mean(axis=1)).max())
+    write_audio(tmp_path / "corpus" / "quiet.wav", quiet * 10 ** ((-55 - loudest) / 20), 16000)
+    speech = {}
+    for threshold in (-45, -65):
+        out = tmp_path / f"out{-threshold}.parquet"
+        done = runner.invoke(app, ["run", str(tmp_path / "corpus"), "-o", str(out), "-j", "1",
+                                   "--speech-threshold", str(threshold), *model_cli_args])
+        assert done.exit_code == 0, done.output
+        rows = pd.read_parquet(out)
+        speech[threshold] = int(rows["speech"].sum())
+        meta = json.loads(pq.read_schema(out).metadata[b"annotate"])
+        assert meta["settings"]["vad_threshold_dbfs"] == threshold
+    assert speech == {-45: 0, -65: 1}
+    bad = runner.invoke(app, ["run", str(tmp_path / "corpus"), "-o", str(tmp_path / "x.parquet"),
+                              "--speech-threshold", "3", *model_cli_args])
+    assert bad.exit_code == 2 and "speech threshold" in bad.output
 
 
 def test_partial_failure_exit_code_is_1(corpus, tmp_path, model_cli_args):

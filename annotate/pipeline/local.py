@@ -61,6 +61,7 @@ def run(
     language_id: str = "auto",
     window_s: float = 3.0,
     hop_s: float | None = None,
+    speech_threshold_dbfs: float = -45.0,
     jobs: int | None = None,
     batch_size: int = 256,
     overwrite: bool = False,
@@ -88,6 +89,10 @@ def run(
             identification for codes beyond the head's).
         window_s: Segment length in seconds.
         hop_s: Segment hop in seconds (default: ``window_s``).
+        speech_threshold_dbfs: A segment holds speech when at least 0.15 s of
+            its 25 ms frames are louder than this (and modulated): lower it
+            for quiet recordings (RAVDESS's calm and sad clips peak at -46 to
+            -56 dBFS), raise it for noisy ones.
         jobs: Parallel decoding and feature jobs (default: all cores).
         batch_size: Segments gathered per inference round; the table does
             not depend on it.
@@ -117,6 +122,9 @@ def run(
     hop_s = window_s if hop_s is None else hop_s
     if window_s <= 0 or hop_s <= 0:
         raise UsageError(f"window and hop must be positive, got {window_s} and {hop_s}")
+    if not -120.0 <= speech_threshold_dbfs < 0.0:
+        raise UsageError(f"the speech threshold must be in [-120, 0) dBFS, got "
+                         f"{speech_threshold_dbfs}")
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     jobs = jobs or os.cpu_count() or 1
@@ -127,7 +135,8 @@ def run(
     language_id, candidates = models.choose_language_id(languages, language_id)
     languages = candidates if languages else None
     settings = SegmentSettings(
-        window_s=window_s, hop_s=hop_s, sampling_rate=models.feature_params[0].sampling_rate
+        window_s=window_s, hop_s=hop_s, sampling_rate=models.feature_params[0].sampling_rate,
+        vad_threshold_dbfs=float(speech_threshold_dbfs),
     )
     backends = models.choose_backends(backend)
     backbone_backends = models.choose_backbone_backends(backend, language_id)

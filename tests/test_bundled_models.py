@@ -87,3 +87,21 @@ def test_annotate_models_shows_each_heads_held_out_figures():
     assert (f"emodb: acc {figures['accuracy']:.2f}, UAR {figures['uar']:.2f}, "
             f"ECE {figures['ece']:.2f}") in rows["emotion-de"]
     assert "commonvoice: acc" in rows["language"] and "telephone: acc" in rows["language"]
+    cascade = read_model_folder(resource_dir("models") / "language").cascade
+    assert f"Whisper's language ID below top p {cascade.threshold}" in rows["language"]
+
+
+def test_the_bundled_language_model_runs_the_cascade_by_default(tmp_path):
+    """Its cascade was fitted on validation speakers, and a plain run uses it."""
+    from annotate.modelling.model_set import ModelSet
+
+    head = read_model_folder(resource_dir("models") / "language")
+    assert head.cascade is not None and 0 < head.cascade.threshold < 1
+    assert "training speakers" in head.cascade.fitted_on
+    table = head.cascade.validation["per_recording_accuracy"]
+    chosen = next(r for r in table if r["threshold"] == head.cascade.threshold)
+    alone = next(r for r in table if r["threshold"] == 0.0)
+    assert chosen["mean_accuracy"] > alone["mean_accuracy"]
+    models = ModelSet.load(bundled=resource_dir("models"))
+    assert models.choose_language_id(None) == ("cascade", ("de", "en", "fr", "it"))
+    assert models.choose_language_id(["de"])[0] == "head"

@@ -178,6 +178,8 @@ def list_models() -> None:
         spec = read_model_folder(path)
         reads = (f"{spec.backbone.name} states {','.join(map(str, spec.backbone.layers))}"
                  if spec.backbone else "log-mel")
+        if spec.cascade is not None:
+            reads += f"; Whisper's language ID below top p {spec.cascade.threshold}"
         table.add_row(spec.name, spec.task, ",".join(spec.languages), ",".join(spec.labels),
                       reads, _figures(spec.metrics.get("validation", spec.metrics)),
                       _figures(spec.metrics.get("heldout", {})))

@@ -45,10 +45,20 @@ from annotate.backbone.whisper_language import LANGUAGE_CODES  # noqa: E402
 from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E402
 from annotate.modelling.inference import choose_backbone_backend, softmax  # noqa: E402
 from annotate.modelling.language_fusion import fit_cascade, fuse_language  # noqa: E402
-from annotate.modelling.model_folder import (SPEC_FILE, LanguageCascade,  # noqa: E402
-                                             read_model_folder, write_model_folder)
-from annotate.training.heads import (Copies, default_cache_dir, encode_items,  # noqa: E402
-                                     fold_heads, head_card, speaker_folds)
+from annotate.modelling.model_folder import (  # noqa: E402
+    SPEC_FILE,
+    LanguageCascade,
+    read_model_folder,
+    write_model_folder,
+)
+from annotate.training.heads import (  # noqa: E402
+    Copies,
+    default_cache_dir,
+    encode_items,
+    fold_heads,
+    head_card,
+    speaker_folds,
+)
 from annotate.training.metrics import expected_calibration_error  # noqa: E402
 from annotate.training.training_data import load_recordings  # noqa: E402
 
@@ -78,7 +88,7 @@ def telephone_copies(items: pd.DataFrame, folder: Path) -> pd.DataFrame:
 
 
 def whisper_probs(backbone, items: pd.DataFrame, columns: list[int], jobs) -> np.ndarray:
-    """Whisper's calibrated probabilities of the candidates for every speech segment of ``items``."""
+    """Whisper's calibrated probabilities of the ``columns`` languages, per speech segment."""
     params = backbone.features
     recordings, failures = load_recordings(items, params, jobs)
     if failures:

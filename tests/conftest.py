@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
@@ -79,3 +82,22 @@ def mixed_corpus(tmp_path) -> Path:
     (root / "notes.tsv").write_text("not\taudio\n")
     (root / "README.txt").write_text("not audio")
     return root
+
+
+@pytest.fixture(scope="module")
+def two_recordings(tmp_path_factory) -> Path:
+    """A folder with a 7.5 s and a 1.6 s speech-like recording."""
+    folder = tmp_path_factory.mktemp("corpus")
+    write_audio(folder / "long.wav", speech_like(7.5, seed=1), 16000)
+    write_audio(folder / "short.wav", speech_like(1.6, seed=2), 16000)
+    return folder
+
+
+def sorted_table(path) -> pd.DataFrame:
+    """A segments table in a fixed order (by path, then start)."""
+    return pd.read_parquet(path).sort_values(["path", "start_s"]).reset_index(drop=True)
+
+
+def run_metadata(path) -> dict:
+    """The ``annotate`` metadata of a run's output."""
+    return json.loads(pq.read_schema(path).metadata[b"annotate"])

@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
-from conftest import write_audio
+from conftest import run_metadata, sorted_table
 
 import annotate
 from annotate.backbone.runtime import Backbone
@@ -20,7 +19,7 @@ from annotate.modelling.model_folder import LanguageCascade, read_model_folder
 from annotate.modelling.model_set import ModelSet
 from annotate.modelling.smoothing import smooth_language
 from annotate.pipeline.annotator import Annotator, RecordingFeatures
-from annotate.testing import create_backbone_folder, create_head_folder, speech_like
+from annotate.testing import create_backbone_folder, create_head_folder
 
 LANGUAGES = ["de", "en", "fr", "it"]
 
@@ -48,19 +47,8 @@ def language_head(backbone, name, threshold, head_weight=0.6, whisper_weight=0.9
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    write_audio(folder / "long.wav", speech_like(7.5, seed=1), 16000)
-    write_audio(folder / "short.wav", speech_like(1.6, seed=2), 16000)
-    return folder
-
-
-def table(path) -> pd.DataFrame:
-    return pd.read_parquet(path).sort_values(["path", "start_s"]).reset_index(drop=True)
-
-
-def settings(path) -> dict:
-    return json.loads(pq.read_schema(path).metadata[b"annotate"])["settings"]
+def corpus(two_recordings):
+    return two_recordings
 
 
 def recording_and_parts(models):
@@ -132,12 +120,13 @@ def test_auto_takes_the_cascade_where_the_head_records_one(backbone, corpus, tmp
     with_cascade = language_head(backbone, "with", 0.9)
     out = tmp_path / "auto.parquet"
     annotate.run([corpus], out, jobs=1, **with_cascade)
-    assert settings(out)["language_id"] == "cascade"
+    assert run_metadata(out)["settings"]["language_id"] == "cascade"
     annotate.run([corpus], out, jobs=1, overwrite=True, languages=["de"], **with_cascade)
-    assert settings(out)["language_id"] == "head"  # a known language needs no identification
+    # A known language needs no identification.
+    assert run_metadata(out)["settings"]["language_id"] == "head"
     without = language_head(backbone, "without", None)
     annotate.run([corpus], out, jobs=1, overwrite=True, **without)
-    assert settings(out)["language_id"] == "head"
+    assert run_metadata(out)["settings"]["language_id"] == "head"
     with pytest.raises(UsageError, match="records no cascade"):
         annotate.run([corpus], out, language_id="cascade", overwrite=True, **without)
     with pytest.raises(UsageError, match="uses the language head"):
@@ -154,19 +143,19 @@ def test_threshold_zero_is_the_head_and_tables_do_not_depend_on_batching(backbon
     zero = tmp_path / "zero.parquet"
     annotate.run([corpus], zero, jobs=1, language_id="cascade",
                  **language_head(backbone, "zero", 0.0))
-    pd.testing.assert_frame_equal(table(head)[columns], table(zero)[columns])
+    pd.testing.assert_frame_equal(sorted_table(head)[columns], sorted_table(zero)[columns])
     runs = {}
     everything = language_head(backbone, "one", 1.0)
     for name, kwargs in {"a": {"batch_size": 1, "jobs": 1}, "b": {"batch_size": 256, "jobs": 2},
                          "keras": {"backend": "keras"}}.items():
         out = tmp_path / f"{name}.parquet"
         annotate.run([corpus], out, **everything, **kwargs)
-        runs[name] = table(out)
+        runs[name] = sorted_table(out)
     pd.testing.assert_frame_equal(runs["a"], runs["b"])
     np.testing.assert_allclose(runs["keras"][columns].to_numpy(dtype=float),
                                runs["a"][columns].to_numpy(dtype=float), atol=1e-4)
     assert np.abs(runs["a"][columns].to_numpy(dtype=float)
-                  - table(head)[columns].to_numpy(dtype=float)).max() > 1e-3
+                  - sorted_table(head)[columns].to_numpy(dtype=float)).max() > 1e-3
 
 
 def test_fusion_is_a_weighted_product_over_the_candidates():

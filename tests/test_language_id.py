@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
-from conftest import write_audio
+from conftest import run_metadata, sorted_table
 
 import annotate
 from annotate.backbone.runtime import Backbone
@@ -19,7 +16,7 @@ from annotate.modelling.inference import softmax
 from annotate.modelling.model_set import ModelSet
 from annotate.modelling.smoothing import smooth_language
 from annotate.pipeline.annotator import Annotator, RecordingFeatures
-from annotate.testing import create_backbone_folder, create_head_folder, speech_like
+from annotate.testing import create_backbone_folder, create_head_folder
 
 LANGUAGES = ["de", "en", "fr", "it"]
 
@@ -42,33 +39,22 @@ def head_args(root):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    write_audio(folder / "long.wav", speech_like(7.5, seed=1), 16000)
-    write_audio(folder / "short.wav", speech_like(1.6, seed=2), 16000)
-    return folder
-
-
-def table(path) -> pd.DataFrame:
-    return pd.read_parquet(path).sort_values(["path", "start_s"]).reset_index(drop=True)
-
-
-def metadata(path) -> dict:
-    return json.loads(pq.read_schema(path).metadata[b"annotate"])
+def corpus(two_recordings):
+    return two_recordings
 
 
 def test_candidates_beyond_the_head_get_whispers_scores_renormalised(corpus, heads, tmp_path):
     out = tmp_path / "out.parquet"
     result = annotate.run([corpus], out, languages=["en", "ja", "es"], **head_args(heads), jobs=1)
     assert result.failed == 0 and result.annotated == 2
-    rows = table(out)
+    rows = sorted_table(out)
     speech = rows[rows["speech"]]
     assert [c for c in rows.columns if c.startswith("lang_") and c != "lang_p"] == \
         ["lang_en", "lang_ja", "lang_es"]
     np.testing.assert_allclose(speech[["lang_en", "lang_ja", "lang_es"]].sum(axis=1), 1.0)
     assert set(speech["lang"]) <= {"en", "ja", "es"}
     assert speech["emotion_model"].eq("emotion-multi").all()
-    meta = metadata(out)
+    meta = run_metadata(out)
     assert meta["settings"]["language_id"] == "whisper"
     (backbone,) = meta["backbones"]
     assert backbone["language"]["file"] == "language.tflite"
@@ -77,10 +63,10 @@ def test_candidates_beyond_the_head_get_whispers_scores_renormalised(corpus, hea
 def test_the_head_stays_the_default_for_its_own_languages(corpus, heads, tmp_path):
     out = tmp_path / "out.parquet"
     annotate.run([corpus], out, languages=["de", "fr"], **head_args(heads), jobs=1)
-    meta = metadata(out)
+    meta = run_metadata(out)
     assert meta["settings"]["language_id"] == "head"
     assert "language" not in meta["backbones"][0]
-    assert {f"lang_{c}" for c in LANGUAGES} <= set(table(out).columns)
+    assert {f"lang_{c}" for c in LANGUAGES} <= set(sorted_table(out).columns)
 
 
 def test_whisper_scores_are_the_candidates_logits_over_the_fitted_temperature(heads):
@@ -115,7 +101,7 @@ def test_whisper_language_tables_do_not_depend_on_batching_or_backend(corpus, he
                          "keras": {"backend": "keras"}}.items():
         out = tmp_path / f"{name}.parquet"
         annotate.run([corpus], out, languages=["en", "ja"], **head_args(heads), **kwargs)
-        runs[name] = table(out)
+        runs[name] = sorted_table(out)
     columns = ["lang_en", "lang_ja"]
     pd.testing.assert_frame_equal(runs["a"], runs["b"])
     np.testing.assert_allclose(runs["keras"][columns].to_numpy(dtype=float),
@@ -125,8 +111,8 @@ def test_whisper_language_tables_do_not_depend_on_batching_or_backend(corpus, he
 def test_language_id_whisper_covers_the_default_candidates(corpus, heads, tmp_path):
     out = tmp_path / "out.parquet"
     annotate.run([corpus], out, language_id="whisper", **head_args(heads), jobs=1)
-    rows = table(out)
-    assert metadata(out)["settings"]["language_id"] == "whisper"
+    rows = sorted_table(out)
+    assert run_metadata(out)["settings"]["language_id"] == "whisper"
     speech = rows[rows["speech"]]
     np.testing.assert_allclose(speech[[f"lang_{c}" for c in LANGUAGES]].sum(axis=1), 1.0)
 
@@ -180,7 +166,7 @@ def test_the_command_line_takes_language_id_and_whisper_codes(corpus, heads, tmp
             "--emotion-model", f"*={heads / 'emotion-multi'}"]
     done = CliRunner().invoke(app, [*args, "--languages", "en,zh"])
     assert done.exit_code == 0, done.output
-    assert {"lang_en", "lang_zh"} <= set(table(out).columns)
+    assert {"lang_en", "lang_zh"} <= set(sorted_table(out).columns)
     refused = CliRunner().invoke(app, [*args, "--languages", "zh", "--language-id", "head",
                                        "--overwrite"])
     assert refused.exit_code == 2 and "bad language 'zh'" in refused.output

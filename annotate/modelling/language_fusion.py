@@ -20,6 +20,8 @@ import numpy as np
 
 #: Thresholds the fit tries (top head probability below it: ask Whisper).
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+#: Each fusion weight the fit tries.
+WEIGHTS = tuple(round(0.1 * i, 1) for i in range(26))
 
 
 def fuse_language(head: np.ndarray, whisper: np.ndarray, head_weight: float,
@@ -45,8 +47,7 @@ def fuse_language(head: np.ndarray, whisper: np.ndarray, head_weight: float,
 
 
 def fit_weights(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
-                grid: np.ndarray = np.round(np.arange(0.0, 2.51, 0.1), 2)
-                ) -> tuple[float, float]:
+                grid: tuple[float, ...] = WEIGHTS) -> tuple[float, float]:
     """The fusion weights with the least negative log-likelihood of ``truth`` (a grid search).
 
     Two parameters on a fine grid: exact enough, and no optimiser to tune.

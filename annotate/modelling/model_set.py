@@ -237,7 +237,7 @@ class ModelSet:
                 for name, spec in self.backbones.items()}
 
     def identifies_language(self, backbone: str, language_id: str) -> bool:
-        """Whether backbone ``backbone`` runs Whisper's language identification (or may: cascade)."""
+        """Whether backbone ``backbone`` runs Whisper's language step (or may: the cascade)."""
         return (language_id in ("whisper", "cascade") and self.language.backbone is not None
                 and self.language.backbone.name == backbone)
 

@@ -183,17 +183,21 @@ def test_an_unreachable_scheduler_is_a_usage_error(mixed_corpus, tmp_path, model
     assert not (tmp_path / "o.parquet.partial").exists()
 
 
-def test_whisper_language_candidates_give_the_local_table_on_the_cluster(tmp_path, scheduler,
-                                                                          monkeypatch):
-    """--languages beyond the head's (Whisper's language step) on the bundled models."""
+@pytest.mark.parametrize("languages, source", [(["en", "ja"], "whisper"), (None, "cascade")])
+def test_whisper_language_step_gives_the_local_table_on_the_cluster(tmp_path, scheduler,
+                                                                     monkeypatch, languages,
+                                                                     source):
+    """Whisper's language step on the bundled models: for --languages beyond the head's,
+    and in the default run's cascade."""
     monkeypatch.delenv("ANNOTATE_MODELS")  # the suite hides the bundled models by default
     corpus = tmp_path / "corpus"
     for i, seconds in enumerate((4.0, 2.5)):
         write_audio(corpus / f"{i}.wav", speech_like(seconds, seed=20 + i), 16000)
     local, clustered = tmp_path / "local.parquet", tmp_path / "cluster.parquet"
-    annotate.run([corpus], local, jobs=1, languages=["en", "ja"])
-    annotate.run([corpus], clustered, cluster=scheduler, shard_size=1, languages=["en", "ja"])
+    annotate.run([corpus], local, jobs=1, languages=languages)
+    annotate.run([corpus], clustered, cluster=scheduler, shard_size=1, languages=languages)
     frame = pd.read_parquet(clustered)
-    assert {"lang_en", "lang_ja"} <= set(frame.columns) and "lang_de" not in frame.columns
+    if source == "whisper":
+        assert {"lang_en", "lang_ja"} <= set(frame.columns) and "lang_de" not in frame.columns
     pd.testing.assert_frame_equal(frame, pd.read_parquet(local), check_exact=True)
-    assert read_metadata(clustered)["settings"]["language_id"] == "whisper"
+    assert read_metadata(clustered)["settings"]["language_id"] == source

@@ -208,3 +208,21 @@ def test_a_bad_cascade_entry_is_refused(backbone):
     path.write_text(json.dumps(raw))
     with pytest.raises(ModelError, match="cascade must be"):
         read_model_folder(folder)
+
+
+def test_the_app_labels_a_clip_as_a_default_run_does(backbone, corpus, tmp_path):
+    """The app takes the language from where annotate run would (here, the cascade),
+    and feeds the backbone the window it is given, as the run does."""
+    from annotate.views.app_logic import ClipAnnotator
+
+    everything = language_head(backbone, "app", 1.0)
+    clip = ClipAnnotator(ModelSet.load(**everything))
+    assert clip.language_id == "cascade"
+    for window in (1.0, 2.0):
+        out = tmp_path / f"run{window}.parquet"
+        annotate.run([corpus], out, jobs=1, window_s=window, **everything)
+        assert run_metadata(out)["settings"]["language_id"] == "cascade"
+        expected = sorted_table(out)
+        expected = expected[expected["path"] == "long.wav"].reset_index(drop=True)
+        rows = clip.annotate_file(corpus / "long.wav", "long.wav", window_s=window)
+        pd.testing.assert_frame_equal(rows.reset_index(drop=True), expected)

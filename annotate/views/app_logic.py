@@ -187,7 +187,18 @@ class ClipAnnotator:
 
     def __init__(self, models: ModelSet) -> None:
         self.models = models
-        self.annotator = Annotator(models).load()
+        # The language comes from where a default run takes it (the cascade, when the
+        # language model records one), so that the app shows what `annotate run` writes.
+        self.language_id, _ = models.choose_language_id(None)
+        self._annotators: dict[float, Annotator] = {}
+        self.annotator(3.0)  # load now: a broken model fails before the first clip
+
+    def annotator(self, window_s: float) -> Annotator:
+        """The annotator of ``window_s`` windows (backbone heads take the run's window)."""
+        if window_s not in self._annotators:
+            self._annotators[window_s] = Annotator(self.models.with_window(window_s),
+                                                   language_id=self.language_id).load()
+        return self._annotators[window_s]
 
     def annotate_file(self, source: str | Path, key: str, window_s: float = 3.0,
                       hop_s: float | None = None) -> pd.DataFrame:
@@ -200,17 +211,18 @@ class ClipAnnotator:
         hop_s = window_s if hop_s is None else hop_s
         if window_s <= 0 or hop_s <= 0:
             raise UsageError(f"window and hop must be positive, got {window_s} and {hop_s}")
+        annotator = self.annotator(window_s)
+        models = annotator.models
         settings = SegmentSettings(window_s=window_s, hop_s=hop_s,
-                                   sampling_rate=self.models.feature_params[0].sampling_rate)
+                                   sampling_rate=models.feature_params[0].sampling_rate)
         planned = plan_chunks(0, Recording(key, str(source)), settings, CHUNK_S)
         if isinstance(planned, Failure):
             raise _input_error(planned)
-        chunks = [featurize_chunk(chunk, settings, self.models.feature_params)
-                  for chunk in planned]
+        chunks = [featurize_chunk(chunk, settings, models.feature_params) for chunk in planned]
         features = assemble_recording(chunks)
         if isinstance(features, Failure):
             raise _input_error(features)
-        return self.annotator.annotate([features]).to_pandas()
+        return annotator.annotate([features]).to_pandas()
 
     def annotate_upload(self, name: str, data: bytes, window_s: float = 3.0,
                         hop_s: float | None = None) -> ClipResult:

@@ -116,6 +116,28 @@ def test_the_language_step_runs_only_for_segments_that_ask(backbone):
     assert np.isnan(none).all()
 
 
+def test_lanes_sharing_one_language_step_give_the_same_bits(backbone, monkeypatch):
+    import annotate.backbone.runtime as runtime
+    import annotate.modelling.inference as inference
+
+    monkeypatch.setattr(inference, "LITERT_THREADS", 2)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    rng = np.random.default_rng(1)
+    params = backbone.features
+    stack = (rng.standard_normal((9, params.n_frames, params.n_mels)) * 0.3).astype(np.float32)
+    frames = rng.integers(20, params.n_frames + 1, 9)
+    some = lambda block: block[:, 0, 0] > np.median(block[:, 0, 0]) - 1.0  # noqa: E731
+    out = {}
+    for shared in (False, True):
+        runner = Backbone(backbone, (0, 1, 2), "litert", params.n_frames, language=True,
+                          share_language=shared).load()
+        assert len(runner._lanes) == 2
+        out[shared] = runner.encode([stack], frames, some)
+    np.testing.assert_array_equal(out[True][0], out[False][0])
+    np.testing.assert_array_equal(out[True][1], out[False][1])
+    assert (~np.isnan(out[True][1][:, 0])).sum() > 0
+
+
 def test_auto_takes_the_cascade_where_the_head_records_one(backbone, corpus, tmp_path):
     with_cascade = language_head(backbone, "with", 0.9)
     out = tmp_path / "auto.parquet"

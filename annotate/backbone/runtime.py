@@ -50,10 +50,14 @@ class Backbone:
         backend: ``"litert"`` or ``"keras"``.
         n_frames: Log-mel frames of the longest segment (the run's window).
         language: Also give Whisper's language logits (:meth:`encode`).
+        share_language: On LiteRT, one language interpreter for all lanes, each
+            taking it in turn, instead of one per lane: for a caller that asks
+            for the language step on a few segments (the cascade). It holds
+            the step's 27 M weights unpacked, about 280 MiB a copy.
     """
 
     def __init__(self, spec: BackboneSpec, layers: tuple[int, ...], backend: str,
-                 n_frames: int, language: bool = False) -> None:
+                 n_frames: int, language: bool = False, share_language: bool = False) -> None:
         if not layers or min(layers) < 0 or max(layers) > spec.n_layers:
             raise ModelError(f"{spec.folder}: hidden states {list(layers)} asked for, "
                              f"expected 0..{spec.n_layers}")
@@ -62,6 +66,7 @@ class Backbone:
         self.backend = backend
         self.n_frames = int(n_frames)
         self.language = bool(language)
+        self.share_language = bool(share_language)
         self._lock = threading.Lock()
         self._lanes: list | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -74,7 +79,8 @@ class Backbone:
                 from annotate.modelling.inference import LITERT_THREADS
 
                 count = max(1, min(LITERT_THREADS, os.cpu_count() or 1))
-                self._lanes = [self._litert() for _ in range(count)]
+                shared = self._language_step() if self.language and self.share_language else None
+                self._lanes = [self._litert(shared) for _ in range(count)]
             else:
                 self._lanes = [self._keras()]
             if len(self._lanes) > 1:
@@ -82,7 +88,7 @@ class Backbone:
                                                 thread_name_prefix="annotate-backbone")
         return self
 
-    def _litert(self):
+    def _interpreter_class(self):
         from annotate.modelling.inference import _litert
 
         interpreter_class, problem = _litert()
@@ -91,6 +97,31 @@ class Backbone:
             problem = self.spec.language_problem()
         if problem:
             raise ModelError(f"{self.spec.folder}: the LiteRT backend cannot run it: {problem}")
+        return interpreter_class
+
+    def _language_step(self):
+        """``language.tflite`` as a function of the block-4 frames and the valid mask.
+
+        Safe to call from several lanes: they take the interpreter in turn.
+        """
+        interpreter = self._interpreter(self._interpreter_class(), self.spec.language.file,
+                                        [self.batch, (self.n_frames + 1) // 2, self.spec.width])
+        inputs = _inputs_by_rank(interpreter)
+        logits = interpreter.get_output_details()[0]["index"]
+        turn = threading.Lock()
+
+        def step(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
+            with turn:
+                interpreter.set_tensor(inputs[3], frames)
+                interpreter.set_tensor(inputs[2], valid)
+                interpreter.invoke()
+                return interpreter.get_tensor(logits)
+
+        return step
+
+    def _litert(self, language=None):
+        """One lane: its own encoder, and the language step (its own unless ``language``)."""
+        interpreter_class = self._interpreter_class()
         width = self.spec.width
         encoder = self._interpreter(interpreter_class, self.spec.litert.file,
                                     [self.batch, self.n_frames, self.spec.features.n_mels])
@@ -100,12 +131,8 @@ class Backbone:
                              "this version reads; rebuild it (scripts/build_backbone.py)")
         keep = list(self.layers)
         encoder_inputs = _inputs_by_rank(encoder)
-        language = None
-        if self.language:
-            language = self._interpreter(interpreter_class, self.spec.language.file,
-                                         [self.batch, (self.n_frames + 1) // 2, width])
-            language_inputs = _inputs_by_rank(language)
-            logits = language.get_output_details()[0]["index"]
+        if self.language and language is None:
+            language = self._language_step()
 
         def run(log_mel: np.ndarray, valid: np.ndarray, count: int, wanted):
             # Pooled states of the block; language logits (or None) and which
@@ -119,10 +146,7 @@ class Backbone:
             asked = wanted(pooled[:count])
             if not asked.any():
                 return pooled, None, asked
-            language.set_tensor(language_inputs[3], encoder.get_tensor(outputs[width]))
-            language.set_tensor(language_inputs[2], valid)
-            language.invoke()
-            return pooled, language.get_tensor(logits), asked
+            return pooled, language(encoder.get_tensor(outputs[width]), valid), asked
 
         return run
 

@@ -130,7 +130,9 @@ class Annotator:
             self._backbones[name] = Backbone(
                 self.models.backbones[name], self.models.backbone_layers(name),
                 self.backbone_backends[name], reader.features.n_frames,
-                language=self.models.identifies_language(name, self.language_id)).load()
+                language=self.models.identifies_language(name, self.language_id),
+                # The cascade asks for the language step on a few segments: the lanes share it.
+                share_language=self.language_id == "cascade").load()
         return self._backbones[name]
 
     def load(self) -> Annotator:

@@ -248,3 +248,49 @@ def test_the_app_labels_a_clip_as_a_default_run_does(backbone, corpus, tmp_path)
         expected = expected[expected["path"] == "long.wav"].reset_index(drop=True)
         rows = clip.annotate_file(corpus / "long.wav", "long.wav", window_s=window)
         pd.testing.assert_frame_equal(rows.reset_index(drop=True), expected)
+
+
+def toy_language_corpus(root):
+    """Two speakers each of two 'languages' that differ by voice pitch."""
+    import soundfile as sf
+
+    from annotate.testing import voice
+    from annotate.training.corpora.base import Corpus
+
+    rows = []
+    for language, pitch in (("de", 120.0), ("en", 240.0)):
+        for speaker in range(2):
+            for k in range(3):
+                path = root / f"{language}{speaker}_{k}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, voice(1.2 + 0.3 * k, pitch * (1 + 0.05 * speaker),
+                                     seed=len(rows)), 16000)
+                rows.append({"path": str(path), "label": language, "task": "language",
+                             "speaker": f"{language}{speaker}", "gender": None,
+                             "language": language, "split": None})
+    return Corpus("toy", root, pd.DataFrame(rows))
+
+
+def test_annotate_train_fits_a_language_heads_cascade(backbone, tmp_path):
+    from annotate.training.heads import train_on_corpora
+
+    corpus = toy_language_corpus(tmp_path / "toy")
+    said: list[str] = []
+    spec = train_on_corpora("language", [corpus], tmp_path / "lang", backbone=backbone.folder,
+                            trials=0, n_folds=2, copies=0, cache_dir=tmp_path / "cache",
+                            jobs=1, report=said.append)
+    step = [line for line in said if line.startswith("cascade: Whisper's language step on")]
+    assert step == ["cascade: Whisper's language step on 12 segments"]
+    (chosen,) = [line for line in said if line.startswith("cascade: threshold")]
+    threshold = float(chosen.split()[2].rstrip(","))
+    # No cascade when asking Whisper gains nothing on validation; else the chosen one.
+    assert (spec.cascade is None) == (threshold == 0.0)
+    if spec.cascade is not None:
+        assert spec.cascade.threshold == threshold
+        assert read_model_folder(spec.folder).cascade == spec.cascade
+    said.clear()
+    train_on_corpora("language", [corpus], tmp_path / "plain", backbone=backbone.folder,
+                     trials=0, n_folds=2, copies=0, cache_dir=tmp_path / "cache", jobs=1,
+                     cascade=False, report=said.append)
+    assert not any(line.startswith("cascade") for line in said)
+    assert read_model_folder(tmp_path / "plain").cascade is None

@@ -117,6 +117,10 @@ def train(
         help="With --architecture head: augmented copies (noise, reverberation, speed, "
         "telephone channel) of each training recording, trained on but never validated "
         "[default: 2 for language, 0 for emotion]; --no-augment makes none.")] = None,
+    cascade: Annotated[bool, typer.Option(
+        help="With --architecture head, for a language head on a backbone with Whisper's "
+        "language step: also fit when the head asks that step and how the two are fused, "
+        "on the out-of-fold validation (what annotate run --language-id cascade uses).")] = True,
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 30,
     batch_size: Annotated[int, typer.Option(help="Crops per gradient step.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
@@ -160,7 +164,7 @@ def train(
             spec = train_on_corpora(
                 task, corpora, output, backbone=backbone, trials=search, n_folds=folds,
                 seed=seed, window_s=segment_s, cache_dir=cache_dir, jobs=jobs,
-                copies=0 if no_augment else copies,
+                copies=0 if no_augment else copies, cascade=cascade,
                 languages=[c.strip() for c in languages.split(",") if c.strip()]
                 if languages else None, overwrite=overwrite, report=_say)
             v = spec.metrics["validation"]

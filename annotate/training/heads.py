@@ -291,6 +291,62 @@ def out_of_fold_logits(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int
     return logits
 
 
+def fit_language_cascade(data: EncodedRecordings, head: np.ndarray, y_rec: np.ndarray,
+                         labels: tuple[str, ...], backbone: BackboneSpec, window_s: float,
+                         jobs: int | None, report: Report = print):
+    """The language cascade of a head, from its calibrated out-of-fold probabilities.
+
+    Whisper's language step scores every speech segment of ``data`` (the
+    recordings are read again: the cache holds pooled states only), and
+    :func:`annotate.modelling.language_fusion.fit_cascade` picks the
+    threshold and weights, every corpus weighing the same.
+
+    Returns:
+        A :class:`annotate.modelling.model_folder.LanguageCascade`, or None
+        (reported) where it cannot be fitted: no language step in the
+        backbone, or labels that are not Whisper's codes.
+    """
+    from annotate.backbone.runtime import Backbone
+    from annotate.labels import WHISPER_LANGUAGES
+    from annotate.modelling.language_fusion import fit_cascade
+    from annotate.modelling.model_folder import LanguageCascade
+    from annotate.training.training_data import load_recordings
+
+    if backbone.language is None or backbone.language_problem() is not None:
+        report(f"no cascade: {backbone.name} has no usable language step (language.tflite)")
+        return None
+    unknown = [label for label in labels if label not in WHISPER_LANGUAGES]
+    if unknown:
+        report(f"no cascade: Whisper has no code {', '.join(unknown)}")
+        return None
+    params = dataclasses.replace(backbone.features, segment_s=window_s)
+    recordings, failures = load_recordings(data.meta, params, jobs)
+    _, owner, durations = data.segments((0,))
+    features, _ = recordings.stacked(params)
+    if failures or len(features) != len(owner):
+        report("no cascade: the recordings read differently than when they were encoded")
+        return None
+    report(f"cascade: Whisper's language step on {len(features)} segments")
+    runner = Backbone(backbone, (0,), "litert", params.n_frames, language=True)
+    _, logits = runner.encode([features], params.segment_frames(durations))
+    tokens = [WHISPER_LANGUAGES.index(label) for label in labels]
+    whisper = _softmax(logits[:, tokens].astype(np.float64), backbone.language.temperature)
+    group = data.meta.get("corpus", pd.Series([""] * len(data.meta))).astype(str).to_numpy()
+    fit = fit_cascade(head, whisper, y_rec[owner], owner, durations, group)
+    chosen = next(row for row in fit.table if row["threshold"] == fit.threshold)
+    alone = fit.table[0]
+    report(f"cascade: threshold {fit.threshold}, weights {fit.head_weight} / "
+           f"{fit.whisper_weight}, {chosen['asked']:.1%} of segments asked; validation mean "
+           f"accuracy {alone['mean_accuracy']:.3f} (head alone) -> {chosen['mean_accuracy']:.3f}")
+    if fit.threshold == 0.0:
+        return None
+    return LanguageCascade(
+        fit.threshold, fit.head_weight, fit.whisper_weight,
+        fitted_on=(f"speech segments of {len(data.meta)} training recordings, head logits out "
+                   "of fold (annotate train)"),
+        validation={"per_recording_accuracy": fit.table, "asked": chosen["asked"]})
+
+
 def uar(true: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
     """Mean recall over the labels present in ``true``."""
     recalls = [np.mean(predicted[true == k] == k) for k in range(n_labels) if np.any(true == k)]
@@ -433,6 +489,7 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
                languages: tuple[str, ...], backbone: BackboneSpec, backend: str,
                output_dir: Path, name: str, trials: int = 0, n_folds: int = 4, seed: int = 0,
                training_info: dict | None = None, smooth_language: bool = False,
+               cascade: bool = False, window_s: float = 3.0, jobs: int | None = None,
                report: Report = print) -> ModelSpec:
     """Search, calibrate, train and write a head model folder (with its LiteRT export).
 
@@ -452,6 +509,11 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         training_info: Extra facts for ``model.json``'s ``training`` entry.
         smooth_language: Fit a switch probability for smoothing the
             language along recordings (:func:`fit_switch_probability`).
+        cascade: For a language head on a backbone with Whisper's language
+            step, also fit when to ask it and how to fuse the two
+            (:func:`fit_language_cascade`), on the same out-of-fold logits.
+        window_s: The window ``data`` was encoded with (for the cascade).
+        jobs: Feature jobs (for the cascade).
     """
     from annotate.modelling.litert_export import convert_to_litert
     from annotate.training.metrics import expected_calibration_error
@@ -502,6 +564,10 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         metrics["switch_probability"] = {"chosen": switch, "validation": switch_table}
         report(f"switch probability {switch} (segment accuracy on validation sequences: "
                f"{switch_table})")
+    fitted_cascade = None
+    if cascade:
+        fitted_cascade = fit_language_cascade(
+            data, _softmax(logits, temperature), y_rec, labels, backbone, window_s, jobs, report)
     x, owner, durations, _ = training_rows(data, copies, tuple(settings["layers"]))
     y = y_rec[owner]
     weights = balanced_weights(y, len(labels), corpus_codes(data)[owner]) * durations / 3.0
@@ -529,6 +595,7 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         backbone=BackboneInput(backbone.name, tuple(settings["layers"]), "stats",
                                backbone.pooled_width),
         switch_probability=switch,
+        cascade=fitted_cascade,
     )
     spec = convert_to_litert(spec, required=False)
     write_model_folder(spec, head_card(spec))
@@ -606,6 +673,7 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
                      trials: int = 0, n_folds: int = 4, seed: int = 0,
                      languages: list[str] | None = None, window_s: float = 3.0,
                      cache_dir: Path | None = None, jobs: int | None = None,
+                     cascade: bool = True,
                      copies: int | None = None,
                      overwrite: bool = False, report: Report = print) -> ModelSpec:
     """``annotate train TASK --corpus ... --architecture head``: a head on a backbone.
@@ -619,6 +687,8 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
         copies: Augmented copies per training recording (default:
             :data:`annotate.training.copies.DEFAULT_COPIES` for the task),
             written beside the feature cache.
+        cascade: For a language head on a backbone with Whisper's language
+            step, fit the cascade too (:func:`fit_language_cascade`).
     """
     from annotate.training.copies import DEFAULT_COPIES, augmented_copies
     from annotate.labels import EMOTIONS
@@ -672,4 +742,6 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
         output_dir, output_dir.name, trials=trials, n_folds=n_folds, seed=seed,
         training_info={"corpora": [{"name": c.name, "root": str(c.root)} for c in corpora],
                        "recordings": int((copy_sources(data.meta) == "").sum())},
-        smooth_language=task == "language", report=report)
+        smooth_language=task == "language", report=report,
+        cascade=task == "language" and cascade and spec.language is not None,
+        window_s=window_s, jobs=jobs)

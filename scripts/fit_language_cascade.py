@@ -40,7 +40,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from train_bundled_models import SEED, training_recordings  # noqa: E402
 
-from annotate.backbone.runtime import Backbone  # noqa: E402
 from annotate.backbone.whisper_language import LANGUAGE_CODES  # noqa: E402
 from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E402
 from annotate.modelling.inference import choose_backbone_backend, softmax  # noqa: E402
@@ -58,9 +57,9 @@ from annotate.training.heads import (  # noqa: E402
     fold_heads,
     head_card,
     speaker_folds,
+    whisper_language_logits,
 )
 from annotate.training.metrics import expected_calibration_error  # noqa: E402
-from annotate.training.training_data import load_recordings  # noqa: E402
 
 #: Corpora whose recordings Whisper scores (espeak's synthetic voices train the head only).
 SCORED = ("commonvoice", "emodb", "emovo", "ravdess")
@@ -89,14 +88,9 @@ def telephone_copies(items: pd.DataFrame, folder: Path) -> pd.DataFrame:
 
 def whisper_probs(backbone, items: pd.DataFrame, columns: list[int], jobs) -> np.ndarray:
     """Whisper's calibrated probabilities of the ``columns`` languages, per speech segment."""
-    params = backbone.features
-    recordings, failures = load_recordings(items, params, jobs)
+    logits, _, failures = whisper_language_logits(backbone, items, jobs=jobs)
     if failures:
         raise SystemExit(f"cannot read {failures[0].path}: {failures[0].message}")
-    features, _ = recordings.stacked(params)
-    durations = np.concatenate([recordings.speech_durations(i) for i in range(len(recordings))])
-    runner = Backbone(backbone, (0,), "litert", params.n_frames, language=True)
-    _, logits = runner.encode([features], params.segment_frames(durations))
     return softmax(logits[:, columns].astype(np.float64), backbone.language.temperature)
 
 

@@ -28,15 +28,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from annotate.backbone.runtime import Backbone  # noqa: E402
 from annotate.backbone.whisper_language import LANGUAGE_CODES  # noqa: E402
 from annotate.modelling.backbone_folder import SPEC_FILE, read_backbone_folder  # noqa: E402
 from annotate.modelling.inference import softmax  # noqa: E402
 from annotate.training import heldout  # noqa: E402
 from annotate.training.corpora import read_corpus  # noqa: E402
+from annotate.training.heads import whisper_language_logits  # noqa: E402
 from annotate.training.metrics import expected_calibration_error  # noqa: E402
 from annotate.training.train import fit_temperature  # noqa: E402
-from annotate.training.training_data import load_recordings  # noqa: E402
 
 CANDIDATES = ("de", "en", "fr", "it")
 CORPORA = ("commonvoice", "emodb", "emovo", "ravdess")
@@ -45,16 +44,11 @@ SEED = 20261202
 
 def segment_logits(spec, items, jobs: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Whisper's language logits of every speech segment of ``items``, and each one's language."""
-    params = spec.features
-    recordings, failures = load_recordings(items, params, jobs)
+    logits, segments, failures = whisper_language_logits(spec, items, spec.features.segment_s,
+                                                         jobs)
     for failure in failures:
         print(f"  skipped {failure.path}: {failure.message}")
-    features, owner = recordings.stacked(params)
-    durations = np.concatenate([recordings.speech_durations(i) for i in range(len(recordings))])
-    frames = params.segment_frames(durations)
-    backbone = Backbone(spec, (0,), "litert", params.n_frames, language=True)
-    _, logits = backbone.encode([features], frames)
-    return logits, recordings.meta["language"].to_numpy()[owner]
+    return logits, segments["language"].to_numpy()
 
 
 def main() -> None:

@@ -291,6 +291,29 @@ def out_of_fold_logits(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int
     return logits
 
 
+def whisper_language_logits(backbone: BackboneSpec, items: pd.DataFrame, window_s: float = 3.0,
+                            jobs: int | None = None) -> tuple[np.ndarray, pd.DataFrame, list]:
+    """Whisper's language logits of every speech segment of ``items``, cut as ``annotate run`` cuts.
+
+    On LiteRT: the backbone's ``model.tflite`` then ``language.tflite``.
+
+    Returns:
+        Logits [shape=(n_segments, 99)], one row of ``items`` per segment
+        (its recording's), and the recordings that could not be read.
+    """
+    from annotate.backbone.runtime import Backbone
+    from annotate.training.training_data import load_recordings
+
+    params = dataclasses.replace(backbone.features, segment_s=window_s)
+    recordings, failures = load_recordings(items, params, jobs)
+    features, owner = recordings.stacked(params)
+    durations = np.concatenate([recordings.speech_durations(i) for i in range(len(recordings))]
+                               or [np.zeros(0)])
+    runner = Backbone(backbone, (0,), "litert", params.n_frames, language=True)
+    _, logits = runner.encode([features], params.segment_frames(durations))
+    return logits, recordings.meta.iloc[owner].reset_index(drop=True), failures
+
+
 def fit_language_cascade(data: EncodedRecordings, head: np.ndarray, y_rec: np.ndarray,
                          labels: tuple[str, ...], backbone: BackboneSpec, window_s: float,
                          jobs: int | None, report: Report = print):
@@ -306,11 +329,9 @@ def fit_language_cascade(data: EncodedRecordings, head: np.ndarray, y_rec: np.nd
         (reported) where it cannot be fitted: no language step in the
         backbone, or labels that are not Whisper's codes.
     """
-    from annotate.backbone.runtime import Backbone
     from annotate.labels import WHISPER_LANGUAGES
     from annotate.modelling.language_fusion import fit_cascade
     from annotate.modelling.model_folder import LanguageCascade
-    from annotate.training.training_data import load_recordings
 
     if backbone.language is None or backbone.language_problem() is not None:
         report(f"no cascade: {backbone.name} has no usable language step (language.tflite)")
@@ -319,16 +340,12 @@ def fit_language_cascade(data: EncodedRecordings, head: np.ndarray, y_rec: np.nd
     if unknown:
         report(f"no cascade: Whisper has no code {', '.join(unknown)}")
         return None
-    params = dataclasses.replace(backbone.features, segment_s=window_s)
-    recordings, failures = load_recordings(data.meta, params, jobs)
     _, owner, durations = data.segments((0,))
-    features, _ = recordings.stacked(params)
-    if failures or len(features) != len(owner):
+    report(f"cascade: Whisper's language step on {len(owner)} segments")
+    logits, _, failures = whisper_language_logits(backbone, data.meta, window_s, jobs)
+    if failures or len(logits) != len(owner):
         report("no cascade: the recordings read differently than when they were encoded")
         return None
-    report(f"cascade: Whisper's language step on {len(features)} segments")
-    runner = Backbone(backbone, (0,), "litert", params.n_frames, language=True)
-    _, logits = runner.encode([features], params.segment_frames(durations))
     tokens = [WHISPER_LANGUAGES.index(label) for label in labels]
     whisper = _softmax(logits[:, tokens].astype(np.float64), backbone.language.temperature)
     group = data.meta.get("corpus", pd.Series([""] * len(data.meta))).astype(str).to_numpy()

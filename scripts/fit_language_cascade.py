@@ -43,7 +43,7 @@ from train_bundled_models import SEED, training_recordings  # noqa: E402
 from annotate.backbone.whisper_language import LANGUAGE_CODES  # noqa: E402
 from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E402
 from annotate.modelling.inference import choose_backbone_backend, softmax  # noqa: E402
-from annotate.modelling.language_fusion import fit_cascade, fuse_language  # noqa: E402
+from annotate.modelling.language_fusion import apply_cascade, fit_cascade  # noqa: E402
 from annotate.modelling.model_folder import (  # noqa: E402
     SPEC_FILE,
     LanguageCascade,
@@ -166,9 +166,7 @@ def main() -> None:
               f"{row['head_weight']:>4}/{row['whisper_weight']:<4} {row['mean_accuracy']:>6.3f} "
               + " ".join(f"{row[n]:>11.3f}" for n in names))
     asked = head_p.max(axis=1) < fit.threshold
-    fused = head_p.copy()
-    fused[asked] = fuse_language(head_p[asked], whisper[asked], fit.head_weight,
-                                 fit.whisper_weight)
+    fused = apply_cascade(head_p, whisper, fit.threshold, fit.head_weight, fit.whisper_weight)
     ece = {"head": float(expected_calibration_error(head_p, truth)),
            "cascade": float(expected_calibration_error(fused, truth))}
     print(f"chosen: threshold {fit.threshold}, weights {fit.head_weight} (head) / "

@@ -145,3 +145,7 @@ def test_evaluate_bad_protocol_and_missing_model(emodb, trained, tmp_path):
     missing = runner.invoke(app, ["evaluate", str(tmp_path / "none"), "--corpus",
                                   f"emodb={emodb}"])
     assert missing.exit_code == 3 and "model folder not found" in text(missing)
+    # an emotion model has no language identification to choose
+    cascade = runner.invoke(app, ["evaluate", str(folder), "--corpus", f"emodb={emodb}",
+                                  "--language-id", "cascade"])
+    assert cascade.exit_code == 2 and "for a language head" in text(cascade)

@@ -192,3 +192,105 @@ def test_loso_refuses_a_head_without_settings_and_a_single_speaker(heads, corpus
         corpus, items=corpus.items[corpus.items["speaker"] == "emodb:03"].reset_index(drop=True))
     with pytest.raises(InputError, match="at least 2 speakers"):
         evaluate(heads["emotion"].folder, [single], "loso", jobs=1)
+
+
+# --- a language head's cascade -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cascade_models(tmp_path_factory, corpus):
+    """A backbone with Whisper's language step, and a language head whose cascade asks
+    Whisper for about half of the corpus' segments (its threshold: their median top
+    probability), beside an emotion head for the run."""
+    from annotate.modelling.model_folder import LanguageCascade
+    from annotate.training.evaluate import collect_items, encode_for_head, head_probabilities
+    from annotate.training.heldout import as_language_corpus
+
+    root = tmp_path_factory.mktemp("cascade-models")
+    backbone = create_backbone_folder(root / "tiny-whisper", n_layers=3, litert_blocks=2,
+                                      language=True)
+    create_head_folder(root / "emotion", "emotion", EMOTIONS, backbone, layers=(1, 2), seed=1)
+    probe = create_head_folder(root / "probe", "language", ["de", "en"], backbone, layers=(2,),
+                               languages=["de", "en"], seed=2)
+    language = as_language_corpus(corpus)
+    data, _, _ = encode_for_head(probe, collect_items([language], "language"), 1, print)
+    top = head_probabilities(probe, data)[0].max(axis=1)
+    threshold = float(np.median(top))
+    assert (top < threshold).any() and (top >= threshold).any()
+    head = create_head_folder(root / "language", "language", ["de", "en"], backbone,
+                              layers=(2,), languages=["de", "en"], seed=2,
+                              switch_probability=0.1,
+                              cascade=LanguageCascade(threshold, 0.6, 0.9, "tests"))
+    head = dataclasses.replace(head, training={"settings": dict(SETTINGS, layers=[2]),
+                                               "seed": 3})
+    write_model_folder(head, "# language\n\nAn untrained head for tests.\n")
+    return {"language": read_model_folder(head.folder), "emotion": root / "emotion",
+            "corpus": language}
+
+
+def cascade_run_rows(models, corpus, out: Path, language_id: str):
+    import pandas as pd
+
+    from annotate.pipeline.local import run
+    from annotate.views.summarize import per_recording, read_output
+
+    manifest = out / "speech.csv"
+    speech = corpus.items[~corpus.items["path"].str.contains("10a05Wa|09a05Na")]
+    pd.DataFrame({"path": speech["path"]}).to_csv(manifest, index=False)
+    table = out / f"{language_id}.parquet"
+    run([manifest], table, language_model=models["language"].folder,
+        emotion_models={"*": models["emotion"]}, language_id=language_id,
+        window_s=models["language"].features.segment_s, jobs=1)
+    return per_recording(read_output(table)).set_index("path")
+
+
+@pytest.mark.parametrize("language_id", ["auto", "whisper"])
+def test_holdout_of_a_language_head_gives_what_the_run_labels(cascade_models, corpus, tmp_path,
+                                                               language_id):
+    spec = cascade_models["language"]
+    result = evaluate(spec.folder, [cascade_models["corpus"]], "holdout", jobs=1,
+                      language_id=language_id)
+    assert result["language_id"] == ("cascade" if language_id == "auto" else "whisper")
+    rows = cascade_run_rows(cascade_models, corpus, tmp_path, language_id)
+    assert len(result["predictions"]) == len(rows) == 36
+    for prediction in result["predictions"]:
+        row = rows.loc[prediction["path"]]
+        assert np.allclose(prediction["probabilities"], [row["lang_de"], row["lang_en"]],
+                           atol=1e-5)
+    head = evaluate(spec.folder, [cascade_models["corpus"]], "holdout", jobs=1,
+                    language_id="head")
+    assert head["language_id"] == "head"
+    apart = [np.abs(np.subtract(a["probabilities"], b["probabilities"])).max()
+             for a, b in zip(result["predictions"], head["predictions"], strict=True)]
+    assert max(apart) > 1e-3
+
+
+def test_loso_of_a_language_head_takes_whisper_as_the_run_would(cascade_models):
+    spec = cascade_models["language"]
+    loso = evaluate(spec.folder, [cascade_models["corpus"]], "loso", jobs=1,
+                    language_id="whisper")
+    holdout = evaluate(spec.folder, [cascade_models["corpus"]], "holdout", jobs=1,
+                       language_id="whisper")
+    # Whisper's step alone does not depend on the retrained head.
+    by_path = {p["path"]: p["probabilities"] for p in holdout["predictions"]}
+    for prediction in loso["predictions"]:
+        assert np.allclose(prediction["probabilities"], by_path[prediction["path"]], atol=1e-6)
+    assert "Whisper's language step alone" in loso["split"]
+    cascade = evaluate(spec.folder, [cascade_models["corpus"]], "loso", jobs=1)
+    assert cascade["language_id"] == "cascade" and "the cascade" in cascade["split"]
+
+
+def test_evaluate_refuses_a_language_id_the_model_cannot_give(heads, cascade_models, corpus):
+    from annotate.training.heldout import as_language_corpus
+
+    with pytest.raises(UsageError, match="for a language head"):
+        evaluate(heads["emotion"].folder, [corpus], "holdout", jobs=1, language_id="cascade")
+    # no language.tflite beside this head: auto takes the head, cascade is refused
+    language = as_language_corpus(corpus)
+    assert evaluate(heads["language"].folder, [language], "holdout",
+                    jobs=1)["language_id"] == "head"
+    with pytest.raises(UsageError, match="language.tflite"):
+        evaluate(heads["language"].folder, [language], "holdout", jobs=1, language_id="cascade")
+    with pytest.raises(UsageError, match="language identification"):
+        evaluate(cascade_models["language"].folder, [language], "holdout", jobs=1,
+                 language_id="guess")

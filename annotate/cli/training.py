@@ -208,6 +208,9 @@ def evaluate(
         "--plot", help="Draw the confusion matrix to this PNG (needs matplotlib).")] = None,
     jobs: Annotated[Optional[int], typer.Option(
         "--jobs", "-j", help="Worker processes for decoding and features [default: all cores].")] = None,
+    language_id: Annotated[str, typer.Option(
+        "--language-id", help="For a language head, as annotate run: auto (the cascade where "
+        "the model records one, as a run labels), head, cascade or whisper.")] = "auto",
 ) -> None:
     """Measure a model on labelled corpora: accuracy, UAR, ECE, confusion matrix."""
     try:
@@ -217,7 +220,8 @@ def evaluate(
         if plot is not None:
             _check_matplotlib()
         corpora = _read_corpora(corpus)
-        result = evaluate_model(model, corpora, protocol, jobs=jobs, progress=_say)
+        result = evaluate_model(model, corpora, protocol, jobs=jobs, progress=_say,
+                                language_id=language_id)
         if json_out is not None:
             json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         if plot is not None:
@@ -241,6 +245,8 @@ def _print_result(result: dict) -> None:
             f"{result['accuracy']:.3f}, UAR {result['uar']:.3f}, ECE {result['ece']:.3f}")
     if "mean_fold_uar" in result:
         line += f", mean UAR per fold {result['mean_fold_uar']:.3f}"
+    if "language_id" in result:
+        line += f" (language: {result['language_id']})"
     out.print(line, highlight=False)
     if result.get("warning"):
         console.print(f"[yellow]warning:[/] {result['warning']}", highlight=False)

@@ -46,6 +46,25 @@ def fuse_language(head: np.ndarray, whisper: np.ndarray, head_weight: float,
     return out / out.sum(axis=1, keepdims=True)
 
 
+def apply_cascade(head: np.ndarray, whisper: np.ndarray, threshold: float, head_weight: float,
+                  whisper_weight: float) -> np.ndarray:
+    """The cascade's probabilities: the fusion where the head's top is below ``threshold``.
+
+    Args:
+        head, whisper: np.ndarray [shape=(n, k)]: each segment's distributions
+            (``whisper`` is read only where the head is unsure).
+
+    Returns:
+        np.ndarray [shape=(n, k), float64]: ``head``'s rows where it is sure.
+    """
+    out = np.array(head, dtype=np.float64)
+    asked = out.max(axis=1) < threshold
+    if asked.any():
+        out[asked] = fuse_language(out[asked], np.asarray(whisper)[asked], head_weight,
+                                   whisper_weight)
+    return out
+
+
 def fit_weights(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
                 grid: tuple[float, ...] = WEIGHTS) -> tuple[float, float]:
     """The fusion weights with the least negative log-likelihood of ``truth`` (a grid search).
@@ -113,8 +132,7 @@ def fit_cascade(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
         asked = head.max(axis=1) < threshold
         a, b = (fit_weights(head[asked], whisper[asked], truth[asked])
                 if asked.sum() >= min_asked else (1.0, 0.0))
-        probs = head.copy()
-        probs[asked] = fuse_language(head[asked], whisper[asked], a, b)
+        probs = apply_cascade(head, whisper, threshold, a, b)
         rec = np.zeros((n_recordings, head.shape[1]))
         np.add.at(rec, owner, probs * durations[:, None])
         right = rec.argmax(axis=1) == rec_truth

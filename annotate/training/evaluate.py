@@ -13,6 +13,12 @@ segments are encoded once by the backend ``annotate run`` would choose
 language head's posteriors are smoothed along each recording as the run
 smooths them. Leave-one-speaker-out retrains the head with the settings
 recorded in its folder (no search) and keeps its temperature.
+
+A language head's probabilities come from where ``annotate run
+--language-id`` takes them (``language_id``): by default, as in the run, the
+cascade where the head records one (Whisper's language step where the head
+is unsure, fused with the head's), so that the figures are those of the
+labels a run writes.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ def evaluate(
     jobs: int | None = None,
     progress: Report | None = None,
     training_corpora: list[Corpus] | None = None,
+    language_id: str = "auto",
 ) -> dict:
     """Measure a model on labelled corpora.
 
@@ -92,6 +99,11 @@ def evaluate(
             are in every fold's training data and never scored, for a head
             trained on more corpora than the ones measured (as it was
             trained); recordings with labels the head lacks are dropped.
+        language_id: For a language head on a backbone, as ``annotate run
+            --language-id`` over the head's labels: ``auto`` (the cascade
+            where the head records one and its backbone has Whisper's
+            language step, else the head), ``head``, ``cascade`` or
+            ``whisper`` (Whisper's step alone).
 
     Returns:
         A JSON-serialisable dict: ``accuracy``, ``uar``, ``ece``,
@@ -104,7 +116,8 @@ def evaluate(
         also ``without_speech`` (paths left out).
 
     Raises:
-        UsageError: Unknown protocol, or corpora for another task.
+        UsageError: Unknown protocol, corpora for another task, or a
+            ``language_id`` the model cannot give.
         ModelError: The folder is not a usable model, or (``loso``) lacks
             its training hyperparameters.
         InputError: No recording with a label the model knows.
@@ -113,6 +126,7 @@ def evaluate(
         raise UsageError(expected_one_of("protocol", protocol, PROTOCOLS))
     report = progress or (lambda text: None)
     spec = read_model_folder(model_folder)
+    source = language_source(spec, language_id)
     items = collect_items(corpora, spec.task)
     known = items["label"].isin(spec.labels)
     skipped = items.loc[~known, "label"].value_counts()
@@ -131,10 +145,10 @@ def evaluate(
         shared = sorted(set(extra["speaker"]) & set(items["speaker"]))
         if shared:
             raise UsageError(f"speakers both scored and always trained on: {', '.join(shared)}")
-        result = _loso_head(spec, items, jobs, report, extra)
+        result = _loso_head(spec, items, jobs, report, extra, source)
     elif spec.backbone is not None:
         run = _holdout_head if protocol == "holdout" else _loso_head
-        result = run(spec, items, jobs, report)
+        result = run(spec, items, jobs, report, source=source)
     else:
         run = _holdout if protocol == "holdout" else _loso
         result = run(spec, items, jobs, report)
@@ -146,7 +160,47 @@ def evaluate(
         "corpora": [{"name": c.name, "root": str(c.root)} for c in corpora],
         "skipped_labels": {str(k): int(v) for k, v in skipped.items()},
     })
+    if spec.task == "language":
+        result["language_id"] = source
     return result
+
+
+def language_source(spec: ModelSpec, requested: str = "auto") -> str:
+    """Where an evaluation takes a model's probabilities: ``head``, ``cascade`` or ``whisper``.
+
+    As :meth:`annotate.modelling.model_set.ModelSet.choose_language_id`
+    resolves ``--language-id`` for a run over the language model's labels.
+
+    Raises:
+        UsageError: An unknown choice, or one the model cannot give.
+    """
+    from annotate.labels import WHISPER_LANGUAGES
+    from annotate.modelling.backbone_folder import backbone_of
+    from annotate.modelling.model_set import LANGUAGE_IDS
+
+    if requested not in LANGUAGE_IDS:
+        raise UsageError(expected_one_of("language identification", requested, LANGUAGE_IDS))
+    if spec.task != "language" or spec.backbone is None:
+        if requested in ("cascade", "whisper"):
+            raise UsageError(f"--language-id {requested} is for a language head on a backbone; "
+                             f"{spec.folder} is a {spec.task} model"
+                             + ("" if spec.backbone is not None else " on log-mel frames"))
+        return "head"
+    backbone = backbone_of(spec)
+    step = backbone.language is not None and backbone.language_problem() is None
+    if requested == "auto":
+        return ("cascade" if spec.cascade is not None and step and len(spec.labels) > 1
+                else "head")
+    if requested in ("cascade", "whisper") and not step:
+        raise UsageError(f"--language-id {requested}: {backbone.folder} has no usable "
+                         "language.tflite (Whisper's language step)")
+    if requested == "cascade" and spec.cascade is None:
+        raise UsageError(f"--language-id cascade: {spec.folder} records no cascade "
+                         "(annotate train language fits one)")
+    unknown = [label for label in spec.labels if label not in WHISPER_LANGUAGES]
+    if requested == "whisper" and unknown:
+        raise UsageError(f"--language-id whisper: Whisper has no code {', '.join(unknown)}")
+    return requested
 
 
 def _holdout(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> dict:
@@ -297,7 +351,9 @@ def encode_for_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report):
     return data, silent, failures
 
 
-def head_probabilities(spec: ModelSpec, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def head_probabilities(spec: ModelSpec, data, source: str = "head", jobs: int | None = None,
+                       report: Report | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Calibrated segment probabilities of a head, as ``annotate run`` writes them.
 
     A language head with a ``switch_probability`` is smoothed along each
@@ -306,6 +362,9 @@ def head_probabilities(spec: ModelSpec, data) -> tuple[np.ndarray, np.ndarray, n
     Args:
         spec: The head.
         data: Encoded recordings (:func:`encode_for_head`).
+        source: For a language head, :func:`language_source`'s answer.
+        jobs: Worker processes for reading the recordings again (Whisper's step).
+        report: Receives a line on what Whisper's step was asked.
 
     Returns:
         Segment probabilities [shape=(n_segments, n_labels), float64], each
@@ -315,9 +374,36 @@ def head_probabilities(spec: ModelSpec, data) -> tuple[np.ndarray, np.ndarray, n
 
     x, owner, durations = data.segments(spec.backbone.layers)
     probs = Classifier(spec).load().predict(x)  # the backend a run would choose
+    if source != "head":
+        probs = with_whisper(spec, probs, whisper_probabilities(spec, data, jobs), source, report)
     if spec.task == "language" and spec.switch_probability is not None:
         probs = smooth_along_recordings(probs, owner, spec.switch_probability)
     return probs, owner, durations
+
+
+def whisper_probabilities(spec: ModelSpec, data, jobs: int | None = None) -> np.ndarray:
+    """Whisper's calibrated probabilities of a language head's labels, per segment of ``data``."""
+    from annotate.modelling.backbone_folder import backbone_of
+    from annotate.training.heads import whisper_language_probs
+
+    return whisper_language_probs(backbone_of(spec), data, spec.labels, spec.features.segment_s,
+                                  jobs)
+
+
+def with_whisper(spec: ModelSpec, head: np.ndarray, whisper: np.ndarray, source: str,
+                 report: Report | None = None) -> np.ndarray:
+    """A language head's segment probabilities as ``source`` gives them (before smoothing)."""
+    from annotate.modelling.language_fusion import apply_cascade
+
+    if source == "whisper":
+        return np.asarray(whisper, np.float64)
+    if source != "cascade":
+        return head
+    c = spec.cascade
+    if report is not None and len(head):
+        asked = float(np.mean(np.max(head, axis=1) < c.threshold))
+        report(f"cascade: Whisper's language step asked for {asked:.1%} of {len(head)} segments")
+    return apply_cascade(head, whisper, c.threshold, c.head_weight, c.whisper_weight)
 
 
 def smooth_along_recordings(probs: np.ndarray, owner: np.ndarray, switch_probability: float
@@ -341,9 +427,10 @@ def _recording_means(probs: np.ndarray, owner: np.ndarray, durations: np.ndarray
     return sums / np.maximum(weights, 1e-9)[:, None]
 
 
-def _holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> dict:
+def _holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
+                  source: str = "head") -> dict:
     data, silent, failures = encode_for_head(spec, items, jobs, report)
-    probs, owner, durations = head_probabilities(spec, data)
+    probs, owner, durations = head_probabilities(spec, data, source, jobs, report)
     report(f"scored {len(probs)} speech segments of {len(data.meta)} recordings")
     rec_probs = _recording_means(probs, owner, durations, len(data.meta))
     result = _score(spec.labels, data.meta, rec_probs, np.ones(len(data.meta), bool), probs,
@@ -352,7 +439,7 @@ def _holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) ->
     result["split"] = (
         f"holdout: {len(data.meta)} recordings with speech of "
         f"{data.meta['speaker'].nunique()} speakers scored by the given head on "
-        f"{spec.backbone.name}"
+        f"{spec.backbone.name}" + _language_note(source)
     )
     result["speakers_seen_in_training"] = []  # heads record no speaker lists
     result["without_speech"] = silent
@@ -360,12 +447,18 @@ def _holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) ->
     return result
 
 
+def _language_note(source: str) -> str:
+    return {"head": "", "cascade": " (language: the cascade as annotate run gives it: Whisper's "
+            "language step where the head is unsure, with the recorded threshold and weights)",
+            "whisper": " (language: Whisper's language step alone)"}[source]
+
+
 #: Keys a head's ``training.settings`` must hold for leave-one-speaker-out.
 HEAD_SETTINGS = ("layers", "hidden", "l2", "dropout", "learning_rate", "epochs")
 
 
 def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
-               extra: pd.DataFrame | None = None) -> dict:
+               extra: pd.DataFrame | None = None, source: str = "head") -> dict:
     from annotate.modelling.inference import softmax, tensorflow
     from annotate.training.heads import balanced_weights, corpus_codes, fit_head
 
@@ -398,6 +491,7 @@ def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
     segment_speaker = data.meta["speaker"].to_numpy()[owner]
     segment_corpus = corpus_codes(data)[owner]
     probs = np.zeros((len(x), len(labels)))
+    whisper = whisper_probabilities(spec, data, jobs) if source != "head" else None
     folds = []
     for number, speaker in enumerate(speakers, start=1):
         test = segment_speaker == speaker
@@ -412,6 +506,8 @@ def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
         model = fit_head(x[train], y[train], weights, len(labels), settings, seed)
         logits = model.predict(x[test], batch_size=256, verbose=0)
         fold_probs = softmax(logits, spec.temperature)
+        if whisper is not None:
+            fold_probs = with_whisper(spec, fold_probs, whisper[test], source)
         if spec.task == "language" and spec.switch_probability is not None:
             fold_probs = smooth_along_recordings(fold_probs, owner[test],
                                                  spec.switch_probability)
@@ -454,7 +550,8 @@ def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
         "split": f"loso: {len(folds)} folds, one per speaker; each fold retrained the head "
                  f"with its recorded settings (no search) on the other speakers' "
                  f"{spec.backbone.name} features{also}, kept its temperature "
-                 f"{spec.temperature:.3f}, and scored the left-out speaker",
+                 f"{spec.temperature:.3f}, and scored the left-out speaker"
+                 + _language_note(source),
         "training_only_recordings": 0 if extra is None else int(len(extra)),
         "pooled_uar": result["uar"],
         "mean_fold_uar": float(np.mean(fold_uars)) if fold_uars else float("nan"),

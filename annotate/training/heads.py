@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from annotate.errors import UsageError
+from annotate.errors import InputError, UsageError
 from annotate.modelling.backbone_folder import BackboneSpec
 from annotate.modelling.model_folder import BackboneInput, ModelSpec, write_model_folder
 from annotate.modelling.networks import build_head
@@ -314,6 +314,29 @@ def whisper_language_logits(backbone: BackboneSpec, items: pd.DataFrame, window_
     return logits, recordings.meta.iloc[owner].reset_index(drop=True), failures
 
 
+def whisper_language_probs(backbone: BackboneSpec, data: EncodedRecordings,
+                           labels: tuple[str, ...], window_s: float,
+                           jobs: int | None = None) -> np.ndarray:
+    """Whisper's calibrated probabilities of ``labels`` for each speech segment of ``data``.
+
+    The recordings are read again (``data`` holds pooled states only) and cut
+    as they were when encoded; the rows are in the order of ``data.segments``.
+
+    Raises:
+        InputError: A recording could not be read again, or gave other segments.
+    """
+    from annotate.labels import WHISPER_LANGUAGES
+
+    _, owner, _ = data.segments((0,))
+    logits, rows, failures = whisper_language_logits(backbone, data.meta, window_s, jobs)
+    paths = data.meta["path"].astype(str).to_numpy()[owner]
+    if failures or len(rows) != len(owner) or (rows["path"].astype(str).to_numpy() != paths).any():
+        raise InputError("the recordings read differently than when they were encoded "
+                         f"({len(rows)} segments for Whisper, {len(owner)} encoded)")
+    tokens = [WHISPER_LANGUAGES.index(label) for label in labels]
+    return _softmax(logits[:, tokens].astype(np.float64), backbone.language.temperature)
+
+
 def fit_language_cascade(data: EncodedRecordings, head: np.ndarray, y_rec: np.ndarray,
                          labels: tuple[str, ...], backbone: BackboneSpec, window_s: float,
                          jobs: int | None, report: Report = print):
@@ -342,12 +365,11 @@ def fit_language_cascade(data: EncodedRecordings, head: np.ndarray, y_rec: np.nd
         return None
     _, owner, durations = data.segments((0,))
     report(f"cascade: Whisper's language step on {len(owner)} segments")
-    logits, _, failures = whisper_language_logits(backbone, data.meta, window_s, jobs)
-    if failures or len(logits) != len(owner):
-        report("no cascade: the recordings read differently than when they were encoded")
+    try:
+        whisper = whisper_language_probs(backbone, data, labels, window_s, jobs)
+    except InputError as error:
+        report(f"no cascade: {error}")
         return None
-    tokens = [WHISPER_LANGUAGES.index(label) for label in labels]
-    whisper = _softmax(logits[:, tokens].astype(np.float64), backbone.language.temperature)
     group = data.meta.get("corpus", pd.Series([""] * len(data.meta))).astype(str).to_numpy()
     fit = fit_cascade(head, whisper, y_rec[owner], owner, durations, group)
     chosen = next(row for row in fit.table if row["threshold"] == fit.threshold)

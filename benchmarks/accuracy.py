@@ -49,7 +49,6 @@ import argparse
 import contextlib
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess

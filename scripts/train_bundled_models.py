@@ -44,8 +44,8 @@ from annotate.labels import EMOTIONS  # noqa: E402
 from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E402
 from annotate.modelling.inference import choose_backbone_backend  # noqa: E402
 from annotate.training import heldout  # noqa: E402
-from annotate.training.corpora import read_corpus  # noqa: E402
 from annotate.training.copies import DEFAULT_COPIES, augmented_copies, copy_sources  # noqa: E402
+from annotate.training.corpora import read_corpus  # noqa: E402
 from annotate.training.heads import default_cache_dir, encode_items, train_head  # noqa: E402
 
 SEED = 20261201

@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from annotate.backbone.export import BATCH
-from annotate.modelling.backbone_folder import BackboneSpec
 from annotate.errors import ModelError
+from annotate.modelling.backbone_folder import BackboneSpec
 
 
 class Backbone:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from annotate.errors import UsageError, expected_one_of
 from annotate.features import FeatureParams
 

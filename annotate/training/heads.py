@@ -729,15 +729,13 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
         cascade: For a language head on a backbone with Whisper's language
             step, fit the cascade too (:func:`fit_language_cascade`).
     """
-    from annotate.training.copies import DEFAULT_COPIES, augmented_copies
-    from annotate.labels import EMOTIONS
+    from annotate.errors import expected_one_of
+    from annotate.labels import EMOTIONS, TASKS
     from annotate.modelling.backbone_folder import read_backbone_folder
     from annotate.modelling.inference import choose_backbone_backend
     from annotate.modelling.model_folder import bundled_models_dir
+    from annotate.training.copies import DEFAULT_COPIES, augmented_copies
     from annotate.training.train import check_output_dir, model_languages
-
-    from annotate.errors import expected_one_of
-    from annotate.labels import TASKS
 
     if task not in TASKS:
         raise UsageError(expected_one_of("task", task, TASKS))

@@ -101,16 +101,21 @@ TARGETS = {
 
 def annotate_manifest(paths: list[str], work: Path, name: str, models: Path | None,
                       languages: list[str] | None, backend: str | None = None,
-                      language_id: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
+                      language_id: str = "auto", speakers: list[str] | None = None,
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run ``annotate.run`` on ``paths``; its per-recording rows (by path) and its segment rows.
 
     ``models``: a folder of model folders used instead of the bundled ones
     (only those: the bundled folder is swapped for it during the run).
     ``backend``: as ``annotate run --backend`` (default: the run's choice).
     ``language_id``: as ``annotate run --language-id``.
+    ``speakers``: each path's speaker, for ``annotate run --speakers manifest``.
     """
     manifest = work / f"{name}.csv"
-    pd.DataFrame({"path": paths}).to_csv(manifest, index=False)
+    table = pd.DataFrame({"path": paths})
+    if speakers is not None:
+        table["speaker"] = speakers
+    table.to_csv(manifest, index=False)
     out = work / f"{name}.parquet"
     kwargs = {}
     if models is not None:
@@ -121,7 +126,8 @@ def annotate_manifest(paths: list[str], work: Path, name: str, models: Path | No
         }
     with models_folder(models):
         annotate.run([manifest], out, languages=languages, overwrite=True, backend=backend,
-                     language_id=language_id, **kwargs)
+                     language_id=language_id, speakers="manifest" if speakers else None,
+                     **kwargs)
     segments = read_output(out)
     return per_recording(segments).set_index("path"), segments
 
@@ -544,13 +550,14 @@ def main() -> None:
     model_sets = {"new": (args.models, None), **({"old CNN": (old, "keras")} if old else {})}
 
     def run(paths: list[str], name: str, system: str, languages,
-            language_id: str = "auto") -> tuple | None:
+            language_id: str = "auto", speakers: list[str] | None = None) -> tuple | None:
         """annotate.run on ``paths``, or None (and a note) when the run stops."""
         from annotate.errors import AnnotateError
 
         try:
             folder, backend = model_sets[system]
-            return annotate_manifest(paths, runs, name, folder, languages, backend, language_id)
+            return annotate_manifest(paths, runs, name, folder, languages, backend, language_id,
+                                     speakers)
         except AnnotateError as error:
             notes.append(f"{system} on {name}: annotate.run stopped: {error}")
             print(f"{system} on {name}: annotate.run stopped: {error}", flush=True)
@@ -620,6 +627,12 @@ def main() -> None:
             systems[system][key]["speakers"] = sorted(items["speaker"].unique())
             if system == "new":
                 systems["new/seg"][key] = score_segments(segments, truth, "emo_")
+        # The same run told who speaks each recording (annotate run --speakers manifest).
+        done = run(list(items["path"]), f"spk-{name}-emo", "new", [language],
+                   speakers=list(items["speaker"].astype(str)))
+        if done is not None:
+            systems["new+spk"][key] = score(done[0], truth, "emo_")
+            systems["new+spk"][key]["speakers"] = sorted(items["speaker"].unique())
         if "opensmile" not in skip:
             baseline = opensmile_baseline(read_corpus(name, args.corpora / name))
             if baseline is None:
@@ -635,7 +648,7 @@ def main() -> None:
         for key, result in loso_results(args.models, args.corpora, started):
             systems["new"][key] = result
 
-    for system in ("new", "head", "Wh-ID", "Whisper", "old CNN"):
+    for system in ("new", "new+spk", "head", "Wh-ID", "Whisper", "old CNN"):
         for task in ("language", "emotion"):
             parts = [r for k, r in systems[system].items()
                      if k.startswith(f"{task}: ") and k != "language: switching"]
@@ -674,8 +687,9 @@ def _fold(fold: dict) -> str:
 #: (the language head alone) and ``--language-id whisper`` (Wh-ID);
 #: faster-whisper's ``detect_language`` on the same segments, padded to 30 s
 #: (Whisper); the ComParE + SVM anchor; the log-mel CNNs of before the backbone.
-COLUMNS = ("new", "new/seg", "head", "head/seg", "Wh-ID", "Wh-ID/seg", "Whisper", "Whisper/seg",
-           "ComParE+SVM", "old CNN")
+#: ``new+spk``: emotion with the recordings' speakers given (``--speakers``).
+COLUMNS = ("new", "new/seg", "new+spk", "head", "head/seg", "Wh-ID", "Wh-ID/seg", "Whisper",
+           "Whisper/seg", "ComParE+SVM", "old CNN")
 
 
 def print_tables(systems: dict[str, dict[str, dict]], notes: list[str], seconds: float) -> None:

@@ -19,7 +19,7 @@ from annotate.errors import StateError, UsageError
 from annotate.pipeline.progress import Progress
 from annotate.pipeline.shard_store import SHARD_KEY
 from annotate.pipeline.store import read_metadata
-from annotate.testing import speech_like
+from annotate.testing import speech_like, voice
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,22 @@ def test_cluster_run_writes_the_local_runs_tables(mixed_corpus, tmp_path, model_
     assert not (tmp_path / "cluster.parquet.partial").exists()
     again = annotate.run([mixed_corpus], clustered, cluster=scheduler, shard_size=3, **model_args)
     assert again.already_complete
+
+
+def test_the_cluster_adapts_emotions_to_speakers_as_a_local_run(tmp_path, model_args,
+                                                                  scheduler):
+    for speaker, pitch in (("anna", 220.0), ("bert", 110.0)):
+        for i in range(7):
+            write_audio(tmp_path / "in" / speaker / f"{i}.wav",
+                        voice(3.0, pitch * (1 + 0.05 * i), seed=i), 16000)
+    local, clustered = tmp_path / "local.parquet", tmp_path / "cluster.parquet"
+    annotate.run([tmp_path / "in"], local, jobs=1, speakers="folder", **model_args)
+    annotate.run([tmp_path / "in"], clustered, cluster=scheduler, shard_size=3,
+                 speakers="folder", **model_args)
+    pd.testing.assert_frame_equal(pd.read_parquet(clustered), pd.read_parquet(local),
+                                  check_exact=True)
+    assert read_metadata(clustered)["speaker_adaptation"]["speakers"] == 2
+    assert read_metadata(clustered) == read_metadata(local)
 
 
 def test_a_rerun_recomputes_only_the_shards_whose_part_is_missing_or_broken(

@@ -40,10 +40,13 @@ class Recording:
     Attributes:
         key: The ``path`` column of the output (always valid UTF-8).
         source: Where to read it (may hold undecodable bytes of the file system).
+        speaker: Who speaks, where a manifest says (its ``speaker`` column, or
+            a Common Voice TSV's ``client_id``); None otherwise.
     """
 
     key: str
     source: str
+    speaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,10 +143,12 @@ def read_manifest(path: str | Path) -> tuple[list[Recording], list[Failure]]:
     base = path.parent
     if suffix == ".tsv" and COMMON_VOICE_COLUMNS <= set(table.columns) and (base / "clips").is_dir():
         base = base / "clips"
+    column = next((c for c in ("speaker", "client_id") if c in table.columns), None)
+    speakers = table[column] if column else [None] * len(table)
     recordings: list[Recording] = []
     seen: set[str] = set()
-    for value in table["path"]:
-        if value is None or (isinstance(value, float) and pd.isna(value)) or str(value) == "":
+    for value, speaker in zip(table["path"], speakers, strict=True):
+        if _blank(value):
             failures.append(Failure(f"{path.name}:<empty>", "manifest", "row with an empty path"))
             continue
         key = str(value)
@@ -151,8 +156,15 @@ def read_manifest(path: str | Path) -> tuple[list[Recording], list[Failure]]:
             continue  # a duplicate row: annotate once
         seen.add(key)
         source = key if os.path.isabs(key) else os.path.join(base, key)
-        recordings.append(Recording(printable(key), source))
+        recordings.append(Recording(printable(key), source,
+                                    None if _blank(speaker) else str(speaker)))
     return recordings, failures
+
+
+def _blank(value) -> bool:
+    """An empty manifest cell: None, NaN, pandas' NA or ''."""
+    return (value is None or type(value).__name__ == "NAType"
+            or (isinstance(value, float) and value != value) or str(value) == "")
 
 
 def _read_delimited(path: Path, sep: str, failures: list[Failure]) -> pd.DataFrame:

@@ -56,6 +56,11 @@ def run(
              "whisper (Whisper's own language identification: slower, any of its 99 codes) or "
              "auto (cascade when the head knows every candidate and records one, else head; "
              "whisper for codes beyond the head's).")] = "auto",
+    speakers: Annotated[Optional[str], typer.Option(
+        help="Make each speaker's emotions relative to their own voice: who speaks is each "
+             "recording's folder (folder) or a manifest's 'speaker' column, Common Voice's "
+             "'client_id' (manifest). Needs 20 s of speech a speaker and two speakers or more.",
+        show_default=False)] = None,
     language_model: Annotated[Optional[Path], typer.Option(help="Language model folder replacing the bundled one.")] = None,
     emotion_model: Annotated[Optional[list[str]], typer.Option(
         help="LANG=DIR: an emotion model folder for recordings in LANG ('*' for all others). Repeatable.")] = None,
@@ -95,7 +100,7 @@ def run(
             window_s=window, hop_s=hop, speech_threshold_dbfs=speech_threshold,
             jobs=jobs, batch_size=batch_size,
             overwrite=overwrite, progress=progress, cluster=cluster, shard_size=shard_size,
-            backend=backend, workers=workers,
+            backend=backend, workers=workers, speakers=speakers,
         )
     except AnnotateError as error:
         with _descriptor_2_as_it_is():

@@ -117,6 +117,30 @@ class LanguageCascade:
 
 
 @dataclass(frozen=True)
+class SpeakerAdaptation:
+    """``model.json``'s ``speaker_adaptation`` entry: an emotion head's probabilities per speaker.
+
+    With ``annotate run --speakers``, each speaker's log-probabilities are
+    centred on the speaker's mean (:mod:`annotate.modelling.speaker_adaptation`);
+    the result is divided by ``temperature``, fitted on validation speakers
+    (``scripts/fit_speaker_adaptation.py``) so that it stays calibrated.
+
+    Attributes:
+        temperature: Divides the centred log-probabilities.
+        fitted_on: What it was fitted on.
+        validation: Figures on those recordings (free form).
+    """
+
+    temperature: float
+    fitted_on: str = ""
+    validation: dict = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict:
+        return {"temperature": self.temperature, "fitted_on": self.fitted_on,
+                "validation": self.validation}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model folder's description (``model.json``), validated.
 
@@ -141,6 +165,8 @@ class ModelSpec:
         cascade: For a language head on a backbone with Whisper's language
             step, when to ask that step too and how to fuse the two; None:
             the head alone.
+        speaker_adaptation: For an emotion model, its temperature once
+            centred per speaker (``annotate run --speakers``); None: 1.
     """
 
     folder: Path
@@ -157,6 +183,7 @@ class ModelSpec:
     backbone: BackboneInput | None = None
     switch_probability: float | None = None
     cascade: LanguageCascade | None = None
+    speaker_adaptation: SpeakerAdaptation | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -201,6 +228,8 @@ class ModelSpec:
             **({"switch_probability": self.switch_probability}
                if self.switch_probability is not None else {}),
             **({"cascade": self.cascade.to_json()} if self.cascade else {}),
+            **({"speaker_adaptation": self.speaker_adaptation.to_json()}
+               if self.speaker_adaptation else {}),
         }
 
 
@@ -287,7 +316,21 @@ def read_model_folder(folder: str | Path) -> ModelSpec:
         backbone=backbone,
         switch_probability=None if switch is None else float(switch),
         cascade=_read_cascade(raw.get("cascade"), spec_path, raw["task"]),
+        speaker_adaptation=_read_speaker_adaptation(raw.get("speaker_adaptation"), spec_path,
+                                                    raw["task"]),
     )
+
+
+def _read_speaker_adaptation(raw, spec_path: Path, task: str) -> SpeakerAdaptation | None:
+    if raw is None:
+        return None
+    temperature = raw.get("temperature") if isinstance(raw, dict) else None
+    if (task == "language" or not isinstance(temperature, (int, float))
+            or isinstance(temperature, bool) or not 0 < temperature < 100):
+        raise ModelError(f"{spec_path}: speaker_adaptation must be an object with a positive "
+                         "temperature, on an emotion or attitude model")
+    return SpeakerAdaptation(float(temperature), str(raw.get("fitted_on", "")),
+                             dict(raw.get("validation") or {}))
 
 
 def _read_cascade(raw, spec_path: Path, task: str) -> LanguageCascade | None:

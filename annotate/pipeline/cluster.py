@@ -53,6 +53,7 @@ from annotate.pipeline.shard_store import (
     output_fingerprint,
     write_part,
 )
+from annotate.pipeline.speakers import Speakers
 from annotate.pipeline.store import check_output_path, failures_path
 from annotate.schema import segments_schema
 
@@ -271,6 +272,7 @@ def run_on_cluster(
     batch_size: int = 256,
     overwrite: bool = False,
     progress: Progress | None = None,
+    speakers: str | None = None,
 ) -> RunResult:
     """Annotate ``inputs`` on the Dask cluster at ``address`` and write the tables.
 
@@ -292,6 +294,8 @@ def run_on_cluster(
         batch_size: Segments gathered per inference round on a worker.
         overwrite: Discard partial state or an output made with other settings.
         progress: Receives progress events, per finished shard.
+        speakers: As for :func:`annotate.pipeline.local.run`: applied by the
+            driver when it writes the table.
 
     Returns:
         What was done; ``annotated`` and ``audio_s`` count this run's shards,
@@ -322,6 +326,7 @@ def run_on_cluster(
             return result
 
     recordings, failures = discover(inputs)
+    adaptation = None if speakers is None else Speakers.of_run(recordings, speakers, models)
     # Workers start elsewhere: give them paths that do not depend on this cwd.
     recordings = [Recording(r.key, os.path.abspath(r.source)) for r in recordings]
     result.recordings = len(recordings)
@@ -351,7 +356,7 @@ def run_on_cluster(
         for shard in shards:
             failures.extend(finished[shard.id].failures)
         result.failures = failures
-        store.finalize(shards, schema, metadata, failures, failures_url)
+        store.finalize(shards, schema, metadata, failures, failures_url, adaptation)
     return result
 
 

@@ -17,12 +17,13 @@ from typing import Iterator
 from annotate._version import __version__
 from annotate.audio.discover import Failure, discover
 from annotate.audio.spill import SpillFolder
-from annotate.errors import AnnotateError, UsageError
+from annotate.errors import AnnotateError, UsageError, expected_one_of
 from annotate.modelling.model_set import ModelSet
 from annotate.pipeline.annotator import Annotator, RecordingFeatures, assemble_recording
 from annotate.pipeline.featurize import ChunkResult, SegmentSettings, featurize_chunk, plan_chunks
 from annotate.pipeline.progress import Progress
 from annotate.pipeline.result import RunResult, is_already_complete
+from annotate.pipeline.speakers import SPEAKER_SOURCES, Speakers
 from annotate.pipeline.store import PartialStore, check_output_path, failures_path, read_metadata
 from annotate.pipeline.workers import (
     FileLookahead,
@@ -70,6 +71,7 @@ def run(
     shard_size: int = 32,
     backend: str | None = None,
     workers: str = "auto",
+    speakers: str | None = None,
 ) -> RunResult:
     """Annotate recordings segment by segment and write the Parquet tables.
 
@@ -109,6 +111,10 @@ def run(
         workers: Whether the jobs are ``"threads"`` or ``"processes"``;
             ``"auto"`` picks (:data:`annotate.pipeline.workers.WORKERS`). The table
             does not depend on it.
+        speakers: Make the emotion probabilities relative to each speaker
+            (:mod:`annotate.pipeline.speakers`), who is each recording's
+            ``"folder"`` or the manifest's ``speaker`` column
+            (``"manifest"``); None: as the heads give them.
 
     Returns:
         What was done; failures are also in the failures table.
@@ -127,6 +133,8 @@ def run(
                          f"{speech_threshold_dbfs}")
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    if speakers is not None and speakers not in SPEAKER_SOURCES:
+        raise UsageError(expected_one_of("speaker source", speakers, SPEAKER_SOURCES))
     jobs = jobs or os.cpu_count() or 1
     workers = resolve_workers(workers, jobs)
     if cluster is None:  # annotate.pipeline.cluster checks the output, which may be a URL
@@ -145,7 +153,7 @@ def run(
         "version": __version__,
         "schema_version": load_schema("segments")["version"],
         "settings": {**asdict(settings), "languages": list(languages or []), "chunk_s": CHUNK_S,
-                     "language_id": language_id},
+                     "language_id": language_id, "speakers": speakers},
         "models": described,
         "backbones": models.describe_backbones(backbone_backends, language_id),
     }
@@ -157,7 +165,7 @@ def run(
             inputs, requested_output, models=models, settings=settings, languages=languages,
             language_id=language_id,
             metadata=metadata, address=cluster, shard_size=shard_size, batch_size=batch_size,
-            overwrite=overwrite, progress=progress)
+            overwrite=overwrite, progress=progress, speakers=speakers)
     result = RunResult(output, failures_path(output))
 
     if output.exists() and not output.with_name(output.name + ".partial").exists():
@@ -168,6 +176,7 @@ def run(
 
     recordings, failures = discover(inputs)
     result.recordings = len(recordings)
+    adaptation = None if speakers is None else Speakers.of_run(recordings, speakers, models)
     annotator = Annotator(models, languages, backends, backbone_backends, language_id)
     with PartialStore(output, metadata["fingerprint"], overwrite) as store:
         for name in store.discarded_parts:
@@ -179,7 +188,7 @@ def run(
                  progress, result)
         progress.stop()
         result.failures = failures
-        store.finalize(annotator.schema, metadata, failures)
+        store.finalize(annotator.schema, metadata, failures, adaptation)
     return result
 
 

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from annotate.audio.discover import Failure, Recording
 from annotate.errors import StateError
+from annotate.pipeline.speakers import Speakers
 from annotate.pipeline.store import METADATA_KEY, failures_table, final_table, write_atomically
 
 #: Key of a part's key-value metadata that describes its shard.
@@ -271,13 +272,14 @@ class ShardStore:
         return done
 
     def finalize(self, shards: list[Shard], schema: pa.Schema, metadata: dict,
-                 failures: list[Failure], failures_url: str) -> None:
+                 failures: list[Failure], failures_url: str,
+                 speakers: Speakers | None = None) -> None:
         """Write the failures table, then the output from the shards' parts, then clean up."""
         output_url = self.output if is_local(self.fs) else self.fs.unstrip_protocol(self.output)
         write_table(failures_url, failures_table(failures))
         self.fs.invalidate_cache(self.parts)
         tables = [self._read_part(shard) for shard in shards]
-        write_table(output_url, final_table(tables, schema, metadata))
+        write_table(output_url, final_table(tables, schema, metadata, speakers))
         # The fingerprint goes first: if the clean-up is cut short, the parts
         # left behind are never taken for a resume of other settings.
         self.fs.rm(self.folder + "/fingerprint.json")

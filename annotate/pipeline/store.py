@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from annotate.audio.discover import Failure
 from annotate.errors import StateError, UsageError
+from annotate.pipeline.speakers import Speakers
 from annotate.schema import failures_schema
 
 METADATA_KEY = b"annotate"
@@ -270,11 +271,12 @@ class PartialStore:
         self._next_part += 1
         self._done |= set(table.column("path").to_pylist())
 
-    def finalize(self, schema: pa.Schema, metadata: dict, failures: list[Failure]) -> None:
+    def finalize(self, schema: pa.Schema, metadata: dict, failures: list[Failure],
+                 speakers: Speakers | None = None) -> None:
         """Write the failures table, then the output (sorted by path, start), then clean up."""
         write_atomically(failures_table(failures), failures_path(self.output))
         parts = sorted(self.parts.glob("*.parquet"))
-        table = final_table([pq.read_table(p) for p in parts], schema, metadata)
+        table = final_table([pq.read_table(p) for p in parts], schema, metadata, speakers)
         write_atomically(table, self.output)
         # The fingerprint goes first: if the clean-up is cut short, the parts
         # left behind are never taken for a resume of other settings.
@@ -284,14 +286,21 @@ class PartialStore:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def final_table(tables: list[pa.Table], schema: pa.Schema, metadata: dict) -> pa.Table:
+def final_table(tables: list[pa.Table], schema: pa.Schema, metadata: dict,
+                speakers: Speakers | None = None) -> pa.Table:
     """The output table from its parts: one schema, sorted by (path, start), with metadata.
 
+    With ``speakers`` (``annotate run --speakers``), its emotions are made
+    relative to each speaker (:mod:`annotate.pipeline.speakers`), over every
+    recording of the run; the metadata gains ``speaker_adaptation``.
     Local and cluster runs both write it, so they write the same table.
     """
     tables = [t.cast(schema) for t in tables]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     table = table.sort_by([("path", "ascending"), ("start_s", "ascending")])
+    if speakers is not None:
+        table, summary = speakers.adapt(table)
+        metadata = {**metadata, "speaker_adaptation": summary}
     return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
 
 

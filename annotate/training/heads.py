@@ -673,6 +673,14 @@ def head_card(spec: ModelSpec) -> str:
                    f"{c.validation.get('asked', float('nan')):.1%} of the validation segments. "
                    f"Chosen on {c.fitted_on} (`scripts/fit_language_cascade.py`). "
                    "`annotate run --language-id head` runs the head alone.\n")
+    if spec.speaker_adaptation is not None:
+        a = spec.speaker_adaptation
+        gains = "; ".join(f"{name} UAR {r['uar_plain']:.3f} -> {r['uar_adapted']:.3f}"
+                          for name, r in a.validation.get("corpora", {}).items())
+        cascade += (f"\n**Per speaker.** With `annotate run --speakers`, each speaker's "
+                    "log-probabilities are centred on that speaker's mean (the run's mean "
+                    f"added back) and divided by {a.temperature:g}, fitted on {a.fitted_on} "
+                    f"(`scripts/fit_speaker_adaptation.py`){': ' + gains if gains else ''}.\n")
     return f"""# {spec.name}
 
 {article} {spec.task} head on the `{info.get('backbone')}` backbone (its folder holds

@@ -150,7 +150,16 @@ def test_the_bundled_emotion_heads_record_a_speaker_temperature_that_helps_on_va
             assert figures["uar_adapted"] > figures["uar_plain"]
 
 
-def test_read_metadata_of_an_adapted_output_names_its_speakers(voices, model_args, tmp_path):
+def test_the_summary_of_an_adapted_output_names_its_speakers(voices, model_args, tmp_path):
+    from rich.console import Console
+
+    from annotate.views.report_text import print_report
+    from annotate.views.summarize import summarize
+
     out = tmp_path / "out.parquet"
     annotate.run([voices], out, languages=["de"], jobs=1, speakers="folder", **model_args)
     assert read_metadata(out)["speaker_adaptation"]["speakers"] == 2
+    console = Console(record=True, width=200)
+    print_report(console, summarize(out))
+    assert ("emotions relative to each speaker (folder): 2 speakers, emotion-de 2 adapted"
+            in console.export_text())

@@ -54,3 +54,11 @@ def print_report(console: Console, report: dict) -> None:
     models = report["run"]["models"]
     if models:
         console.print("models: " + ", ".join(f"{m['name']} ({m['task']})" for m in models))
+    adapted = report["run"].get("speaker_adaptation")
+    if adapted:
+        done = sum(m["speakers_adapted"] > 0 for m in adapted["models"].values())
+        console.print(f"emotions relative to each speaker ({adapted['source']}): "
+                      f"{adapted['speakers']} speakers, "
+                      + ", ".join(f"{name} {m['speakers_adapted']} adapted"
+                                  for name, m in adapted["models"].items())
+                      + ("" if done else " (none had enough speech, or a second speaker)"))

@@ -123,7 +123,8 @@ def summarize(path: str | Path) -> dict:
     else:
         report["failures"] = {"count": None, "by_error": {}, "examples": []}
     metadata = read_metadata(path)
-    report["run"] = {k: metadata.get(k) for k in ("version", "settings", "fingerprint")}
+    report["run"] = {k: metadata.get(k) for k in ("version", "settings", "fingerprint",
+                                                  "speaker_adaptation")}
     report["run"]["models"] = [
         {k: m.get(k) for k in ("name", "task", "languages", "hash")}
         for m in metadata.get("models", [])

@@ -294,3 +294,31 @@ def test_evaluate_refuses_a_language_id_the_model_cannot_give(heads, cascade_mod
     with pytest.raises(UsageError, match="language identification"):
         evaluate(cascade_models["language"].folder, [language], "holdout", jobs=1,
                  language_id="guess")
+
+
+def test_holdout_with_speakers_gives_what_a_run_told_the_speakers_labels(heads, tmp_path):
+    import pandas as pd
+
+    from annotate.pipeline.local import run
+    from annotate.views.summarize import per_recording, read_output
+
+    corpus = read_corpus("emodb", make_toy_emodb(tmp_path / "emodb", speakers=("03", "08"),
+                                                 per_emotion=8, first_seed=600))
+    result = evaluate(heads["emotion"].folder, [corpus], "holdout", jobs=1, speakers=True)
+    plain = evaluate(heads["emotion"].folder, [corpus], "holdout", jobs=1)
+    assert "relative to each speaker" in result["split"]
+    manifest = tmp_path / "speakers.csv"
+    corpus.items[["path", "speaker"]].to_csv(manifest, index=False)
+    run([manifest], tmp_path / "run.parquet", language_model=heads["language"].folder,
+        emotion_models={"de": heads["emotion"].folder}, languages=["de"], speakers="manifest",
+        window_s=heads["backbone"].features.segment_s, jobs=1)
+    rows = per_recording(read_output(tmp_path / "run.parquet")).set_index("path")
+    apart = []
+    for adapted, before in zip(result["predictions"], plain["predictions"], strict=True):
+        row = rows.loc[adapted["path"]]
+        assert np.allclose(adapted["probabilities"],
+                           [row[f"emo_{label}"] for label in result["labels"]], atol=1e-5)
+        apart.append(np.abs(np.subtract(adapted["probabilities"], before["probabilities"])).max())
+    assert max(apart) > 1e-3
+    with pytest.raises(UsageError, match="speakers are for holdout"):
+        evaluate(heads["emotion"].folder, [corpus], "loso", jobs=1, speakers=True)

@@ -211,6 +211,10 @@ def evaluate(
     language_id: Annotated[str, typer.Option(
         "--language-id", help="For a language head, as annotate run: auto (the cascade where "
         "the model records one, as a run labels), head, cascade or whisper.")] = "auto",
+    speakers: Annotated[bool, typer.Option(
+        "--speakers", help="For an emotion head under holdout: each speaker's probabilities "
+        "relative to their own voice, as annotate run --speakers (the corpus' speakers).")]
+    = False,
 ) -> None:
     """Measure a model on labelled corpora: accuracy, UAR, ECE, confusion matrix."""
     try:
@@ -221,7 +225,7 @@ def evaluate(
             _check_matplotlib()
         corpora = _read_corpora(corpus)
         result = evaluate_model(model, corpora, protocol, jobs=jobs, progress=_say,
-                                language_id=language_id)
+                                language_id=language_id, speakers=speakers)
         if json_out is not None:
             json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         if plot is not None:

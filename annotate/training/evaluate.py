@@ -80,6 +80,7 @@ def evaluate(
     progress: Report | None = None,
     training_corpora: list[Corpus] | None = None,
     language_id: str = "auto",
+    speakers: bool = False,
 ) -> dict:
     """Measure a model on labelled corpora.
 
@@ -104,6 +105,10 @@ def evaluate(
             where the head records one and its backbone has Whisper's
             language step, else the head), ``head``, ``cascade`` or
             ``whisper`` (Whisper's step alone).
+        speakers: Under ``holdout`` with an emotion head: make each speaker's
+            probabilities relative to their own voice, with the corpus
+            adapters' speakers, as ``annotate run --speakers`` does
+            (:mod:`annotate.modelling.speaker_adaptation`).
 
     Returns:
         A JSON-serialisable dict: ``accuracy``, ``uar``, ``ece``,
@@ -127,6 +132,10 @@ def evaluate(
     report = progress or (lambda text: None)
     spec = read_model_folder(model_folder)
     source = language_source(spec, language_id)
+    if speakers and (protocol != "holdout" or spec.backbone is None or spec.task == "language"):
+        raise UsageError("speakers are for holdout with an emotion head on a backbone: "
+                         "leave-one-speaker-out scores one speaker at a time, and a speaker's "
+                         "language is not relative to their voice")
     items = collect_items(corpora, spec.task)
     known = items["label"].isin(spec.labels)
     skipped = items.loc[~known, "label"].value_counts()
@@ -147,8 +156,10 @@ def evaluate(
             raise UsageError(f"speakers both scored and always trained on: {', '.join(shared)}")
         result = _loso_head(spec, items, jobs, report, extra, source)
     elif spec.backbone is not None:
-        run = _holdout_head if protocol == "holdout" else _loso_head
-        result = run(spec, items, jobs, report, source=source)
+        if protocol == "holdout":
+            result = _holdout_head(spec, items, jobs, report, source, speakers)
+        else:
+            result = _loso_head(spec, items, jobs, report, source=source)
     else:
         run = _holdout if protocol == "holdout" else _loso
         result = run(spec, items, jobs, report)
@@ -428,9 +439,18 @@ def _recording_means(probs: np.ndarray, owner: np.ndarray, durations: np.ndarray
 
 
 def _holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
-                  source: str = "head") -> dict:
+                  source: str = "head", speakers: bool = False) -> dict:
     data, silent, failures = encode_for_head(spec, items, jobs, report)
     probs, owner, durations = head_probabilities(spec, data, source, jobs, report)
+    if speakers:
+        from annotate.modelling.speaker_adaptation import adapt_to_speakers
+
+        temperature = (spec.speaker_adaptation.temperature if spec.speaker_adaptation
+                       else 1.0)
+        who = data.meta["speaker"].astype(str).to_numpy(dtype=object)[owner]
+        probs, adapted = adapt_to_speakers(probs, who, durations, temperature)
+        report(f"per speaker: {len(set(who[adapted]))} of {len(set(who))} speakers adapted "
+               f"(temperature {temperature:g})")
     report(f"scored {len(probs)} speech segments of {len(data.meta)} recordings")
     rec_probs = _recording_means(probs, owner, durations, len(data.meta))
     result = _score(spec.labels, data.meta, rec_probs, np.ones(len(data.meta), bool), probs,
@@ -440,6 +460,8 @@ def _holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
         f"holdout: {len(data.meta)} recordings with speech of "
         f"{data.meta['speaker'].nunique()} speakers scored by the given head on "
         f"{spec.backbone.name}" + _language_note(source)
+        + (", emotions relative to each speaker (as annotate run --speakers)" if speakers
+           else "")
     )
     result["speakers_seen_in_training"] = []  # heads record no speaker lists
     result["without_speech"] = silent

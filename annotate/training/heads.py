@@ -386,6 +386,76 @@ def fit_language_cascade(data: EncodedRecordings, head: np.ndarray, y_rec: np.nd
         validation={"per_recording_accuracy": fit.table, "asked": chosen["asked"]})
 
 
+#: Temperatures :func:`fit_speaker_adaptation` tries.
+SPEAKER_TEMPERATURES = tuple(round(0.5 + 0.05 * i, 2) for i in range(31))
+
+
+def fit_speaker_adaptation(probs: np.ndarray, owner: np.ndarray, durations: np.ndarray,
+                           y_rec: np.ndarray, speakers: np.ndarray, corpus: np.ndarray,
+                           served: np.ndarray, n_labels: int, fitted_on: str,
+                           report: Report = print):
+    """An emotion head's temperature for ``annotate run --speakers``, from validation speakers.
+
+    Each corpus's served recordings are adapted as one run (its speakers
+    against each other, :func:`annotate.modelling.speaker_adaptation.adapt_to_speakers`);
+    the temperature with the least negative log-likelihood of the adapted
+    segments' labels wins.
+
+    Args:
+        probs: Calibrated out-of-fold probabilities of each segment [shape=(n, k)].
+        owner, durations: Each segment's recording and duration.
+        y_rec, speakers, corpus, served: Per recording: its label, speaker,
+            corpus, and whether the head serves it (its languages).
+        n_labels: Labels of the head.
+        fitted_on: What the recordings are, for the model folder.
+
+    Returns:
+        A :class:`annotate.modelling.model_folder.SpeakerAdaptation`, or None
+        (reported) when no corpus has two speakers with enough speech.
+    """
+    from annotate.modelling.model_folder import SpeakerAdaptation
+    from annotate.modelling.speaker_adaptation import adapt_to_speakers
+    from annotate.training.metrics import expected_calibration_error
+
+    corpora = sorted(set(corpus[served]))
+
+    def adapted(temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        out, mask = probs.copy(), np.zeros(len(probs), bool)
+        for c in corpora:
+            rows = served[owner] & (corpus[owner] == c)
+            out[rows], mask[rows] = adapt_to_speakers(probs[rows], speakers[owner][rows],
+                                                      durations[rows], temperature)
+        return out, mask
+
+    truth = y_rec[owner]
+    if not adapted(1.0)[1].any():
+        report("no per-speaker temperature: no corpus has two speakers with enough speech")
+        return None
+    nll = {}
+    for temperature in SPEAKER_TEMPERATURES:
+        out, mask = adapted(temperature)
+        nll[temperature] = float(-np.mean(np.log(np.maximum(out[mask, truth[mask]], 1e-12))))
+    best = min(nll, key=nll.get)
+    out, _ = adapted(best)
+    plain = _recording_probs(probs, owner, durations, len(y_rec))
+    adapt = _recording_probs(out, owner, durations, len(y_rec))
+    table = {}
+    for c in corpora:
+        recs = np.flatnonzero(served & (corpus == c))
+        table[c] = {"recordings": int(len(recs)), "speakers": int(len(set(speakers[recs]))),
+                    "uar_plain": uar(y_rec[recs], plain[recs].argmax(axis=1), n_labels),
+                    "uar_adapted": uar(y_rec[recs], adapt[recs].argmax(axis=1), n_labels),
+                    "ece_plain": float(expected_calibration_error(plain[recs], y_rec[recs])),
+                    "ece_adapted": float(expected_calibration_error(adapt[recs], y_rec[recs]))}
+        r = table[c]
+        report(f"per speaker on {c} ({r['speakers']} speakers, {r['recordings']} recordings): "
+               f"UAR {r['uar_plain']:.3f} -> {r['uar_adapted']:.3f}, ECE {r['ece_plain']:.3f} "
+               f"-> {r['ece_adapted']:.3f} at temperature {best}")
+    return SpeakerAdaptation(best, fitted_on=fitted_on,
+                             validation={"corpora": table,
+                                         "temperatures": {str(t): v for t, v in nll.items()}})
+
+
 def uar(true: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
     """Mean recall over the labels present in ``true``."""
     recalls = [np.mean(predicted[true == k] == k) for k in range(n_labels) if np.any(true == k)]
@@ -607,6 +677,14 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
     if cascade:
         fitted_cascade = fit_language_cascade(
             data, _softmax(logits, temperature), y_rec, labels, backbone, window_s, jobs, report)
+    speaker_fit = None
+    if task != "language":
+        corpus = data.meta.get("corpus", pd.Series([""] * len(data.meta))).astype(str)
+        speaker_fit = fit_speaker_adaptation(
+            _softmax(logits, temperature), owner, durations, y_rec, speakers,
+            corpus.to_numpy(), fitted, len(labels),
+            f"the training recordings it serves, out of fold over {len(folds)} speaker folds, "
+            "each corpus adapted as one run", report)
     x, owner, durations, _ = training_rows(data, copies, tuple(settings["layers"]))
     y = y_rec[owner]
     weights = balanced_weights(y, len(labels), corpus_codes(data)[owner]) * durations / 3.0
@@ -635,6 +713,7 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
                                backbone.pooled_width),
         switch_probability=switch,
         cascade=fitted_cascade,
+        speaker_adaptation=speaker_fit,
     )
     spec = convert_to_litert(spec, required=False)
     write_model_folder(spec, head_card(spec))
@@ -679,8 +758,8 @@ def head_card(spec: ModelSpec) -> str:
                           for name, r in a.validation.get("corpora", {}).items())
         cascade += (f"\n**Per speaker.** With `annotate run --speakers`, each speaker's "
                     "log-probabilities are centred on that speaker's mean (the run's mean "
-                    f"added back) and divided by {a.temperature:g}, fitted on {a.fitted_on} "
-                    f"(`scripts/fit_speaker_adaptation.py`){': ' + gains if gains else ''}.\n")
+                    f"added back) and divided by {a.temperature:g}, fitted on {a.fitted_on}"
+                    f"{': ' + gains if gains else ''}.\n")
     return f"""# {spec.name}
 
 {article} {spec.task} head on the `{info.get('backbone')}` backbone (its folder holds

@@ -163,6 +163,10 @@ def test_the_summary_of_an_adapted_output_names_its_speakers(voices, model_args,
     print_report(console, summarize(out))
     assert ("emotions relative to each speaker (folder): 2 speakers, emotion-de 2 adapted"
             in console.export_text())
+    from annotate.views.report import write_report
+
+    page = write_report(out, tmp_path / "report.html").read_text()
+    assert "relative to each speaker's own voice" in page and "emotion-de 2 of 2 speakers" in page
 
 
 def test_the_fitted_temperature_is_the_one_that_best_explains_the_adapted_labels():

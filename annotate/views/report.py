@@ -325,9 +325,18 @@ def _emotions(data: ReportData) -> str:
             for lang in counts.index]
     header = ["language", "segments", *(_swatch(plots.emotion_colour(e)) + _e(e) for e in labels)]
     table = _table(header, rows, numeric=set(range(1, len(header))), raw_header=True)
+    adapted = data.metadata.get("speaker_adaptation")
+    per_speaker = ""
+    if adapted:
+        done = {name: m["speakers_adapted"] for name, m in adapted["models"].items()}
+        per_speaker = (" The emotions are relative to each speaker's own voice "
+                       f"(<code>--speakers {_e(adapted['source'])}</code>: "
+                       + _e(", ".join(f"{name} {n} of {adapted['speakers']} speakers"
+                                      for name, n in done.items()))
+                       + "; speakers with too little speech keep the model's own).")
     return (head + '<p class="lede">Emotion of each speech segment, by the segment\'s '
-            "language. Labels an emotion model does not have stay empty.</p>"
-            + _figure(figure, "Emotion distribution per language (share of speech segments)")
+            "language. Labels an emotion model does not have stay empty." + per_speaker
+            + "</p>" + _figure(figure, "Emotion distribution per language (share of speech segments)")
             + table + "</section>")
 
 

@@ -192,3 +192,24 @@ def test_the_fitted_temperature_is_the_one_that_best_explains_the_adapted_labels
     assert fit_speaker_adaptation(probs[:n], owner[:n], np.full(n, 3.0), truth[:n],
                                   speakers[:n], np.array(["c"] * n), np.ones(n, bool), k,
                                   "tests", report=lambda text: None) is None
+
+
+def test_the_command_line_takes_the_speakers_and_refuses_what_it_cannot_use(voices, tmp_path,
+                                                                             model_cli_args):
+    from typer.testing import CliRunner
+
+    from annotate.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "out.parquet"
+    ok = runner.invoke(app, ["run", str(voices), "-o", str(out), "-j", "1", "-q",
+                             "--languages", "de", "--speakers", "folder", *model_cli_args])
+    assert ok.exit_code == 0, ok.output
+    assert read_metadata(out)["speaker_adaptation"]["source"] == "folder"
+    bad = runner.invoke(app, ["run", str(voices), "-o", str(tmp_path / "b.parquet"),
+                              "--speakers", "voice", *model_cli_args])
+    assert bad.exit_code == 2 and "speaker source" in bad.output
+    # a folder of recordings names no speaker in a manifest
+    none = runner.invoke(app, ["run", str(voices), "-o", str(tmp_path / "n.parquet"), "-j", "1",
+                               "--speakers", "manifest", *model_cli_args])
+    assert none.exit_code == 2 and "'speaker' column" in none.output

@@ -89,6 +89,9 @@ def test_annotate_models_shows_each_heads_held_out_figures():
     assert "commonvoice: acc" in rows["language"] and "telephone: acc" in rows["language"]
     cascade = read_model_folder(resource_dir("models") / "language").cascade
     assert f"Whisper's language ID below top p {cascade.threshold}" in rows["language"]
+    adapted = read_model_folder(resource_dir("models") / "emotion-en").speaker_adaptation
+    uar = adapted.validation["corpora"]["ravdess"]["uar_adapted"]
+    assert f"--speakers: ravdess UAR {uar:.2f}" in rows["emotion-en"]
 
 
 def test_the_bundled_language_model_runs_the_cascade_by_default(tmp_path):

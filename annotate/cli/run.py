@@ -185,9 +185,13 @@ def list_models() -> None:
                  if spec.backbone else "log-mel")
         if spec.cascade is not None:
             reads += f"; Whisper's language ID below top p {spec.cascade.threshold}"
+        validation = _figures(spec.metrics.get("validation", spec.metrics))
+        if spec.speaker_adaptation is not None:
+            gains = spec.speaker_adaptation.validation.get("corpora", {})
+            validation += "; --speakers: " + ", ".join(
+                f"{name} UAR {r['uar_adapted']:.2f}" for name, r in gains.items())
         table.add_row(spec.name, spec.task, ",".join(spec.languages), ",".join(spec.labels),
-                      reads, _figures(spec.metrics.get("validation", spec.metrics)),
-                      _figures(spec.metrics.get("heldout", {})))
+                      reads, validation, _figures(spec.metrics.get("heldout", {})))
     out.print(table)
 
 

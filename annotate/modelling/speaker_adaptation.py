@@ -65,17 +65,23 @@ def adapt_to_speakers(probs: np.ndarray, speakers: np.ndarray, durations: np.nda
     log_p = np.log(np.maximum(probs, _FLOOR))
     weights = np.maximum(durations, 1e-9)
     run_mean = np.average(log_p[known], axis=0, weights=weights[known])
-    speech = {s: float(durations[speakers == s].sum()) for s in dict.fromkeys(speakers[known])}
-    heard = [s for s, seconds in speech.items() if seconds >= min_speech_s]
+    # One pass groups the rows by speaker (a corpus may have thousands of them).
+    rows = np.flatnonzero(known)
+    _, group = np.unique(speakers[rows].astype(str), return_inverse=True)
+    speech = np.bincount(group, weights=durations[rows])
+    heard = np.flatnonzero(speech >= min_speech_s)
     if len(heard) < 2:  # one voice: nothing to compare it with
         return out, adapted
-    for speaker in heard:
-        rows = speakers == speaker
-        own = np.average(log_p[rows], axis=0, weights=weights[rows])
-        mean = (own * speech[speaker] + run_mean * prior_s) / (speech[speaker] + prior_s)
-        scores = (log_p[rows] - mean + run_mean) / temperature
-        scores -= scores.max(axis=1, keepdims=True)
-        scores = np.exp(scores)
-        out[rows] = scores / scores.sum(axis=1, keepdims=True)
-        adapted[rows] = True
+    sums = np.zeros((len(speech), probs.shape[1]))
+    np.add.at(sums, group, log_p[rows] * weights[rows, None])
+    own = sums / np.bincount(group, weights=weights[rows])[:, None]
+    seconds = speech[:, None]
+    mean = (own * seconds + run_mean * prior_s) / (seconds + prior_s)
+    keep = np.isin(group, heard)
+    rows, group = rows[keep], group[keep]
+    scores = (log_p[rows] - mean[group] + run_mean) / temperature
+    scores -= scores.max(axis=1, keepdims=True)
+    scores = np.exp(scores)
+    out[rows] = scores / scores.sum(axis=1, keepdims=True)
+    adapted[rows] = True
     return out, adapted

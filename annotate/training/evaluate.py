@@ -179,15 +179,13 @@ def evaluate(
 def language_source(spec: ModelSpec, requested: str = "auto") -> str:
     """Where an evaluation takes a model's probabilities: ``head``, ``cascade`` or ``whisper``.
 
-    As :meth:`annotate.modelling.model_set.ModelSet.choose_language_id`
-    resolves ``--language-id`` for a run over the language model's labels.
+    What :meth:`annotate.modelling.model_set.ModelSet.choose_language_id`
+    makes of ``--language-id`` for a run over the language model's labels.
 
     Raises:
         UsageError: An unknown choice, or one the model cannot give.
     """
-    from annotate.labels import WHISPER_LANGUAGES
-    from annotate.modelling.backbone_folder import backbone_of
-    from annotate.modelling.model_set import LANGUAGE_IDS
+    from annotate.modelling.model_set import LANGUAGE_IDS, ModelSet
 
     if requested not in LANGUAGE_IDS:
         raise UsageError(expected_one_of("language identification", requested, LANGUAGE_IDS))
@@ -197,21 +195,7 @@ def language_source(spec: ModelSpec, requested: str = "auto") -> str:
                              f"{spec.folder} is a {spec.task} model"
                              + ("" if spec.backbone is not None else " on log-mel frames"))
         return "head"
-    backbone = backbone_of(spec)
-    step = backbone.language is not None and backbone.language_problem() is None
-    if requested == "auto":
-        return ("cascade" if spec.cascade is not None and step and len(spec.labels) > 1
-                else "head")
-    if requested in ("cascade", "whisper") and not step:
-        raise UsageError(f"--language-id {requested}: {backbone.folder} has no usable "
-                         "language.tflite (Whisper's language step)")
-    if requested == "cascade" and spec.cascade is None:
-        raise UsageError(f"--language-id cascade: {spec.folder} records no cascade "
-                         "(annotate train language fits one)")
-    unknown = [label for label in spec.labels if label not in WHISPER_LANGUAGES]
-    if requested == "whisper" and unknown:
-        raise UsageError(f"--language-id whisper: Whisper has no code {', '.join(unknown)}")
-    return requested
+    return ModelSet(spec, {}).choose_language_id(None, requested)[0]
 
 
 def _holdout(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report) -> dict:

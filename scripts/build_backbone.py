@@ -265,7 +265,7 @@ def check_language_export(encoder, decoder, path: Path, blocks: int, n_frames: i
         interpreter.set_tensor(inputs[2]["index"], valid[i:i + 1])
         interpreter.invoke()
         got.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
-    from annotate.modelling.inference import softmax
+    from annotate.modelling.posteriors import softmax
 
     got = np.concatenate(got)
     worst = float(np.abs(got - want).max() / np.abs(want).max())

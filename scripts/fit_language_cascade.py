@@ -42,14 +42,15 @@ from train_bundled_models import SEED, training_recordings  # noqa: E402
 
 from annotate.backbone.whisper_language import LANGUAGE_CODES  # noqa: E402
 from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E402
-from annotate.modelling.inference import choose_backbone_backend, softmax  # noqa: E402
-from annotate.modelling.language_fusion import apply_cascade, fit_cascade  # noqa: E402
+from annotate.modelling.inference import choose_backbone_backend  # noqa: E402
+from annotate.modelling.language_fusion import fit_cascade  # noqa: E402
 from annotate.modelling.model_folder import (  # noqa: E402
     SPEC_FILE,
     LanguageCascade,
     read_model_folder,
     write_model_folder,
 )
+from annotate.modelling.posteriors import apply_cascade, softmax  # noqa: E402
 from annotate.training.heads import (  # noqa: E402
     Copies,
     default_cache_dir,

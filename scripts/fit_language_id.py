@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from annotate.backbone.whisper_language import LANGUAGE_CODES  # noqa: E402
 from annotate.modelling.backbone_folder import SPEC_FILE, read_backbone_folder  # noqa: E402
-from annotate.modelling.inference import softmax  # noqa: E402
+from annotate.modelling.posteriors import softmax  # noqa: E402
 from annotate.training import heldout  # noqa: E402
 from annotate.training.corpora import read_corpus  # noqa: E402
 from annotate.training.heads import whisper_language_logits  # noqa: E402

@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from train_bundled_models import SEED, training_items  # noqa: E402
 
 from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E402
-from annotate.modelling.inference import choose_backbone_backend, softmax  # noqa: E402
+from annotate.modelling.inference import choose_backbone_backend  # noqa: E402
 from annotate.modelling.model_folder import read_model_folder, write_model_folder  # noqa: E402
+from annotate.modelling.posteriors import softmax  # noqa: E402
 from annotate.training.heads import (  # noqa: E402
     calibration_rows,
     encode_items,

@@ -297,7 +297,6 @@ def test_evaluate_refuses_a_language_id_the_model_cannot_give(heads, cascade_mod
 
 
 def test_holdout_with_speakers_gives_what_a_run_told_the_speakers_labels(heads, tmp_path):
-    import pandas as pd
 
     from annotate.pipeline.local import run
     from annotate.views.summarize import per_recording, read_output

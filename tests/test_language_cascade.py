@@ -13,11 +13,11 @@ import annotate
 from annotate.backbone.runtime import Backbone
 from annotate.backbone.whisper_language import LANGUAGE_CODES
 from annotate.errors import ModelError, UsageError
-from annotate.modelling.inference import Classifier, softmax
-from annotate.modelling.language_fusion import fit_cascade, fit_weights, fuse_language
+from annotate.modelling.inference import Classifier
+from annotate.modelling.language_fusion import fit_cascade, fit_weights
 from annotate.modelling.model_folder import LanguageCascade, read_model_folder
 from annotate.modelling.model_set import ModelSet
-from annotate.modelling.smoothing import smooth_language
+from annotate.modelling.posteriors import fuse_language, smooth_language, softmax
 from annotate.pipeline.annotator import Annotator, RecordingFeatures
 from annotate.testing import create_backbone_folder, create_head_folder
 

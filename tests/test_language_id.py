@@ -12,9 +12,8 @@ from annotate.backbone.runtime import Backbone
 from annotate.backbone.whisper_language import LANGUAGE_CODES
 from annotate.errors import ModelError, UsageError
 from annotate.modelling.backbone_folder import read_backbone_folder
-from annotate.modelling.inference import softmax
 from annotate.modelling.model_set import ModelSet
-from annotate.modelling.smoothing import smooth_language
+from annotate.modelling.posteriors import smooth_language, softmax
 from annotate.pipeline.annotator import Annotator, RecordingFeatures
 from annotate.testing import create_backbone_folder, create_head_folder
 

@@ -116,9 +116,9 @@ def test_worker_processes_wait_for_the_consumer_through_a_file(tmp_path):
 
 
 def test_a_closed_file_lookahead_releases_workers(tmp_path):
-    from annotate.pipeline.workers import FileLookahead
-
     import pickle
+
+    from annotate.pipeline.workers import FileLookahead
 
     lookahead = FileLookahead(tmp_path / "lookahead", 1)
     in_worker = pickle.loads(pickle.dumps(lookahead))  # as a worker process gets it

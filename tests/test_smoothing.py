@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from annotate.modelling.smoothing import smooth_language
+from annotate.modelling.posteriors import smooth_language
 
 
 def posteriors(labels: str, confidence: float = 0.7) -> np.ndarray:

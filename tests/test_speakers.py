@@ -15,9 +15,8 @@ from conftest import run_metadata, sorted_table, write_audio
 import annotate
 from annotate.audio.discover import Recording, read_manifest
 from annotate.errors import ModelError, UsageError
-from annotate.modelling.inference import softmax
 from annotate.modelling.model_folder import read_model_folder
-from annotate.modelling.speaker_adaptation import adapt_to_speakers
+from annotate.modelling.posteriors import adapt_to_speakers, softmax
 from annotate.pipeline.speakers import adapt_table, speakers_of
 from annotate.pipeline.store import read_metadata
 from annotate.testing import voice

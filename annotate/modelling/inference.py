@@ -27,6 +27,7 @@ import numpy as np
 from annotate.audio.c_stderr import muted
 from annotate.errors import ModelError, UsageError, expected_one_of
 from annotate.modelling.model_folder import ModelSpec
+from annotate.modelling.posteriors import softmax
 
 _tf = None
 
@@ -152,22 +153,6 @@ def choose_backbone_backend(spec, layers: tuple[int, ...], requested: str | None
     return _pick(requested, problem,
                  lambda problem: f"{spec.folder}: the LiteRT backend cannot run this backbone: "
                  f"{problem}. Use the keras backend")
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature`` in float64, rows summing to 1.
-
-    Each row is computed on its own: numpy's vectorised ``exp`` gives an
-    element other last bits in a SIMD lane than in the loop's tail, so over
-    a whole array a row's probabilities would depend on how many rows came
-    before it (a cluster shard against the local run).
-    """
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
-    out = np.empty_like(scaled)
-    for i, row in enumerate(scaled):
-        exp = np.exp(row - row.max())
-        out[i] = exp / exp.sum()
-    return out
 
 
 class Classifier:

@@ -1,4 +1,6 @@
-"""The language head and Whisper's language identification together: the cascade.
+"""Fitting the cascade: when the language head asks Whisper, and how the two are fused.
+
+The fusion itself is :func:`annotate.modelling.posteriors.fuse_language`.
 
 The head on the encoder's states is fast and sure of most segments; where it
 is unsure (its top probability below a threshold), Whisper's own language
@@ -18,51 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from annotate.modelling.posteriors import apply_cascade, fuse_language
+
 #: Thresholds the fit tries (top head probability below it: ask Whisper).
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
 #: Each fusion weight the fit tries.
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(26))
-
-
-def fuse_language(head: np.ndarray, whisper: np.ndarray, head_weight: float,
-                  whisper_weight: float) -> np.ndarray:
-    """The weighted product of two language distributions, renormalised.
-
-    Args:
-        head, whisper: np.ndarray [shape=(n, k)], rows summing to 1 over the
-            candidates (0 elsewhere, in both).
-        head_weight, whisper_weight: The exponents.
-
-    Returns:
-        np.ndarray [shape=(n, k), float64]; 0 where ``head`` is 0.
-    """
-    head, whisper = np.asarray(head, np.float64), np.asarray(whisper, np.float64)
-    tiny = np.finfo(np.float64).tiny
-    scores = (head_weight * np.log(np.maximum(head, tiny))
-              + whisper_weight * np.log(np.maximum(whisper, tiny)))
-    scores[head <= 0] = -np.inf
-    scores -= scores.max(axis=1, keepdims=True)
-    out = np.exp(scores)
-    return out / out.sum(axis=1, keepdims=True)
-
-
-def apply_cascade(head: np.ndarray, whisper: np.ndarray, threshold: float, head_weight: float,
-                  whisper_weight: float) -> np.ndarray:
-    """The cascade's probabilities: the fusion where the head's top is below ``threshold``.
-
-    Args:
-        head, whisper: np.ndarray [shape=(n, k)]: each segment's distributions
-            (``whisper`` is read only where the head is unsure).
-
-    Returns:
-        np.ndarray [shape=(n, k), float64]: ``head``'s rows where it is sure.
-    """
-    out = np.array(head, dtype=np.float64)
-    asked = out.max(axis=1) < threshold
-    if asked.any():
-        out[asked] = fuse_language(out[asked], np.asarray(whisper)[asked], head_weight,
-                                   whisper_weight)
-    return out
 
 
 def fit_weights(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,

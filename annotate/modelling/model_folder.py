@@ -121,7 +121,7 @@ class SpeakerAdaptation:
     """``model.json``'s ``speaker_adaptation`` entry: an emotion head's probabilities per speaker.
 
     With ``annotate run --speakers``, each speaker's log-probabilities are
-    centred on the speaker's mean (:mod:`annotate.modelling.speaker_adaptation`);
+    centred on the speaker's mean (:mod:`annotate.modelling.posteriors`);
     the result is divided by ``temperature``, fitted on validation speakers
     (:func:`annotate.training.heads.fit_speaker_adaptation`, with every
     emotion head ``annotate train`` writes) so that it stays calibrated.

@@ -21,10 +21,9 @@ import pyarrow as pa
 from annotate.audio.discover import Failure
 from annotate.features import FeatureParams
 from annotate.labels import EMOTIONS, WHISPER_LANGUAGES
-from annotate.modelling.inference import Classifier, softmax
-from annotate.modelling.language_fusion import fuse_language
+from annotate.modelling.inference import Classifier
 from annotate.modelling.model_set import ModelSet
-from annotate.modelling.smoothing import smooth_language
+from annotate.modelling.posteriors import fuse_language, smooth_language, softmax
 from annotate.schema import segments_schema
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ the top of its input has none); ``--speakers manifest`` takes a manifest's
 when it is written (:func:`annotate.pipeline.store.final_table`), from the
 rows alone: local and cluster runs give the same table, and a resumed run
 adapts over every recording, not only those it annotated this time. The
-method is :mod:`annotate.modelling.speaker_adaptation`'s.
+method is :mod:`annotate.modelling.posteriors`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pyarrow as pa
 from annotate.audio.discover import Recording
 from annotate.errors import UsageError, expected_one_of
 from annotate.labels import EMOTIONS
-from annotate.modelling.speaker_adaptation import MIN_SPEECH_S, PRIOR_S, adapt_to_speakers
+from annotate.modelling.posteriors import MIN_SPEECH_S, PRIOR_S, adapt_to_speakers
 
 #: Where ``--speakers`` takes each recording's speaker from.
 SPEAKER_SOURCES = ("folder", "manifest")

@@ -32,6 +32,7 @@ import pandas as pd
 
 from annotate.errors import InputError, ModelError, UsageError, expected_one_of
 from annotate.modelling.model_folder import ModelSpec, read_model_folder
+from annotate.modelling.posteriors import recording_means, smooth_along_recordings
 from annotate.training.corpora.base import Corpus
 from annotate.training.metrics import (  # noqa: F401 - also the names this module always offered
     ECE_BINS,
@@ -108,7 +109,7 @@ def evaluate(
         speakers: Under ``holdout`` with an emotion head: make each speaker's
             probabilities relative to their own voice, with the corpus
             adapters' speakers, as ``annotate run --speakers`` does
-            (:mod:`annotate.modelling.speaker_adaptation`).
+            (:mod:`annotate.modelling.posteriors`).
 
     Returns:
         A JSON-serialisable dict: ``accuracy``, ``uar``, ``ece``,
@@ -388,7 +389,7 @@ def whisper_probabilities(spec: ModelSpec, data, jobs: int | None = None) -> np.
 def with_whisper(spec: ModelSpec, head: np.ndarray, whisper: np.ndarray, source: str,
                  report: Report | None = None) -> np.ndarray:
     """A language head's segment probabilities as ``source`` gives them (before smoothing)."""
-    from annotate.modelling.language_fusion import apply_cascade
+    from annotate.modelling.posteriors import apply_cascade
 
     if source == "whisper":
         return np.asarray(whisper, np.float64)
@@ -401,33 +402,12 @@ def with_whisper(spec: ModelSpec, head: np.ndarray, whisper: np.ndarray, source:
     return apply_cascade(head, whisper, c.threshold, c.head_weight, c.whisper_weight)
 
 
-def smooth_along_recordings(probs: np.ndarray, owner: np.ndarray, switch_probability: float
-                            ) -> np.ndarray:
-    """Language posteriors smoothed within each recording (segments in time order)."""
-    from annotate.modelling.smoothing import smooth_language
-
-    out = np.array(probs, dtype=np.float64)
-    for r in np.unique(owner):
-        rows = np.flatnonzero(owner == r)
-        out[rows] = smooth_language(out[rows], switch_probability)
-    return out
-
-
-def _recording_means(probs: np.ndarray, owner: np.ndarray, durations: np.ndarray,
-                     n_recordings: int) -> np.ndarray:
-    """Duration-weighted mean of each recording's segment probabilities."""
-    sums = np.zeros((n_recordings, probs.shape[1]))
-    np.add.at(sums, owner, probs * durations[:, None])
-    weights = np.bincount(owner, weights=durations, minlength=n_recordings)
-    return sums / np.maximum(weights, 1e-9)[:, None]
-
-
 def _holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
                   source: str = "head", speakers: bool = False) -> dict:
     data, silent, failures = encode_for_head(spec, items, jobs, report)
     probs, owner, durations = head_probabilities(spec, data, source, jobs, report)
     if speakers:
-        from annotate.modelling.speaker_adaptation import adapt_to_speakers
+        from annotate.modelling.posteriors import adapt_to_speakers
 
         temperature = (spec.speaker_adaptation.temperature if spec.speaker_adaptation
                        else 1.0)
@@ -436,7 +416,7 @@ def _holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
         report(f"per speaker: {len(set(who[adapted]))} of {len(set(who))} speakers adapted "
                f"(temperature {temperature:g})")
     report(f"scored {len(probs)} speech segments of {len(data.meta)} recordings")
-    rec_probs = _recording_means(probs, owner, durations, len(data.meta))
+    rec_probs = recording_means(probs, owner, durations, len(data.meta))
     result = _score(spec.labels, data.meta, rec_probs, np.ones(len(data.meta), bool), probs,
                     owner)
     result["n_without_speech"] = len(silent)
@@ -465,7 +445,8 @@ HEAD_SETTINGS = ("layers", "hidden", "l2", "dropout", "learning_rate", "epochs")
 
 def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
                extra: pd.DataFrame | None = None, source: str = "head") -> dict:
-    from annotate.modelling.inference import softmax, tensorflow
+    from annotate.modelling.inference import tensorflow
+    from annotate.modelling.posteriors import softmax
     from annotate.training.heads import balanced_weights, corpus_codes, fit_head
 
     settings = spec.training.get("settings")
@@ -524,7 +505,7 @@ def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
         local = {r: i for i, r in enumerate(mine)}
         local_owner = np.array([local[r] for r in owner[test]])
         fold = _score(labels, data.meta.iloc[mine].reset_index(drop=True),
-                      _recording_means(fold_probs, local_owner, durations[test], len(mine)),
+                      recording_means(fold_probs, local_owner, durations[test], len(mine)),
                       np.ones(len(mine), bool), fold_probs, local_owner)
         folds.append({
             "speaker": speaker,
@@ -544,7 +525,7 @@ def _loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
     local_owner = np.array([local[r] for r in owner[segments]], np.int64)
     meta = data.meta.iloc[kept].reset_index(drop=True)
     result = _score(labels, meta,
-                    _recording_means(probs[segments], local_owner, durations[segments],
+                    recording_means(probs[segments], local_owner, durations[segments],
                                      len(kept)),
                     np.ones(len(kept), bool), probs[segments], local_owner)
     fold_uars = [f["uar"] for f in folds if not np.isnan(f["uar"])]

@@ -34,6 +34,7 @@ from annotate.errors import InputError, UsageError
 from annotate.modelling.backbone_folder import BackboneSpec
 from annotate.modelling.model_folder import BackboneInput, ModelSpec, write_model_folder
 from annotate.modelling.networks import build_head
+from annotate.modelling.posteriors import recording_means, softmax, uar
 from annotate.training.copies import copy_sources
 
 Report = Callable[[str], None]
@@ -220,13 +221,6 @@ def speaker_folds(speakers: np.ndarray, n_folds: int, seed: int) -> list[np.ndar
     return [np.flatnonzero([fold_of[s] == f for s in speakers]) for f in range(k)]
 
 
-def _recording_probs(probs: np.ndarray, owner: np.ndarray, durations: np.ndarray,
-                     n_recordings: int) -> np.ndarray:
-    out = np.zeros((n_recordings, probs.shape[1]))
-    np.add.at(out, owner, probs * durations[:, None])
-    return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-12)
-
-
 def corpus_codes(data: EncodedRecordings) -> np.ndarray:
     """Each recording's corpus as an integer (0 when the items name none)."""
     if "corpus" not in data.meta:
@@ -334,7 +328,7 @@ def whisper_language_probs(backbone: BackboneSpec, data: EncodedRecordings,
         raise InputError("the recordings read differently than when they were encoded "
                          f"({len(rows)} segments for Whisper, {len(owner)} encoded)")
     tokens = [WHISPER_LANGUAGES.index(label) for label in labels]
-    return _softmax(logits[:, tokens].astype(np.float64), backbone.language.temperature)
+    return softmax(logits[:, tokens].astype(np.float64), backbone.language.temperature)
 
 
 def fit_language_cascade(data: EncodedRecordings, head: np.ndarray, y_rec: np.ndarray,
@@ -397,7 +391,7 @@ def fit_speaker_adaptation(probs: np.ndarray, owner: np.ndarray, durations: np.n
     """An emotion head's temperature for ``annotate run --speakers``, from validation speakers.
 
     Each corpus's served recordings are adapted as one run (its speakers
-    against each other, :func:`annotate.modelling.speaker_adaptation.adapt_to_speakers`);
+    against each other, :func:`annotate.modelling.posteriors.adapt_to_speakers`);
     the temperature with the least negative log-likelihood of the adapted
     segments' labels wins.
 
@@ -414,7 +408,7 @@ def fit_speaker_adaptation(probs: np.ndarray, owner: np.ndarray, durations: np.n
         (reported) when no corpus has two speakers with enough speech.
     """
     from annotate.modelling.model_folder import SpeakerAdaptation
-    from annotate.modelling.speaker_adaptation import adapt_to_speakers
+    from annotate.modelling.posteriors import adapt_to_speakers
     from annotate.training.metrics import expected_calibration_error
 
     corpora = sorted(set(corpus[served]))
@@ -437,8 +431,8 @@ def fit_speaker_adaptation(probs: np.ndarray, owner: np.ndarray, durations: np.n
         nll[temperature] = float(-np.mean(np.log(np.maximum(out[mask, truth[mask]], 1e-12))))
     best = min(nll, key=nll.get)
     out, _ = adapted(best)
-    plain = _recording_probs(probs, owner, durations, len(y_rec))
-    adapt = _recording_probs(out, owner, durations, len(y_rec))
+    plain = recording_means(probs, owner, durations, len(y_rec))
+    adapt = recording_means(out, owner, durations, len(y_rec))
     table = {}
     for c in corpora:
         recs = np.flatnonzero(served & (corpus == c))
@@ -454,12 +448,6 @@ def fit_speaker_adaptation(probs: np.ndarray, owner: np.ndarray, durations: np.n
     return SpeakerAdaptation(best, fitted_on=fitted_on,
                              validation={"corpora": table,
                                          "temperatures": {str(t): v for t, v in nll.items()}})
-
-
-def uar(true: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
-    """Mean recall over the labels present in ``true``."""
-    recalls = [np.mean(predicted[true == k] == k) for k in range(n_labels) if np.any(true == k)]
-    return float(np.mean(recalls))
 
 
 def validation_score(true: np.ndarray, predicted: np.ndarray, corpus: np.ndarray,
@@ -484,7 +472,7 @@ def search_settings(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int,
 
     def score(settings: dict) -> float:
         logits = out_of_fold_logits(data, y_rec, n_labels, settings, folds, seed, copies)
-        rec = _recording_probs(_softmax(logits), owner, durations, len(y_rec))
+        rec = recording_means(softmax(logits), owner, durations, len(y_rec))
         return validation_score(y_rec, rec.argmax(axis=1), corpus, n_labels)
 
     if trials <= 0:
@@ -535,7 +523,7 @@ def fit_switch_probability(probs: np.ndarray, owner: np.ndarray, y_rec: np.ndarr
     :data:`SWITCH_GRID` smooths them, and the one with the best segment
     accuracy wins (no smoothing is the baseline, written as ``"none"``).
     """
-    from annotate.modelling.smoothing import smooth_language
+    from annotate.modelling.posteriors import smooth_language
 
     by_label: dict[int, list[int]] = {}
     for r, label in enumerate(y_rec):
@@ -579,12 +567,6 @@ def calibration_rows(data: EncodedRecordings, languages: tuple[str, ...]) -> np.
         return every
     served = data.meta["language"].isin(languages).to_numpy()
     return served if served.any() else every
-
-
-def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    from annotate.modelling.inference import softmax
-
-    return softmax(logits, temperature)
 
 
 def _jsonable(settings: dict) -> dict:
@@ -650,7 +632,7 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
     fitted = calibration_rows(data, languages)
     served = fitted[owner]
     temperature = fit_temperature(logits[served], y_rec[owner][served])
-    rec = _recording_probs(_softmax(logits, temperature), owner, durations, len(data.meta))
+    rec = recording_means(softmax(logits, temperature), owner, durations, len(data.meta))
     metrics = {
         "split": f"out-of-fold over {len(folds)} speaker-disjoint folds of the training speakers",
         "recordings": int(len(rec)),
@@ -659,7 +641,7 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
                                             len(labels)),
         "accuracy": float(np.mean(rec.argmax(axis=1) == y_rec)),
         "ece": float(expected_calibration_error(rec, y_rec)),
-        "segment_ece": float(expected_calibration_error(_softmax(logits, temperature),
+        "segment_ece": float(expected_calibration_error(softmax(logits, temperature),
                                                         y_rec[owner])),
         "temperature_fitted_on": int(fitted.sum()),
         "ece_where_fitted": float(expected_calibration_error(rec[fitted], y_rec[fitted])),
@@ -669,19 +651,19 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
     switch = None
     if smooth_language:
         switch, switch_table = fit_switch_probability(
-            _softmax(logits, temperature), owner, y_rec, np.random.default_rng(seed))
+            softmax(logits, temperature), owner, y_rec, np.random.default_rng(seed))
         metrics["switch_probability"] = {"chosen": switch, "validation": switch_table}
         report(f"switch probability {switch} (segment accuracy on validation sequences: "
                f"{switch_table})")
     fitted_cascade = None
     if cascade:
         fitted_cascade = fit_language_cascade(
-            data, _softmax(logits, temperature), y_rec, labels, backbone, window_s, jobs, report)
+            data, softmax(logits, temperature), y_rec, labels, backbone, window_s, jobs, report)
     speaker_fit = None
     if task != "language":
         corpus = data.meta.get("corpus", pd.Series([""] * len(data.meta))).astype(str)
         speaker_fit = fit_speaker_adaptation(
-            _softmax(logits, temperature), owner, durations, y_rec, speakers,
+            softmax(logits, temperature), owner, durations, y_rec, speakers,
             corpus.to_numpy(), fitted, len(labels),
             f"the training recordings it serves, out of fold over {len(folds)} speaker folds, "
             "each corpus adapted as one run", report)

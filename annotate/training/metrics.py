@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from annotate.modelling.posteriors import recording_mean, uar
 from annotate.training.training_data import Recordings
 
 #: Equal-width confidence bins of the expected calibration error.
@@ -55,8 +56,7 @@ def unweighted_average_recall(true: np.ndarray, scores: np.ndarray) -> float:
     """UAR (macro recall) over the labels present in ``true``; ``scores`` may be logits."""
     if not len(true):
         return float("nan")
-    recalls = recall_per_label(true, scores.argmax(axis=1), scores.shape[1])
-    return float(np.nanmean(recalls))
+    return uar(true, scores.argmax(axis=1), scores.shape[1])
 
 
 def classification_metrics(true: np.ndarray, probs: np.ndarray, labels) -> dict:
@@ -116,9 +116,8 @@ def recording_probabilities(
     for i in range(len(recordings)):
         count = len(recordings.features[i])
         if count:
-            weights = recordings.speech_durations(i)
-            part = segment_probs[start : start + count]
-            out[i] = (part * weights[:, None]).sum(axis=0) / max(weights.sum(), 1e-9)
+            out[i] = recording_mean(segment_probs[start : start + count],
+                                    recordings.speech_durations(i))
             scored[i] = True
         start += count
     return out, scored

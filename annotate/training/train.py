@@ -354,7 +354,8 @@ def fit_model_folder(
     Returns:
         The spec written to ``folder``.
     """
-    from annotate.modelling.inference import Classifier, softmax
+    from annotate.modelling.inference import Classifier
+    from annotate.modelling.posteriors import softmax
 
     report = progress or (lambda text: None)
     if not len(crops):

@@ -51,16 +51,11 @@ from annotate.modelling.model_folder import (  # noqa: E402
     write_model_folder,
 )
 from annotate.modelling.posteriors import apply_cascade, softmax  # noqa: E402
-from annotate.training.heads import (  # noqa: E402
-    Copies,
-    default_cache_dir,
-    encode_items,
-    fold_heads,
-    head_card,
-    speaker_folds,
-    whisper_language_logits,
-)
+from annotate.training.calibration import whisper_language_logits  # noqa: E402
+from annotate.training.cards import head_card  # noqa: E402
+from annotate.training.encoding import Copies, default_cache_dir, encode_items  # noqa: E402
 from annotate.training.metrics import expected_calibration_error  # noqa: E402
+from annotate.training.search import fold_heads, speaker_folds  # noqa: E402
 
 #: Corpora whose recordings Whisper scores (espeak's synthetic voices train the head only).
 SCORED = ("commonvoice", "emodb", "emovo", "ravdess")

@@ -32,10 +32,9 @@ from annotate.backbone.whisper_language import LANGUAGE_CODES  # noqa: E402
 from annotate.modelling.backbone_folder import SPEC_FILE, read_backbone_folder  # noqa: E402
 from annotate.modelling.posteriors import softmax  # noqa: E402
 from annotate.training import heldout  # noqa: E402
+from annotate.training.calibration import fit_temperature, whisper_language_logits  # noqa: E402
 from annotate.training.corpora import read_corpus  # noqa: E402
-from annotate.training.heads import whisper_language_logits  # noqa: E402
 from annotate.training.metrics import expected_calibration_error  # noqa: E402
-from annotate.training.train import fit_temperature  # noqa: E402
 
 CANDIDATES = ("de", "en", "fr", "it")
 CORPORA = ("commonvoice", "emodb", "emovo", "ravdess")

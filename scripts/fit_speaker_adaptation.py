@@ -34,14 +34,13 @@ from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E40
 from annotate.modelling.inference import choose_backbone_backend  # noqa: E402
 from annotate.modelling.model_folder import read_model_folder, write_model_folder  # noqa: E402
 from annotate.modelling.posteriors import softmax  # noqa: E402
-from annotate.training.heads import (  # noqa: E402
+from annotate.training.calibration import (  # noqa: E402
     calibration_rows,
-    encode_items,
     fit_speaker_adaptation,
-    head_card,
-    out_of_fold_logits,
-    speaker_folds,
 )
+from annotate.training.cards import head_card  # noqa: E402
+from annotate.training.encoding import encode_items  # noqa: E402
+from annotate.training.search import out_of_fold_logits, speaker_folds  # noqa: E402
 
 #: Per head: the corpora it trains on, as train_bundled_models.py gives them.
 HEADS = {

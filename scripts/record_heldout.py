@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from annotate.modelling.model_folder import SPEC_FILE, read_model_folder  # noqa: E402
-from annotate.training.heads import head_card  # noqa: E402
+from annotate.training.cards import head_card  # noqa: E402
 
 #: Which test sets of the benchmark measure which bundled head.
 SETS = {

@@ -46,7 +46,8 @@ from annotate.modelling.inference import choose_backbone_backend  # noqa: E402
 from annotate.training import heldout  # noqa: E402
 from annotate.training.copies import DEFAULT_COPIES, augmented_copies, copy_sources  # noqa: E402
 from annotate.training.corpora import read_corpus  # noqa: E402
-from annotate.training.heads import default_cache_dir, encode_items, train_head  # noqa: E402
+from annotate.training.encoding import default_cache_dir, encode_items  # noqa: E402
+from annotate.training.heads import train_head  # noqa: E402
 
 SEED = 20261201
 SYNTHETIC_PER_LANGUAGE = 100

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from annotate.cli import app
 from annotate.modelling.model_folder import read_model_folder
 from annotate.testing import create_backbone_folder, make_toy_emodb, speech_like
-from annotate.training import heads
+from annotate.training import search as heads
 from annotate.training.copies import COPY_OF, augmented_copies
-from annotate.training.heads import Copies, EncodedRecordings, out_of_fold_logits
+from annotate.training.encoding import Copies, EncodedRecordings
+from annotate.training.search import out_of_fold_logits
 
 runner = CliRunner()
 

@@ -203,7 +203,8 @@ def cascade_models(tmp_path_factory, corpus):
     Whisper for about half of the corpus' segments (its threshold: their median top
     probability), beside an emotion head for the run."""
     from annotate.modelling.model_folder import LanguageCascade
-    from annotate.training.evaluate import collect_items, encode_for_head, head_probabilities
+    from annotate.training.evaluate import collect_items
+    from annotate.training.evaluate_heads import encode_for_head, head_probabilities
     from annotate.training.heldout import as_language_corpus
 
     root = tmp_path_factory.mktemp("cascade-models")

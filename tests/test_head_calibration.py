@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from annotate.training.heads import EncodedRecordings, calibration_rows
+from annotate.training.calibration import calibration_rows
+from annotate.training.encoding import EncodedRecordings
 
 
 def recordings(languages):

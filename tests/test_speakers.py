@@ -169,7 +169,7 @@ def test_the_summary_of_an_adapted_output_names_its_speakers(voices, model_args,
 
 
 def test_the_fitted_temperature_is_the_one_that_best_explains_the_adapted_labels():
-    from annotate.training.heads import SPEAKER_TEMPERATURES, fit_speaker_adaptation
+    from annotate.training.calibration import SPEAKER_TEMPERATURES, fit_speaker_adaptation
 
     rng = np.random.default_rng(3)
     n, k = 40, 4

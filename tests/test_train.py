@@ -281,7 +281,7 @@ def test_corpus_for_another_task_is_refused(corpus):
 
 
 def test_temperature_fit_recovers_the_temperature_of_the_data():
-    from annotate.training.train import fit_temperature
+    from annotate.training.calibration import fit_temperature
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (4000, 4))

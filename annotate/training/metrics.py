@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from annotate.modelling.posteriors import recording_mean, uar
 from annotate.training.training_data import Recordings
@@ -57,6 +58,14 @@ def unweighted_average_recall(true: np.ndarray, scores: np.ndarray) -> float:
     if not len(true):
         return float("nan")
     return uar(true, scores.argmax(axis=1), scores.shape[1])
+
+
+def negative_log_likelihood(logits: np.ndarray, true: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true labels under ``softmax(logits)``."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(true)), true].mean())
 
 
 def classification_metrics(true: np.ndarray, probs: np.ndarray, labels) -> dict:
@@ -121,3 +130,43 @@ def recording_probabilities(
             scored[i] = True
         start += count
     return out, scored
+
+
+def score_recordings(labels, meta: pd.DataFrame, rec_probs: np.ndarray, scored: np.ndarray,
+                     segment_probs: np.ndarray, owner: np.ndarray) -> dict:
+    """An evaluation's figures from recording probabilities.
+
+    Per recording (``scored``: those with speech), per segment, per speaker,
+    and each scored recording's prediction.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    true = meta["label"].map(index).to_numpy(np.int64)
+    metrics = classification_metrics(true[scored], rec_probs[scored], labels)
+    per_segment = classification_metrics(true[owner], segment_probs, labels)
+    speakers = meta["speaker"].to_numpy()
+    per_speaker = {}
+    for speaker in sorted(set(speakers[scored])):
+        mine = scored & (speakers == speaker)
+        sub = classification_metrics(true[mine], rec_probs[mine], labels)
+        per_speaker[str(speaker)] = {
+            "n_recordings": sub["n"], "accuracy": sub["accuracy"], "uar": sub["uar"],
+        }
+    predicted = rec_probs.argmax(axis=1)
+    return {
+        "n_recordings": metrics["n"],
+        "n_without_speech": int((~scored).sum()),
+        "accuracy": metrics["accuracy"],
+        "uar": metrics["uar"],
+        "ece": metrics["ece"],
+        "per_class_recall": metrics["per_class_recall"],
+        "support": metrics["support"],
+        "confusion": metrics["confusion"],
+        "per_speaker": per_speaker,
+        "per_segment": {k: per_segment[k] for k in ("n", "accuracy", "uar", "ece")},
+        "predictions": [
+            {"path": str(p), "speaker": str(who), "label": str(t), "predicted": labels[int(k)],
+             "probabilities": [round(float(x), 6) for x in row]}
+            for p, who, t, k, row, s in zip(meta["path"], speakers, meta["label"], predicted,
+                                            rec_probs, scored, strict=True) if s
+        ],
+    }

@@ -8,15 +8,14 @@ stopping on validation loss -> ``model.keras`` and its LiteRT export
 ``model.tflite`` -> temperature fitted on validation logits -> validation
 metrics per recording and per segment -> ``model.json`` + ``MODEL_CARD.md``.
 
-TensorFlow is imported inside the functions that need it.
+The epochs are fitted in :mod:`annotate.training.fitting`, the temperature
+in :mod:`annotate.training.calibration`, the card written by
+:mod:`annotate.training.cards`. TensorFlow is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import math
 import os
 import shutil
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.errors import InputError, ModelError, UsageError, expected_one_of
+from annotate.errors import InputError, UsageError, expected_one_of
 from annotate.features import FeatureParams
 from annotate.modelling.model_folder import (
     ModelSpec,
@@ -36,16 +35,18 @@ from annotate.modelling.model_folder import (
 )
 from annotate.modelling.networks import ARCHITECTURES, network_options
 from annotate.training.augment import AugmentSettings
+from annotate.training.calibration import fit_temperature
+from annotate.training.cards import model_card
 from annotate.training.corpora.base import Corpus
+from annotate.training.fitting import fit_network
 from annotate.training.metrics import (
     classification_metrics,
+    negative_log_likelihood,
     recording_probabilities,
-    unweighted_average_recall,
 )
 from annotate.training.training_data import (
     Crops,
     Recordings,
-    augmented_features,
     collect_items,
     load_crops,
     load_recordings,
@@ -63,11 +64,6 @@ CORPUS_LICENCES: dict[str, str] = {
     "cremad": "Open Database License (ODbL) 1.0",
     "attack": "research use only (non-commercial)",
 }
-
-#: Temperatures searched when calibrating (log-spaced), then refined. Bounded,
-#: because a few perfectly separated validation recordings would otherwise
-#: drive T towards 0 (and the probabilities to 0 or 1).
-TEMPERATURE_RANGE = (0.2, 10.0)
 
 
 @dataclass(frozen=True)
@@ -108,11 +104,13 @@ class Hyperparameters:
         network_options(self.architecture, self.network)
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
-                raise UsageError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(f"{name.replace('_', ' ')} must be at least 1, "
+                                 f"got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise UsageError(f"learning rate must be positive, got {self.learning_rate}")
         if not 0 < self.validation_fraction < 1:
-            raise UsageError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
+            raise UsageError("validation fraction must be in (0, 1), "
+                             f"got {self.validation_fraction}")
         if self.hop_s is not None and not self.hop_s > 0:
             raise UsageError(f"crop hop must be positive, got {self.hop_s}")
 
@@ -365,7 +363,7 @@ def fit_model_folder(
         raise InputError("no validation recording holds speech: cannot validate", kind="empty")
     index = {label: i for i, label in enumerate(labels)}
     val_true = validation.meta["label"].map(index).to_numpy(np.int64)
-    model, fit = _fit_network(crops, val_features, val_true[owner], labels, hyper, features,
+    model, fit = fit_network(crops, val_features, val_true[owner], labels, hyper, features,
                               report, jobs, donor, freeze_initialised)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
@@ -399,8 +397,10 @@ def fit_model_folder(
                    "segments as `annotate run` cuts them for this model (window = hop = "
                    f"{features.segment_s} s)",
         },
-        "nll_per_segment": {"uncalibrated": _nll(logits, val_true[owner]),
-                            "calibrated": _nll(logits / temperature, val_true[owner])},
+        "nll_per_segment": {
+            "uncalibrated": negative_log_likelihood(logits, val_true[owner]),
+            "calibrated": negative_log_likelihood(logits / temperature, val_true[owner]),
+        },
     }
     labels_seen = crops.meta["label"].value_counts()
     training = {
@@ -420,210 +420,6 @@ def fit_model_folder(
     spec = dataclasses.replace(spec, temperature=temperature, training=training, metrics=metrics)
     write_model_folder(spec, model_card(spec))
     return spec
-
-
-def _fit_network(crops, val_features, val_true, labels, hyper, features, report, jobs,
-                 donor=None, freeze=False):
-    """Fit a fresh network; return it (best validation-loss weights) and the history."""
-    from annotate.modelling.inference import tensorflow
-
-    tf = tensorflow()
-    keras = tf.keras
-    keras.utils.set_random_seed(hyper.seed)
-    with _deterministic_ops(tf):
-        return _fit_seeded(tf, crops, val_features, val_true, labels, hyper, features,
-                           report, jobs, donor, freeze)
-
-
-@contextlib.contextmanager
-def _deterministic_ops(tf):
-    """Enable TensorFlow's deterministic ops while fitting, then restore the setting.
-
-    Left on, it would make any later unseeded random op in the process fail.
-    """
-    try:
-        from tensorflow.python.framework import config as tf_config
-
-        was_enabled = tf_config.is_op_determinism_enabled()
-    except (ImportError, AttributeError):  # a TensorFlow without the switch back
-        tf_config, was_enabled = None, True
-    tf.config.experimental.enable_op_determinism()
-    try:
-        yield
-    finally:
-        if tf_config is not None and not was_enabled:
-            tf_config.disable_op_determinism()
-
-
-def _fit_seeded(tf, crops, val_features, val_true, labels, hyper, features, report, jobs,
-                donor=None, freeze=False):
-    from annotate.modelling.networks import build_network
-
-    keras = tf.keras
-    model = build_network(hyper.architecture, features, len(labels), hyper.network)
-    copied = copy_matching_layers(model, donor) if donor is not None else []
-    if donor is not None:
-        report(f"initialised {len(copied)} layers from {donor.name}: {', '.join(copied)}"
-               + (" (kept fixed)" if freeze else ""))
-        for layer in model.layers:
-            if layer.name in copied and freeze:
-                layer.trainable = False
-    model.compile(
-        optimizer=keras.optimizers.Adam(hyper.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    index = {label: i for i, label in enumerate(labels)}
-    true = crops.meta["label"].map(index).to_numpy(np.int64)
-    counts = np.bincount(true, minlength=len(labels)).astype(np.float64)
-    class_weight = np.where(counts > 0, len(true) / (len(labels) * np.maximum(counts, 1)), 0.0)
-    weights = class_weight[true].astype(np.float32)
-    monitor = _epoch_monitor(tf, val_features, val_true, labels, hyper, report)
-    order_rng = np.random.default_rng([hyper.seed, 1])
-    for epoch in range(hyper.epochs):
-        x = (augmented_features(crops, features, hyper.augmentation, hyper.seed, epoch, jobs)
-             if hyper.augment else crops.features)
-        order = order_rng.permutation(len(true))
-        # A tf.data pipeline of our own, already shuffled: Keras' adapter for
-        # numpy arrays trips a TensorFlow error message under deterministic ops.
-        batches = tf.data.Dataset.from_tensor_slices(
-            (x[order], true[order], weights[order])
-        ).batch(hyper.batch_size)
-        model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
-                  callbacks=[monitor])
-        if monitor.stop:
-            break
-    monitor.restore_best()
-    return model, {
-        "epochs_run": len(monitor.history["loss"]),
-        "best_epoch": monitor.best_epoch + 1,
-        "history": monitor.history,
-        "layers_initialised": copied,
-    }
-
-
-def copy_matching_layers(model, donor: ModelSpec) -> list[str]:
-    """Copy into ``model`` the weights of the donor's layers with the same name and shapes.
-
-    The output layer (``logits``) is never copied: the labels differ.
-
-    Raises:
-        ModelError: The donor's features differ (its filters would not fit),
-            or no layer matches.
-    """
-    from annotate.modelling.inference import Classifier
-
-    if donor.features.n_mels != model.input_shape[-1]:
-        raise ModelError(f"{donor.folder}: its features ({donor.features.n_mels} mel bands) do "
-                         f"not match this model's ({model.input_shape[-1]})")
-    source = {layer.name: layer for layer in Classifier(donor).keras_model.layers}
-    copied = []
-    for layer in model.layers:
-        theirs = source.get(layer.name)
-        if layer.name == "logits" or theirs is None or not layer.weights:
-            continue
-        weights = theirs.get_weights()
-        if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
-            continue
-        layer.set_weights(weights)
-        copied.append(layer.name)
-    if not copied:
-        raise ModelError(f"{donor.folder}: no layer matches this network by name and shape")
-    return copied
-
-
-def _epoch_monitor(tf, val_features, val_true, labels, hyper, report):
-    """A Keras callback: validation loss and UAR, a progress line, early stopping."""
-    keras = tf.keras
-
-    val_batches = tf.data.Dataset.from_tensor_slices(val_features).batch(64)
-
-    class EpochMonitor(keras.callbacks.Callback):
-        """Measures validation after each epoch and keeps the best weights.
-
-        Unlike ``keras.callbacks.EarlyStopping`` its state lasts over the
-        one-epoch ``fit`` calls (each epoch gets freshly augmented data).
-        """
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.best_loss = math.inf
-            self.best_epoch = -1
-            self.best_weights = None
-            self.wait = 0
-            self.stop = False
-            self.started = time.monotonic()
-            self.history: dict[str, list[float]] = {"loss": [], "val_loss": [], "val_uar": []}
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.monotonic()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs if logs is not None else {}
-            logits = self.model.predict(val_batches, verbose=0)
-            val_loss = _nll(logits, val_true)
-            val_uar = unweighted_average_recall(val_true, logits)
-            logs["val_loss"], logs["val_uar"] = val_loss, val_uar
-            loss = float(logs.get("loss", math.nan))
-            for key, value in (("loss", loss), ("val_loss", val_loss), ("val_uar", val_uar)):
-                self.history[key].append(round(float(value), 5))
-            better = val_loss < self.best_loss - 1e-4
-            if better:
-                self.best_loss, self.best_epoch, self.wait = val_loss, epoch, 0
-                self.best_weights = self.model.get_weights()
-            else:
-                self.wait += 1
-            report(f"epoch {epoch + 1}/{hyper.epochs}  loss {loss:.4f}  val loss {val_loss:.4f}"
-                   f"  val UAR {val_uar:.3f}  ({time.monotonic() - self.started:.1f} s)"
-                   + ("  *best*" if better else ""))
-            if self.wait >= hyper.patience:
-                self.stop = True
-                self.model.stop_training = True
-                report(f"early stop: no lower validation loss for {hyper.patience} epochs; "
-                       f"keeping epoch {self.best_epoch + 1}")
-
-        def restore_best(self) -> None:
-            if self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
-
-    return EpochMonitor()
-
-
-def fit_temperature(logits: np.ndarray, true: np.ndarray) -> float:
-    """The temperature minimising the negative log-likelihood of ``softmax(logits / T)``.
-
-    A log-spaced grid search over :data:`TEMPERATURE_RANGE`, refined by a
-    golden-section search around the best grid point.
-
-    Args:
-        logits: np.ndarray [shape=(n, n_labels)].
-        true: np.ndarray [shape=(n,), int] label indices.
-
-    Returns:
-        T > 0.
-    """
-    logits = np.asarray(logits, np.float64)
-    if not len(logits):
-        return 1.0
-    grid = np.linspace(math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1]), 121)
-    losses = [_nll(logits / math.exp(g), true) for g in grid]
-    best = int(np.argmin(losses))
-    low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(40):
-        a, b = high - ratio * (high - low), low + ratio * (high - low)
-        if _nll(logits / math.exp(a), true) < _nll(logits / math.exp(b), true):
-            high = b
-        else:
-            low = a
-    return float(round(math.exp((low + high) / 2), 6))
-
-
-def _nll(logits: np.ndarray, true: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true labels under ``softmax(logits)``."""
-    logits = np.asarray(logits, np.float64)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-log_probs[np.arange(len(true)), true].mean())
 
 
 def _describe_corpus(corpus: Corpus, items) -> dict:
@@ -648,97 +444,4 @@ def _versions() -> dict:
             "keras": tf.keras.__version__}
 
 
-def model_card(spec: ModelSpec) -> str:
-    """The ``MODEL_CARD.md`` of a trained model: data, licences, metrics, use, limits."""
-    training, metrics = spec.training, spec.metrics
-    hyper = training.get("hyperparameters", {})
-    split = training.get("split", {})
-    corpora = training.get("corpora", [])
-    served = ", ".join(spec.languages)
-    if spec.languages == ("*",):
-        served = ("any language without its own model (`*`): a cross-lingual model, applied "
-                  "by `annotate run` to languages it never heard in training (French among "
-                  "them when no French model is installed)")
-    donor = training.get("initialised_from")
-    lines = [
-        f"# {spec.name}",
-        "",
-        f"A {spec.task} classifier trained by `annotate train`. Labels: "
-        f"{', '.join(spec.labels)}. Languages served: {served}.",
-        "",
-        "## Data",
-        "",
-        "| corpus | files used | speakers | licence / terms |",
-        "|---|---|---|---|",
-        *(f"| {c['name']} ({c['root']}) | {c['files_used']} of {c['files']} | {c['speakers']} "
-          f"| {c['licence']} |" for c in corpora),
-        "",
-        "A model inherits its training data's terms: where any corpus above is "
-        "non-commercial (EMOVO, RAVDESS, Att-HACK), so is this model.",
-        "",
-        f"Split: speaker-independent ({'; '.join(f'{k}: {v}' for k, v in split.get('methods', {}).items())}). "
-        f"{len(split.get('train_speakers', []))} training speakers, "
-        f"{len(split.get('validation_speakers', []))} validation speakers: "
-        f"{', '.join(split.get('validation_speakers', []))}.",
-        "",
-        "## Training",
-        "",
-        f"{hyper.get('architecture')} network ({training.get('parameters')} parameters, "
-        f"options {json.dumps(hyper.get('network', {}))}) on "
-        f"{spec.features.segment_s} s log-mel segments ({spec.features.n_mels} bands "
-        f"{spec.features.fmin_hz:g}-{spec.features.fmax_hz:g} Hz, "
-        f"{spec.features.normalisation} normalisation); "
-        + (f"started from the weights of `{donor['name']}` (model.keras SHA-256 "
-           f"{donor['keras_sha256'][:12]}...; "
-           f"{len(training.get('layers_initialised', []))} layers copied"
-           f"{', kept fixed' if donor.get('frozen') else ''}); " if donor else "")
-        + f"{training.get('epochs_run')} epochs run, "
-        f"best at epoch {training.get('best_epoch')} (early stopping on validation loss); "
-        f"batch {hyper.get('batch_size')}, learning rate {hyper.get('learning_rate')}, "
-        f"seed {hyper.get('seed')}; augmentation {'on' if hyper.get('augment') else 'off'}; "
-        f"{training.get('class_balancing', '')}. Temperature {spec.temperature:.3f} "
-        "fitted on the validation logits.",
-        "",
-        "## Validation metrics",
-        "",
-        "Per recording (duration-weighted mean of segment probabilities over speech "
-        "segments, as `annotate run` + `annotate summarize` compute them):",
-        "",
-        f"- accuracy {metrics.get('accuracy', math.nan):.3f}, UAR {metrics.get('uar', math.nan):.3f}, "
-        f"ECE {metrics.get('ece', math.nan):.3f} "
-        f"({metrics.get('validation_data', {}).get('recordings')} recordings)",
-    ]
-    per_segment = metrics.get("per_segment", {})
-    if per_segment:
-        lines.append(
-            f"- per segment: accuracy {per_segment['accuracy']:.3f}, UAR {per_segment['uar']:.3f}, "
-            f"ECE {per_segment['ece']:.3f} ({per_segment['n']} segments)"
-        )
-    recalls = metrics.get("per_class_recall", {})
-    if recalls:
-        listed = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in recalls.items())
-        lines.append(f"- recall per label: {listed}")
-    lines += [
-        "",
-        "The validation speakers are few: these figures are indicative, with wide "
-        "error bars. Use `annotate evaluate` on held-out data or with `--protocol loso`.",
-        "",
-        "## Intended use",
-        "",
-        f"Labelling speech corpora with {spec.task} per segment for research and corpus "
-        "exploration, with the probabilities read as calibrated on the validation data.",
-        "",
-        "## Limits",
-        "",
-        "- Acted emotions of a few speakers are not spontaneous emotions; expect "
-        "  much lower accuracy on natural speech, other languages, channels and ages."
-        if spec.task != "language" else
-        "- Trained on read speech of a limited set of speakers and microphones.",
-        "- Not for decisions about individuals (hiring, health, policing, credit).",
-        "- Calibration holds for data like the validation data, not beyond.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-__all__ = ["Hyperparameters", "fit_model_folder", "fit_temperature", "train"]
+__all__ = ["Hyperparameters", "fit_model_folder", "train"]

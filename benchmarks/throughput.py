@@ -168,9 +168,8 @@ def floor(corpus: Path, jobs: int, params: tuple) -> tuple[float, list]:
     from joblib.externals.loky import get_reusable_executor
 
     from annotate.audio.discover import discover
-    from annotate.pipeline.featurize import SegmentSettings, featurize_chunk, plan_chunks
-    from annotate.pipeline.local import CHUNK_S
     from annotate.pipeline.workers import parallel_features, resolve_workers
+    from annotate.prepare.featurize import CHUNK_S, SegmentSettings, featurize_chunk, plan_chunks
 
     # The run starts its workers; so does the floor (joblib would reuse warm ones).
     get_reusable_executor().shutdown(wait=True)
@@ -192,7 +191,7 @@ def start_up_s() -> float:
     (pyarrow pulls in pandas on its first conversion).
     """
     code = ("import annotate.cli, annotate.pipeline.local, annotate.pipeline.annotator, "
-            "annotate.modelling.inference, annotate.pipeline.featurize, pandas, "
+            "annotate.modelling.inference, annotate.prepare.featurize, pandas, "
             "ai_edge_litert.interpreter")
     times = []
     for _ in range(3):

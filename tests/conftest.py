@@ -21,6 +21,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BUNDLED_MODELS_HIDDEN = tempfile.mkdtemp(prefix="annotate-no-bundled-models-")
 os.environ["ANNOTATE_MODELS"] = BUNDLED_MODELS_HIDDEN
 
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/example_table.json from this checkout's run")
+
+
 LANGUAGES = ["en", "de", "fr", "it"]
 EMODB_LABELS = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
 FALLBACK_LABELS = ["anger", "happiness", "neutral", "sadness"]

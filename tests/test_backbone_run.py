@@ -52,7 +52,7 @@ def corpus(tmp_path_factory):
     write_audio(folder / "long.wav", speech_like(10.4, seed=1), 16000)  # 3 + 3 + 3 + 1.4 s
     write_audio(folder / "short.wav", speech_like(1.7, seed=2), 16000)
     write_audio(folder / "mixed.flac", np.concatenate(
-        [speech_like(3.0, seed=3), np.zeros(48000, np.float32), tone(3.0) * 0]), 16000)
+        [speech_like(3.0, seed=3), np.zeros(48000, np.float32), tone(3.0)]), 16000)  # speech, silence, a tone
     write_audio(folder / "silent.wav", np.zeros(40000, np.float32), 16000)  # no speech at all
     return folder
 

@@ -409,7 +409,7 @@ def test_the_runs_last_words_wait_for_a_decoder_capture_on_descriptor_2(tmp_path
     import threading
     import time
 
-    from annotate.audio import c_stderr
+    from annotate import c_stderr
     from annotate.cli.run import _descriptor_2_as_it_is
 
     captured = tmp_path / "notes.txt"

@@ -95,7 +95,7 @@ def test_a_stack_of_segments_gets_the_bits_each_segment_gets_alone(seconds):
 
 
 def test_speech_mask_decides_each_segment_as_is_speech_does():
-    from annotate.pipeline.segment import is_speech, speech_mask
+    from annotate.prepare.segment import is_speech, speech_mask
 
     rng = np.random.default_rng(0)
     t = np.arange(48000) / 16000
@@ -115,8 +115,8 @@ def test_speech_mask_decides_each_segment_as_is_speech_does():
 def test_a_chunk_gets_each_segments_own_features_and_speech_decision(tmp_path):
     from annotate.audio.decode import read_span
     from annotate.audio.discover import Recording
-    from annotate.pipeline.featurize import SegmentSettings, featurize_chunk, plan_chunks
-    from annotate.pipeline.segment import is_speech
+    from annotate.prepare.featurize import SegmentSettings, featurize_chunk, plan_chunks
+    from annotate.prepare.segment import is_speech
 
     audio = speech_like(20.5, 16000, seed=3)
     audio[16000 * 6 : 16000 * 9] = 0.0  # one silent segment

@@ -18,7 +18,9 @@ from annotate.modelling.language_fusion import fit_cascade, fit_weights
 from annotate.modelling.model_folder import LanguageCascade, read_model_folder
 from annotate.modelling.model_set import ModelSet
 from annotate.modelling.posteriors import fuse_language, smooth_language, softmax
-from annotate.pipeline.annotator import Annotator, RecordingFeatures
+from annotate.pipeline.annotator import Annotator
+from annotate.pipeline.plan import plan_run
+from annotate.prepare.featurize import RecordingFeatures
 from annotate.testing import create_backbone_folder, create_head_folder
 
 LANGUAGES = ["de", "en", "fr", "it"]
@@ -86,10 +88,10 @@ def test_unsure_segments_get_the_fusion_and_sure_ones_the_head(backbone, tmp_pat
     want = head.copy()
     want[asked] = fuse_language(head[asked], whisper[asked], 0.6, 0.9)
     want = smooth_language(want, 0.05)
-    rows = Annotator(models, language_id="cascade").load().annotate([recording]).to_pandas()
+    rows = Annotator(plan_run(models, window_s=1.0, language_id="cascade"), models).load().annotate([recording]).to_pandas()
     got = rows[[f"lang_{c}" for c in LANGUAGES]].to_numpy()
     np.testing.assert_allclose(got, want, atol=1e-6)
-    head_only = Annotator(models, language_id="head").load().annotate([recording]).to_pandas()
+    head_only = Annotator(plan_run(models, window_s=1.0, language_id="head"), models).load().annotate([recording]).to_pandas()
     assert np.abs(got - head_only[[f"lang_{c}" for c in LANGUAGES]].to_numpy()).max() > 1e-3
 
 
@@ -239,7 +241,7 @@ def test_the_app_labels_a_clip_as_a_default_run_does(backbone, corpus, tmp_path)
 
     everything = language_head(backbone, "app", 1.0)
     clip = ClipAnnotator(ModelSet.load(**everything))
-    assert clip.language_id == "cascade"
+    assert clip.annotator(1.0).plan.language.name == "cascade"
     for window in (1.0, 2.0):
         out = tmp_path / f"run{window}.parquet"
         annotate.run([corpus], out, jobs=1, window_s=window, **everything)

@@ -14,7 +14,9 @@ from annotate.errors import ModelError, UsageError
 from annotate.modelling.backbone_folder import read_backbone_folder
 from annotate.modelling.model_set import ModelSet
 from annotate.modelling.posteriors import smooth_language, softmax
-from annotate.pipeline.annotator import Annotator, RecordingFeatures
+from annotate.pipeline.annotator import Annotator
+from annotate.pipeline.plan import plan_run
+from annotate.prepare.featurize import RecordingFeatures
 from annotate.testing import create_backbone_folder, create_head_folder
 
 LANGUAGES = ["de", "en", "fr", "it"]
@@ -78,7 +80,8 @@ def test_whisper_scores_are_the_candidates_logits_over_the_fitted_temperature(he
     bounds = np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 3.5]])
     recording = RecordingFeatures("r.wav", bounds, np.ones(4, bool), {params: [stack]})
     candidates = ("it", "ja", "zh")
-    annotator = Annotator(models, candidates, language_id="whisper").load()
+    plan = plan_run(models, languages=candidates, language_id="whisper", window_s=1.0)
+    annotator = Annotator(plan, models).load()
     rows = annotator.annotate([recording]).to_pandas()
 
     frames = np.minimum(params.frames_of(np.rint((bounds[:, 1] - bounds[:, 0]) * 16000)

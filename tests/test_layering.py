@@ -12,15 +12,15 @@ The rules, lowest layer first (the README's "Architecture" section shows the sam
 ==========  =====================================================================
 layer       may import, of the package, besides itself
 ==========  =====================================================================
-base        nothing else (errors, labels, resources, schema, features, _version)
-audio       annotate.errors
+base        nothing else (errors, labels, resources, schema, features, c_stderr, _version)
+audio       annotate.errors, annotate.c_stderr
+prepare     base, audio (segments, speech decisions, features: shared by runs and training)
 modelling   base, audio
 backbone    base, audio, modelling (the pretrained encoder under the heads)
-pipeline    base, audio, modelling, backbone
-training    base, audio, modelling, backbone, and of pipeline only segment and
-            featurize (training data is cut and featurized exactly as a run does it)
-views       base, audio, modelling, backbone, pipeline
-cli         base, audio, modelling, backbone, pipeline, training, views
+pipeline    base, audio, prepare, modelling, backbone
+training    base, audio, prepare, modelling, backbone
+views       base, audio, prepare, modelling, backbone, pipeline
+cli         base, audio, prepare, modelling, backbone, pipeline, training, views
 ==========  =====================================================================
 
 and the top: ``annotate`` itself (``annotate.run`` lazily, the version),
@@ -54,19 +54,19 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "annotate"
 
 BASE = {"annotate.errors", "annotate.labels", "annotate.resources", "annotate.schema",
-        "annotate.features", "annotate._version"}
+        "annotate.features", "annotate._version", "annotate.c_stderr"}
 
 #: layer: the layers (or modules) of the package it may import, besides its own.
 LAYERS: dict[str, set[str]] = {
     "base": set(),
-    "audio": {"annotate.errors"},
+    "audio": {"annotate.errors", "annotate.c_stderr"},
+    "prepare": {"base", "audio"},
     "modelling": {"base", "audio"},
     "backbone": {"base", "audio", "modelling"},
-    "pipeline": {"base", "audio", "modelling", "backbone"},
-    "training": {"base", "audio", "modelling", "backbone",
-                 "annotate.pipeline.segment", "annotate.pipeline.featurize"},
-    "views": {"base", "audio", "modelling", "backbone", "pipeline"},
-    "cli": {"base", "audio", "modelling", "backbone", "pipeline", "training", "views"},
+    "pipeline": {"base", "audio", "prepare", "modelling", "backbone"},
+    "training": {"base", "audio", "prepare", "modelling", "backbone"},
+    "views": {"base", "audio", "prepare", "modelling", "backbone", "pipeline"},
+    "cli": {"base", "audio", "prepare", "modelling", "backbone", "pipeline", "training", "views"},
     "root": {"annotate._version", "annotate.pipeline.local"},
     "main": {"cli"},
     "testing": {"base", "modelling", "backbone"},

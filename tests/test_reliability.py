@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 import annotate
 import annotate.pipeline.local
-from annotate.audio import c_stderr
+from annotate import c_stderr
 from annotate.cli import app
 from annotate.testing import speech_like
 
@@ -157,8 +157,8 @@ def test_threads_redirecting_descriptor_2_leave_it_where_it_was():
     # A feature thread catching decoder notes and the main thread muting
     # LiteRT's start-up line once restored each other's redirection: the
     # rest of the run's messages went to a deleted file.
-    from annotate.audio.c_stderr import muted
     from annotate.audio.decode import decoder_messages
+    from annotate.c_stderr import muted
 
     original = os.fstat(2)
     stop = threading.Event()
@@ -348,7 +348,7 @@ def test_unreadable_file_and_folder_as_an_unprivileged_user(tmp_path):
         script = (
             "import json, os, sys\n"
             "from annotate.audio.discover import discover\n"
-            "from annotate.pipeline.featurize import SegmentSettings, plan_chunks\n"
+            "from annotate.prepare.featurize import SegmentSettings, plan_chunks\n"
             "if os.geteuid() == 0:\n"
             "    os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "assert os.geteuid() != 0 and not os.access(sys.argv[1] + '/locked.wav', os.R_OK)\n"

@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from annotate.audio import c_stderr
+from annotate import c_stderr
 from annotate.audio.discover import printable
 from annotate.errors import InputError
 

@@ -152,7 +152,7 @@ class Backbone:
 
     def _interpreter(self, interpreter_class, file: str, shape3: list[int]):
         """One single-threaded interpreter of ``file``, its rank-3 input resized to ``shape3``."""
-        from annotate.audio.c_stderr import muted
+        from annotate.c_stderr import muted
 
         path = self.spec.folder / file
         try:

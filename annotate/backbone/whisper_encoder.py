@@ -43,11 +43,6 @@ class EncoderShape:
                    int(weights["encoder/position_encodings/encodings"].shape[0]))
 
 
-def encoder_frames(n_mel_frames):
-    """Encoder frames for ``n_mel_frames`` log-mel frames: ceil(n / 2) (stride-2 convolution)."""
-    return (np.asarray(n_mel_frames) + 1) // 2
-
-
 def build_encoder(weights: dict[str, np.ndarray], n_layers: int | None = None,
                   pooled_layers: tuple[int, ...] | None = None, with_frames: bool = False):
     """A Keras model of the encoder with ``weights`` (CTranslate2 names) loaded, in float32.

@@ -203,7 +203,7 @@ def _descriptor_2_as_it_is():
     the main thread printed then went into that capture: "interrupted" was
     lost (and the process ends right after, before the thread restores it).
     """
-    from annotate.audio.c_stderr import LOCK
+    from annotate.c_stderr import LOCK
 
     return LOCK
 

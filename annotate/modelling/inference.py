@@ -24,7 +24,7 @@ from functools import cache, cached_property
 
 import numpy as np
 
-from annotate.audio.c_stderr import muted
+from annotate.c_stderr import muted
 from annotate.errors import ModelError, UsageError, expected_one_of
 from annotate.modelling.model_folder import ModelSpec
 from annotate.modelling.posteriors import softmax

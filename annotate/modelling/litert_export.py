@@ -98,7 +98,7 @@ def convert_to_litert(spec: ModelSpec, required: bool = True) -> ModelSpec:
 
 def _converted(spec: ModelSpec) -> bytes:
     """The LiteRT conversion of ``spec``'s Keras model, checked against it."""
-    from annotate.audio.c_stderr import muted
+    from annotate.c_stderr import muted
     from annotate.modelling.inference import MICRO_BATCH, Classifier, LiteRTNetwork, tensorflow
 
     model = Classifier(spec, backend="keras").keras_model  # safe mode, shapes checked

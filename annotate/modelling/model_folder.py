@@ -398,11 +398,30 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+#: folder_hash's results by the folder's path and its files' sizes and times.
+_hashes: dict[tuple, str] = {}
+
+
 def folder_hash(folder: str | Path) -> str:
-    """SHA-256 over the folder's files (names and contents), as ``sha256:<hex>``."""
+    """SHA-256 over the folder's files (names and contents), as ``sha256:<hex>``.
+
+    Remembered per process while no file of the folder changes (its files'
+    names, sizes and modification times): a run asks for its models' hashes
+    more than once.
+    """
     folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    stats = [p.stat() for p in files]
+    key = (str(folder.resolve()),
+           tuple((p.as_posix(), s.st_size, s.st_mtime_ns) for p, s in zip(files, stats, strict=True)))
+    if key not in _hashes:
+        _hashes[key] = _content_hash(folder, files)
+    return _hashes[key]
+
+
+def _content_hash(folder: Path, files: list[Path]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in files:
         digest.update(path.relative_to(folder).as_posix().encode())
         digest.update(b"\0")
         with open(path, "rb") as handle:

@@ -219,13 +219,15 @@ class ModelSet:
         return tuple(choose_backend(spec, requested) for spec in self.specs)
 
     def choose_backbone_backends(self, requested: str | None = None,
-                                 language_id: str = "head") -> dict[str, str]:
+                                 language_source=None) -> dict[str, str]:
         """The backend running each backbone: LiteRT where its export covers the layers read.
 
         Args:
             requested: As for :meth:`choose_backends`.
-            language_id: ``"whisper"``: the language model's backbone also
-                runs Whisper's language identification.
+            language_source: The run's
+                :class:`~annotate.modelling.language_source.LanguageSource`;
+                where it asks Whisper, the language model's backbone also runs
+                Whisper's language identification.
 
         Raises:
             ModelError: LiteRT was asked for but cannot run a backbone.
@@ -233,15 +235,17 @@ class ModelSet:
         from annotate.modelling.inference import choose_backbone_backend
 
         return {name: choose_backbone_backend(spec, self.backbone_layers(name), requested,
-                                              language=self.identifies_language(name, language_id))
+                                              language=self.identifies_language(name,
+                                                                                language_source))
                 for name, spec in self.backbones.items()}
 
-    def identifies_language(self, backbone: str, language_id: str) -> bool:
+    def identifies_language(self, backbone: str, language_source=None) -> bool:
         """Whether backbone ``backbone`` runs Whisper's language step (or may: the cascade)."""
-        return (language_id in ("whisper", "cascade") and self.language.backbone is not None
+        return (language_source is not None and language_source.asks_whisper
+                and self.language.backbone is not None
                 and self.language.backbone.name == backbone)
 
-    def describe_backbones(self, backends: dict[str, str], language_id: str = "head") -> list[dict]:
+    def describe_backbones(self, backends: dict[str, str], language_source=None) -> list[dict]:
         """Name, folder, content hash, layers read and backend of each backbone.
 
         A backbone running Whisper's language identification also has its
@@ -255,7 +259,7 @@ class ModelSet:
                 "layers": list(self.backbone_layers(name)),
                 "backend": backends[name],
                 **({"language": spec.language.to_json()}
-                   if self.identifies_language(name, language_id) else {}),
+                   if self.identifies_language(name, language_source) else {}),
             }
             for name, spec in self.backbones.items()
         ]

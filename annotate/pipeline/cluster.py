@@ -4,9 +4,10 @@ The driver (the process that calls :func:`run_on_cluster`, as ``annotate run
 --cluster`` does) discovers the recordings, groups them into shards in
 discovery order and submits one task per shard. A worker runs, for each
 recording of its shard, the same functions as a local run
-(:func:`~annotate.pipeline.featurize.plan_chunks`,
-:func:`~annotate.pipeline.featurize.featurize_chunk`,
-:meth:`~annotate.pipeline.annotator.Annotator.annotate`), writes the shard's rows as one
+(:func:`~annotate.prepare.featurize.featurize_recording`,
+:meth:`~annotate.pipeline.annotator.Annotator.annotate`) under the driver's
+plan (:class:`~annotate.pipeline.plan.RunPlan`: every model on the backend
+the driver chose), writes the shard's rows as one
 part (:mod:`annotate.pipeline.shard_store`) and returns its failures and counts. The
 driver then writes the tables as a local run does, so both give the same table.
 
@@ -39,8 +40,8 @@ from annotate.audio.discover import Failure, Recording, discover
 from annotate.errors import AnnotateError, ModelError, StateError, UsageError
 from annotate.modelling.model_folder import folder_hash, read_model_folder
 from annotate.modelling.model_set import ModelSet
-from annotate.pipeline.annotator import Annotator, RecordingFeatures, assemble_recording
-from annotate.pipeline.featurize import SegmentSettings, featurize_chunk, plan_chunks
+from annotate.pipeline.annotator import Annotator
+from annotate.pipeline.plan import RunPlan
 from annotate.pipeline.progress import Progress
 from annotate.pipeline.result import RunResult, is_already_complete
 from annotate.pipeline.shard_store import (
@@ -55,24 +56,19 @@ from annotate.pipeline.shard_store import (
 )
 from annotate.pipeline.speakers import Speakers
 from annotate.pipeline.store import check_output_path, failures_path
-from annotate.schema import segments_schema
+from annotate.prepare.featurize import RecordingFeatures, featurize_recording
 
 INSTALL_HINT = "install annotate[distributed] (pip install 'annotate[distributed]')"
 
 
 @dataclass(frozen=True)
 class ShardTask:
-    """Everything a worker needs for one shard, besides the models."""
+    """Everything a worker needs for one shard, besides the models: the run's plan whole."""
 
     shard: Shard
-    settings: SegmentSettings
-    chunk_s: float
-    languages: tuple[str, ...] | None
-    batch_size: int
+    plan: RunPlan
     parts_url: str
-    fingerprint: str
     version: str = __version__
-    language_id: str = "head"
 
 
 @dataclass(frozen=True)
@@ -85,8 +81,6 @@ class ModelPayload:
         hashes: The content hash of each distinct model, in the order of
             :attr:`ModelSet.specs` (the language model first).
         emotion: ``(language, index into hashes)`` for each emotion route.
-        backends: The backend the driver chose for each model (workers use
-            the same, whatever their environment).
         backbones: Per backbone name, its content hash and ``{relative path:
             bytes}``: the driver's backbone folders travel too, so that a
             worker's heads read the same encoder as the driver's (not the
@@ -96,37 +90,26 @@ class ModelPayload:
     files: dict[str, dict[str, bytes]]
     hashes: tuple[str, ...]
     emotion: tuple[tuple[str, int], ...]
-    backends: tuple[str, ...]
     backbones: tuple[tuple[str, str, dict[str, bytes]], ...] = ()
 
     @classmethod
-    def from_models(cls, models: ModelSet, described: list[dict],
-                    described_backbones: list[dict] = ()) -> ModelPayload:
-        """Read the folders of ``models``.
-
-        Args:
-            models: The run's models.
-            described: ``models.describe(backends)``: each model's content hash.
-            described_backbones: ``models.describe_backbones(...)``: each
-                backbone's content hash (hashed here if missing).
-        """
+    def from_models(cls, models: ModelSet, plan: RunPlan) -> ModelPayload:
+        """Read the folders of ``models``, named by the content hashes ``plan`` records."""
         specs = models.specs
-        hashes = tuple(entry["hash"] for entry in described)
-        backends = tuple(entry["backend"] for entry in described)
+        hashes = tuple(entry["hash"] for entry in plan.metadata["models"])
         files = {digest: _folder_files(Path(spec.folder))
                  for spec, digest in zip(specs, hashes, strict=True)}
         index = {id(spec): i for i, spec in enumerate(specs)}
         emotion = tuple((code, index[id(spec)]) for code, spec in models.emotion.items())
-        known = {entry["name"]: entry["hash"] for entry in described_backbones}
-        backbones = tuple((name, known.get(name) or folder_hash(spec.folder),
-                           _folder_files(Path(spec.folder)))
+        known = {name: digest for name, digest, _ in plan.backbone_backends}
+        backbones = tuple((name, known[name], _folder_files(Path(spec.folder)))
                           for name, spec in models.backbones.items())
-        return cls(files, hashes, emotion, backends, backbones)
+        return cls(files, hashes, emotion, backbones)
 
     @property
     def key(self) -> tuple:
-        """Identifies the models, routes and backends (not the bytes, which the hashes name)."""
-        return (self.hashes, self.emotion, self.backends,
+        """Identifies the models and routes (not the bytes, which the hashes name)."""
+        return (self.hashes, self.emotion,
                 tuple((name, digest) for name, digest, _ in self.backbones))
 
     def materialise(self, root: Path) -> ModelSet:
@@ -179,17 +162,18 @@ _annotators: dict[tuple, Annotator] = {}
 _annotators_lock = threading.Lock()
 
 
-def worker_annotator(models: ModelPayload, languages: tuple[str, ...] | None,
-                     window_s: float = 3.0, language_id: str = "head") -> Annotator:
-    """The loaded annotator of this worker process for these models (loaded once)."""
-    key = (models.key, languages, window_s, language_id)
+def worker_annotator(models: ModelPayload, plan: RunPlan) -> Annotator:
+    """The loaded annotator of this worker process for these models and plan (loaded once).
+
+    Every model and backbone runs on the backend the driver's plan chose,
+    whatever this worker's environment would choose.
+    """
+    key = (models.key, plan.fingerprint)
     with _annotators_lock:
         if key not in _annotators:
             root = _worker_directory() / "annotate-models"
             root.mkdir(parents=True, exist_ok=True)
-            _annotators[key] = Annotator(models.materialise(root).with_window(window_s),
-                                         languages, models.backends,
-                                         language_id=language_id).load()
+            _annotators[key] = Annotator(plan, models.materialise(root)).load()
         return _annotators[key]
 
 
@@ -216,19 +200,15 @@ def annotate_shard(task: ShardTask, models: ModelPayload) -> ShardResult:
     if task.version != __version__:
         raise StateError(f"a Dask worker runs annotate {__version__}, the driver {task.version}; "
                          "install the same version on every worker")
-    annotator = worker_annotator(models, task.languages, task.settings.window_s,
-                                 task.language_id)
+    plan = task.plan
+    annotator = worker_annotator(models, plan)
     params = annotator.models.feature_params
     result = ShardResult(task.shard.id)
     tables: list[pa.Table] = []
     pending: list[RecordingFeatures] = []
     pending_segments = 0
     for index, recording in enumerate(task.shard.recordings):
-        planned = plan_chunks(index, recording, task.settings, task.chunk_s)
-        if isinstance(planned, Failure):
-            result.failures.append(planned)
-            continue
-        done = assemble_recording([featurize_chunk(chunk, task.settings, params) for chunk in planned])
+        done = featurize_recording(recording, plan.segments, params, plan.chunk_s, index)
         if isinstance(done, Failure):
             result.failures.append(done)
             continue
@@ -236,13 +216,13 @@ def annotate_shard(task: ShardTask, models: ModelPayload) -> ShardResult:
         pending_segments += int(done.speech.sum())
         result.annotated += 1
         result.audio_s += done.duration_s
-        if pending_segments >= task.batch_size:  # bounds the features held at once
+        if pending_segments >= plan.batch_size:  # bounds the features held at once
             tables.append(annotator.annotate(pending))
             pending, pending_segments = [], 0
     if pending:
         tables.append(annotator.annotate(pending))
     table = pa.concat_tables(tables) if tables else annotator.schema.empty_table()
-    write_part(task.parts_url, task.shard, task.fingerprint, table, result)
+    write_part(task.parts_url, task.shard, plan.fingerprint, table, result)
     return result
 
 
@@ -261,41 +241,30 @@ def _dask():
 def run_on_cluster(
     inputs: list[str | Path],
     output: str | Path,
-    *,
+    plan: RunPlan,
     models: ModelSet,
-    settings: SegmentSettings,
-    languages: tuple[str, ...] | None,
-    metadata: dict,
+    *,
     address: str,
-    language_id: str = "head",
     shard_size: int = 32,
-    batch_size: int = 256,
     overwrite: bool = False,
     progress: Progress | None = None,
-    speakers: str | None = None,
 ) -> RunResult:
     """Annotate ``inputs`` on the Dask cluster at ``address`` and write the tables.
 
-    :func:`annotate.pipeline.local.run` calls this with the models, settings and
-    metadata it has checked; the tables equal a local run's.
+    :func:`annotate.pipeline.local.run` calls this with the plan it has
+    resolved and the models it was resolved from; the tables equal a local run's.
 
     Args:
         inputs: As for :func:`annotate.pipeline.local.run`; read by the driver, and
             the recordings by the workers at the same (absolute) paths.
         output: The segments table: a path or an fsspec URL (``s3://b/out.parquet``)
             that the driver and every worker can write.
+        plan: The run's plan; it travels whole to every shard task.
         models: The run's models (their folders are sent to the workers).
-        settings: How recordings are cut.
-        languages: Candidate languages.
-        language_id: ``"head"``, ``"cascade"`` or ``"whisper"`` (:meth:`ModelSet.choose_language_id`).
-        metadata: The run's metadata, with its ``fingerprint``.
         address: The Dask scheduler (``tcp://host:8786``).
         shard_size: Recordings per task.
-        batch_size: Segments gathered per inference round on a worker.
         overwrite: Discard partial state or an output made with other settings.
         progress: Receives progress events, per finished shard.
-        speakers: As for :func:`annotate.pipeline.local.run`: applied by the
-            driver when it writes the table.
 
     Returns:
         What was done; ``annotated`` and ``audio_s`` count this run's shards,
@@ -317,7 +286,7 @@ def run_on_cluster(
     url = path if local else os.fspath(output)
     failures_url = _sibling(url, failures_path(PurePosixPath(path)).name)
     result = RunResult(Path(url) if local else url, Path(failures_url) if local else failures_url)
-    fingerprint = metadata["fingerprint"]
+    fingerprint = plan.fingerprint
 
     if fs.exists(path) and not fs.exists(path + ".partial"):
         previous = output_fingerprint(fs, path)
@@ -326,13 +295,12 @@ def run_on_cluster(
             return result
 
     recordings, failures = discover(inputs)
-    adaptation = None if speakers is None else Speakers.of_run(recordings, speakers, models)
+    adaptation = (None if plan.speakers is None
+                  else Speakers.of_run(recordings, plan.speakers, models))
     # Workers start elsewhere: give them paths that do not depend on this cwd.
     recordings = [Recording(r.key, os.path.abspath(r.source)) for r in recordings]
     result.recordings = len(recordings)
     shards = make_shards(recordings, shard_size, fingerprint)
-    schema = segments_schema(
-        (languages or models.language.labels) if language_id == "whisper" else models.language.labels)
     with _connect(Client, address) as client, ShardStore(fs, path, fingerprint, overwrite) as store:
         finished = store.finished(shards)
         for name in store.discarded_parts:
@@ -341,12 +309,8 @@ def run_on_cluster(
         result.skipped = sum(r.annotated for r in finished.values())
         progress.start(len(recordings), len(recordings) - sum(len(s.recordings) for s in todo))
         if todo:
-            payload = ModelPayload.from_models(models, metadata["models"],
-                                               metadata.get("backbones", []))
-            tasks = [ShardTask(shard, settings, float(metadata["settings"]["chunk_s"]),
-                               languages, batch_size, store.parts_url, fingerprint,
-                               language_id=language_id)
-                     for shard in todo]
+            payload = ModelPayload.from_models(models, plan)
+            tasks = [ShardTask(shard, plan, store.parts_url) for shard in todo]
             for shard_result in _run_tasks(client, as_completed, tasks, payload, progress):
                 store.check_part(shard_result.shard_id)
                 finished[shard_result.shard_id] = shard_result
@@ -356,7 +320,7 @@ def run_on_cluster(
         for shard in shards:
             failures.extend(finished[shard.id].failures)
         result.failures = failures
-        store.finalize(shards, schema, metadata, failures, failures_url, adaptation)
+        store.finalize(shards, plan.schema, plan.metadata, failures, failures_url, adaptation)
     return result
 
 

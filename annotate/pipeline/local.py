@@ -6,24 +6,20 @@ batched inference -> rows -> resumable store -> final Parquet tables.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from annotate._version import __version__
 from annotate.audio.discover import Failure, discover
 from annotate.audio.spill import SpillFolder
-from annotate.errors import AnnotateError, UsageError, expected_one_of
+from annotate.errors import AnnotateError
 from annotate.modelling.model_set import ModelSet
-from annotate.pipeline.annotator import Annotator, RecordingFeatures, assemble_recording
-from annotate.pipeline.featurize import ChunkResult, SegmentSettings, featurize_chunk, plan_chunks
+from annotate.pipeline.annotator import Annotator
+from annotate.pipeline.plan import RunPlan, plan_run
 from annotate.pipeline.progress import Progress
 from annotate.pipeline.result import RunResult, is_already_complete
-from annotate.pipeline.speakers import SPEAKER_SOURCES, Speakers
+from annotate.pipeline.speakers import Speakers
 from annotate.pipeline.store import PartialStore, check_output_path, failures_path, read_metadata
 from annotate.pipeline.workers import (
     FileLookahead,
@@ -35,11 +31,15 @@ from annotate.pipeline.workers import (
     silence_loky_cancel_race,
     stop_quietly,
 )
-from annotate.schema import load_schema
+from annotate.prepare.featurize import (
+    CHUNK_S,
+    ChunkResult,
+    RecordingFeatures,
+    assemble_recording,
+    featurize_chunk,
+    plan_chunks,
+)
 
-#: Recordings longer than this are split into several worker tasks, so that
-#: a long file is never held whole and its work spreads over the workers.
-CHUNK_S = 120.0
 #: At most this long between writes of finished work.
 FLUSH_INTERVAL_S = 5.0
 #: Features of one recording held in memory while its later chunks are read;
@@ -122,81 +122,52 @@ def run(
     Raises:
         AnnotateError: Bad arguments, models or state (never for a bad recording).
     """
-    requested_output = output
-    output = Path(output)
     progress = progress or Progress()
-    hop_s = window_s if hop_s is None else hop_s
-    if window_s <= 0 or hop_s <= 0:
-        raise UsageError(f"window and hop must be positive, got {window_s} and {hop_s}")
-    if not -120.0 <= speech_threshold_dbfs < 0.0:
-        raise UsageError(f"the speech threshold must be in [-120, 0) dBFS, got "
-                         f"{speech_threshold_dbfs}")
-    if batch_size < 1:
-        raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    if speakers is not None and speakers not in SPEAKER_SOURCES:
-        raise UsageError(expected_one_of("speaker source", speakers, SPEAKER_SOURCES))
     jobs = jobs or os.cpu_count() or 1
     workers = resolve_workers(workers, jobs)
     if cluster is None:  # annotate.pipeline.cluster checks the output, which may be a URL
-        check_output_path(output)
-    models = ModelSet.load(language_model, emotion_models).with_window(window_s)
-    language_id, candidates = models.choose_language_id(languages, language_id)
-    languages = candidates if languages else None
-    settings = SegmentSettings(
-        window_s=window_s, hop_s=hop_s, sampling_rate=models.feature_params[0].sampling_rate,
-        vad_threshold_dbfs=float(speech_threshold_dbfs),
-    )
-    backends = models.choose_backends(backend)
-    backbone_backends = models.choose_backbone_backends(backend, language_id)
-    described = models.describe(backends)
-    metadata = {
-        "version": __version__,
-        "schema_version": load_schema("segments")["version"],
-        "settings": {**asdict(settings), "languages": list(languages or []), "chunk_s": CHUNK_S,
-                     "language_id": language_id, "speakers": speakers},
-        "models": described,
-        "backbones": models.describe_backbones(backbone_backends, language_id),
-    }
-    metadata["fingerprint"] = _fingerprint(metadata)
+        check_output_path(Path(output))
+    models = ModelSet.load(language_model, emotion_models)
+    plan = plan_run(models, languages=languages, language_id=language_id, window_s=window_s,
+                    hop_s=hop_s, speech_threshold_dbfs=speech_threshold_dbfs,
+                    batch_size=batch_size, backend=backend, speakers=speakers, chunk_s=CHUNK_S)
     if cluster is not None:
         from annotate.pipeline.cluster import run_on_cluster
 
-        return run_on_cluster(
-            inputs, requested_output, models=models, settings=settings, languages=languages,
-            language_id=language_id,
-            metadata=metadata, address=cluster, shard_size=shard_size, batch_size=batch_size,
-            overwrite=overwrite, progress=progress, speakers=speakers)
+        return run_on_cluster(inputs, output, plan, models, address=cluster,
+                              shard_size=shard_size, overwrite=overwrite, progress=progress)
+    output = Path(output)
     result = RunResult(output, failures_path(output))
 
     if output.exists() and not output.with_name(output.name + ".partial").exists():
         previous = _safe_metadata(output).get("fingerprint")
-        if is_already_complete(output, previous, metadata["fingerprint"], overwrite, progress):
+        if is_already_complete(output, previous, plan.fingerprint, overwrite, progress):
             result.already_complete = True
             return result
 
     recordings, failures = discover(inputs)
     result.recordings = len(recordings)
     adaptation = None if speakers is None else Speakers.of_run(recordings, speakers, models)
-    annotator = Annotator(models, languages, backends, backbone_backends, language_id)
-    with PartialStore(output, metadata["fingerprint"], overwrite) as store:
+    annotator = Annotator(plan, models)
+    with PartialStore(output, plan.fingerprint, overwrite) as store:
         for name in store.discarded_parts:
             progress.message(f"discarded unreadable part {name}; its recordings are redone")
         todo = [r for r in recordings if not store.contains(r.key)]
         result.skipped = len(recordings) - len(todo)
         progress.start(len(recordings), result.skipped)
-        _process(todo, settings, models, annotator, store, jobs, workers, batch_size, failures,
-                 progress, result)
+        _process(todo, plan, annotator, store, jobs, workers, failures, progress, result)
         progress.stop()
         result.failures = failures
-        store.finalize(annotator.schema, metadata, failures, adaptation)
+        store.finalize(plan.schema, plan.metadata, failures, adaptation)
     return result
 
 
-def _process(todo, settings, models, annotator, store, jobs, workers, batch_size, failures,
-             progress, result) -> None:
+def _process(todo, plan: RunPlan, annotator: Annotator, store: PartialStore, jobs: int,
+             workers: str, failures: list[Failure], progress: Progress, result: RunResult) -> None:
     from joblib import delayed
 
-    params = models.feature_params
+    settings, batch_size = plan.segments, plan.batch_size
+    params = annotator.models.feature_params
     planning_failures: list[Failure] = []
     silence_loky_cancel_race()
 
@@ -206,7 +177,7 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
     def tasks() -> Iterator:
         ticket = 0
         for index, recording in enumerate(todo):
-            planned = plan_chunks(index, recording, settings, CHUNK_S)
+            planned = plan_chunks(index, recording, settings, plan.chunk_s)
             if isinstance(planned, Failure):
                 planning_failures.append(planned)
                 continue
@@ -283,20 +254,6 @@ def _process(todo, settings, models, annotator, store, jobs, workers, batch_size
             lookahead.close()
             stop_quietly(results)
             spill.close()
-
-
-def _fingerprint(metadata: dict) -> str:
-    relevant = {
-        "version": metadata["version"],
-        "settings": metadata["settings"],
-        "models": [m["hash"] for m in metadata["models"]],
-        "routes": [m["routed_for"] for m in metadata["models"]],
-        # LiteRT and Keras agree to about 1e-6, not to the bit.
-        "backends": [m["backend"] for m in metadata["models"]],
-        # Heads read their backbone's features: its bytes and backend label too.
-        "backbones": [(b["hash"], b["backend"]) for b in metadata.get("backbones", [])],
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
 def _safe_metadata(path: Path) -> dict:

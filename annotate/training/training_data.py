@@ -28,15 +28,14 @@ from annotate.audio.discover import Failure, Recording
 from annotate.errors import InputError, UsageError, expected_one_of
 from annotate.features import FeatureParams, segment_features
 from annotate.labels import TASKS
-from annotate.pipeline.featurize import SegmentSettings, featurize_chunk, plan_chunks
-from annotate.pipeline.segment import is_speech, segment_bounds
+from annotate.prepare.featurize import SegmentSettings
+from annotate.prepare.featurize import featurize_recording as featurize_whole
+from annotate.prepare.segment import is_speech, segment_bounds
 from annotate.training.augment import AugmentSettings, augment_audio, spec_augment
 from annotate.training.corpora.base import Corpus
 
 #: Per-recording columns carried from the corpus items to every example.
 ITEM_COLUMNS: tuple[str, ...] = ("path", "label", "speaker", "corpus", "language", "split")
-#: Same as ``annotate.pipeline.local.CHUNK_S``: longer recordings are read in parts.
-CHUNK_S = 600.0
 #: Crops per augmentation task; fixed so that the result does not depend on ``jobs``.
 AUGMENT_BLOCK = 64
 
@@ -449,18 +448,10 @@ def featurize_recording(
     Returns:
         ``(bounds, speech, features)`` as in :class:`Recordings`, or the failure.
     """
-    planned = plan_chunks(0, Recording(path, path), settings, CHUNK_S)
-    if isinstance(planned, Failure):
-        return planned
-    results = [featurize_chunk(chunk, settings, (params,)) for chunk in planned]
-    for result in results:
-        if result.failure is not None:
-            return result.failure
-    return (
-        np.concatenate([r.bounds for r in results]),
-        np.concatenate([r.speech for r in results]),
-        np.concatenate([r.features[params] for r in results]),
-    )
+    done = featurize_whole(Recording(path, path), settings, (params,))
+    if isinstance(done, Failure):
+        return done
+    return done.bounds, done.speech, np.concatenate(done.features[params])
 
 
 def load_recordings(

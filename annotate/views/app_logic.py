@@ -1,8 +1,7 @@
 """What the ``annotate app`` does, as plain functions (no Streamlit here, so tests call them).
 
 A clip from the microphone or an upload goes through the same steps as a
-recording of ``annotate run``: :func:`~annotate.pipeline.featurize.plan_chunks`,
-:func:`~annotate.pipeline.featurize.featurize_chunk` and
+recording of ``annotate run``: :func:`~annotate.prepare.featurize.featurize_recording` and
 :class:`~annotate.pipeline.annotator.Annotator`
 over the same :class:`~annotate.modelling.model_set.ModelSet`, so the app shows exactly
 the rows the batch run would write for that file.
@@ -30,9 +29,9 @@ from annotate.audio.discover import (
 from annotate.errors import InputError, UsageError
 from annotate.features import FeatureParams, log_mel
 from annotate.modelling.model_set import ModelSet
-from annotate.pipeline.annotator import Annotator, assemble_recording
-from annotate.pipeline.featurize import SegmentSettings, featurize_chunk, plan_chunks
-from annotate.pipeline.local import CHUNK_S
+from annotate.pipeline.annotator import Annotator
+from annotate.pipeline.plan import plan_run
+from annotate.prepare.featurize import featurize_recording
 
 TITLE = "Speech annotation explorer"
 #: Largest upload accepted, in megabytes (also given to Streamlit's server).
@@ -187,18 +186,23 @@ class ClipAnnotator:
 
     def __init__(self, models: ModelSet) -> None:
         self.models = models
-        # The language comes from where a default run takes it (the cascade, when the
-        # language model records one), so that the app shows what `annotate run` writes.
-        self.language_id, _ = models.choose_language_id(None)
-        self._annotators: dict[float, Annotator] = {}
+        self._annotators: dict[tuple[float, float], Annotator] = {}
         self.annotator(3.0)  # load now: a broken model fails before the first clip
 
-    def annotator(self, window_s: float) -> Annotator:
-        """The annotator of ``window_s`` windows (backbone heads take the run's window)."""
-        if window_s not in self._annotators:
-            self._annotators[window_s] = Annotator(self.models.with_window(window_s),
-                                                   language_id=self.language_id).load()
-        return self._annotators[window_s]
+    def annotator(self, window_s: float, hop_s: float | None = None) -> Annotator:
+        """The annotator of a default run with this window and hop (loaded once).
+
+        Its plan is a default ``annotate run``'s (the cascade, when the language
+        model records one), so that the app shows what a run writes.
+
+        Raises:
+            UsageError: Window or hop not positive.
+        """
+        hop_s = window_s if hop_s is None else hop_s
+        if (window_s, hop_s) not in self._annotators:
+            plan = plan_run(self.models, window_s=window_s, hop_s=hop_s)
+            self._annotators[window_s, hop_s] = Annotator(plan, self.models).load()
+        return self._annotators[window_s, hop_s]
 
     def annotate_file(self, source: str | Path, key: str, window_s: float = 3.0,
                       hop_s: float | None = None) -> pd.DataFrame:
@@ -208,18 +212,10 @@ class ClipAnnotator:
             InputError: The file cannot be decoded (the failure a batch run would record).
             UsageError: Window or hop not positive.
         """
-        hop_s = window_s if hop_s is None else hop_s
-        if window_s <= 0 or hop_s <= 0:
-            raise UsageError(f"window and hop must be positive, got {window_s} and {hop_s}")
-        annotator = self.annotator(window_s)
-        models = annotator.models
-        settings = SegmentSettings(window_s=window_s, hop_s=hop_s,
-                                   sampling_rate=models.feature_params[0].sampling_rate)
-        planned = plan_chunks(0, Recording(key, str(source)), settings, CHUNK_S)
-        if isinstance(planned, Failure):
-            raise _input_error(planned)
-        chunks = [featurize_chunk(chunk, settings, models.feature_params) for chunk in planned]
-        features = assemble_recording(chunks)
+        annotator = self.annotator(window_s, hop_s)
+        plan = annotator.plan
+        features = featurize_recording(Recording(key, str(source)), plan.segments,
+                                       annotator.models.feature_params, plan.chunk_s)
         if isinstance(features, Failure):
             raise _input_error(features)
         return annotator.annotate([features]).to_pandas()

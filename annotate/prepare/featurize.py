@@ -17,8 +17,12 @@ from annotate.audio.decode import AudioInfo, probe, read_span
 from annotate.audio.discover import Failure, Recording
 from annotate.errors import InputError
 from annotate.features import FeatureParams, features_of_segments
-from annotate.pipeline.segment import segment_bounds, speech_mask
+from annotate.prepare.segment import segment_bounds, speech_mask
 
+#: Recordings longer than this are split into several tasks of about this
+#: length (a run's worker tasks; a whole recording is never held as audio),
+#: so that a long file's work spreads over the workers.
+CHUNK_S = 120.0
 #: Segments computed together: the Python between numpy calls is paid once
 #: per stack, so threads wait less for each other (two threads: 0.55-0.60 s
 #: for the features of 30 min instead of 0.64-0.72 s); larger stacks fall out
@@ -70,6 +74,58 @@ class ChunkResult:
     speech: np.ndarray
     features: dict[FeatureParams, np.ndarray]
     failure: Failure | None = None
+
+
+@dataclass
+class RecordingFeatures:
+    """A whole recording, ready for inference.
+
+    Attributes:
+        key: The ``path`` of the output.
+        bounds: np.ndarray [shape=(n, 2), float64] segment start/end in seconds.
+        speech: np.ndarray [shape=(n,), bool].
+        features: Per feature setting, the speech segments' features as one
+            array per chunk, each [shape=(n_chunk_speech, frames, n_mels)]
+            (kept apart: joining a long recording's chunks would copy them).
+    """
+
+    key: str
+    bounds: np.ndarray
+    speech: np.ndarray
+    features: dict[FeatureParams, list[np.ndarray]]
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.bounds[-1, 1]) if len(self.bounds) else 0.0
+
+
+def assemble_recording(chunks: list[ChunkResult]) -> RecordingFeatures | Failure:
+    """Join a recording's chunk results, or return its first failure."""
+    for chunk in chunks:
+        if chunk.failure is not None:
+            return chunk.failure
+    first = chunks[0]
+    return RecordingFeatures(
+        first.recording.key,
+        np.concatenate([c.bounds for c in chunks]),
+        np.concatenate([c.speech for c in chunks]),
+        {p: [c.features[p] for c in chunks] for p in first.features},
+    )
+
+
+def featurize_recording(recording: Recording, settings: SegmentSettings,
+                        params: tuple[FeatureParams, ...], chunk_s: float = CHUNK_S,
+                        index: int = 0) -> RecordingFeatures | Failure:
+    """A whole recording's segments, speech decisions and features, or its failure.
+
+    What a run does to each recording, chunk after chunk in one thread: the
+    cluster's workers, the app and training call this; a local run spreads
+    the same chunks over its workers (:func:`plan_chunks`, :func:`featurize_chunk`).
+    """
+    planned = plan_chunks(index, recording, settings, chunk_s)
+    if isinstance(planned, Failure):
+        return planned
+    return assemble_recording([featurize_chunk(chunk, settings, params) for chunk in planned])
 
 
 def plan_chunks(

@@ -1,0 +1,174 @@
+"""Where a run's language probabilities come from: the head, the cascade or Whisper.
+
+Each source is an object that owns its branches, so that the annotator,
+``annotate evaluate`` and the app ask it instead of testing a name:
+
+- :class:`HeadLanguage`: the language model (a head on the backbone's states);
+- :class:`CascadeLanguage`: the head, and where it is unsure (its top
+  probability below the model's ``cascade.threshold``) the head fused with
+  Whisper's own language identification
+  (:func:`annotate.modelling.posteriors.fuse_language`);
+- :class:`WhisperLanguage`: Whisper's language identification alone, for
+  candidates beyond the head's languages (any of Whisper's 99 codes).
+
+A source holds data only (the candidates and the table's columns), so it
+travels with a run's plan to a cluster's workers; the models it reads are
+passed to its methods. :func:`choose_language_source` applies
+:meth:`ModelSet.choose_language_id`'s rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from annotate.labels import WHISPER_LANGUAGES
+from annotate.modelling.model_folder import ModelSpec
+from annotate.modelling.model_set import ModelSet
+from annotate.modelling.posteriors import fuse_language, softmax
+
+
+@dataclass(frozen=True)
+class LanguageSource:
+    """A run's language source (use a subclass).
+
+    Attributes:
+        candidates: The languages a segment may be in; probabilities are
+            renormalised over them. One candidate means the language is known.
+        columns: The table's ``lang_<code>`` columns, in order.
+    """
+
+    candidates: tuple[str, ...]
+    columns: tuple[str, ...]
+
+    #: The name ``--language-id`` gives it, recorded in the metadata.
+    name: ClassVar[str] = ""
+    #: The backbone continues each pass to Whisper's language step (on every
+    #: segment, or on those :meth:`unsure` picks).
+    asks_whisper: ClassVar[bool] = False
+    #: Whisper's step runs on a few segments only: the backbone's lanes share
+    #: one language interpreter instead of holding one each.
+    asks_some: ClassVar[bool] = False
+    #: The language head's logits are read.
+    reads_head: ClassVar[bool] = True
+
+    @property
+    def known(self) -> bool:
+        """One candidate: every speech segment is in that language."""
+        return len(self.candidates) == 1
+
+    @property
+    def candidate_mask(self) -> np.ndarray:
+        """Which of :attr:`columns` are candidates [shape=(n_columns,), bool]."""
+        return np.array([code in self.candidates for code in self.columns])
+
+    def head_probs(self, logits: np.ndarray, language: ModelSpec) -> np.ndarray:
+        """The head's calibrated probabilities, renormalised over the candidates."""
+        logits = np.array(logits, dtype=np.float64)
+        if not len(logits):
+            return logits.reshape(0, len(self.columns))
+        logits[:, ~self.candidate_mask] = -np.inf  # excluded languages get no probability
+        return softmax(logits, language.temperature)
+
+    def whisper_probs(self, whisper_logits: np.ndarray, temperature: float) -> np.ndarray:
+        """Whisper's calibrated scores of the columns' tokens, renormalised over the candidates.
+
+        Args:
+            whisper_logits: np.ndarray [shape=(n, 99)], Whisper's language logits.
+            temperature: Whisper's language temperature (its backbone's ``language``).
+        """
+        tokens = np.array([WHISPER_LANGUAGES.index(code) for code in self.columns])
+        logits = np.asarray(whisper_logits)[:, tokens].astype(np.float64)
+        if not len(logits):
+            return logits
+        logits[:, ~self.candidate_mask] = -np.inf
+        return softmax(logits, temperature)
+
+    def unsure(self, head_probs: np.ndarray, language: ModelSpec) -> np.ndarray:
+        """Which segments go on to Whisper's language step [shape=(n,), bool]."""
+        return np.zeros(len(head_probs), bool)
+
+    def segment_probs(self, head_logits: np.ndarray | None, whisper_logits: np.ndarray | None,
+                      language: ModelSpec, whisper_temperature: float | None) -> np.ndarray:
+        """Each speech segment's language probabilities, before the smoothing.
+
+        Args:
+            head_logits: The language head's logits [shape=(n, n_labels)]
+                (None where the source does not read the head).
+            whisper_logits: Whisper's language logits [shape=(n, 99)], NaN on
+                the rows Whisper was not asked for (None where it never is).
+            language: The language model.
+            whisper_temperature: Whisper's language temperature.
+
+        Returns:
+            np.ndarray [shape=(n, len(columns)), float64].
+        """
+        raise NotImplementedError
+
+    def smoothed(self, language: ModelSpec) -> bool:
+        """Whether the probabilities are smoothed along each recording."""
+        return language.switch_probability is not None and not self.known
+
+
+@dataclass(frozen=True)
+class HeadLanguage(LanguageSource):
+    """The language model alone."""
+
+    name: ClassVar[str] = "head"
+
+    def segment_probs(self, head_logits, whisper_logits, language, whisper_temperature):
+        return self.head_probs(head_logits, language)
+
+
+@dataclass(frozen=True)
+class CascadeLanguage(HeadLanguage):
+    """The head, fused with Whisper's language identification where the head is unsure."""
+
+    name: ClassVar[str] = "cascade"
+    asks_whisper: ClassVar[bool] = True
+    asks_some: ClassVar[bool] = True
+
+    def unsure(self, head_probs: np.ndarray, language: ModelSpec) -> np.ndarray:
+        return np.asarray(head_probs).max(axis=1) < language.cascade.threshold
+
+    def segment_probs(self, head_logits, whisper_logits, language, whisper_temperature):
+        probs = self.head_probs(head_logits, language)
+        if not len(probs):
+            return probs
+        asked = ~np.isnan(whisper_logits[:, 0])
+        if asked.any():
+            cascade = language.cascade
+            probs[asked] = fuse_language(
+                probs[asked], self.whisper_probs(whisper_logits[asked], whisper_temperature),
+                cascade.head_weight, cascade.whisper_weight)
+        return probs
+
+
+@dataclass(frozen=True)
+class WhisperLanguage(LanguageSource):
+    """Whisper's language identification alone: any of its 99 codes."""
+
+    name: ClassVar[str] = "whisper"
+    asks_whisper: ClassVar[bool] = True
+    reads_head: ClassVar[bool] = False
+
+    def segment_probs(self, head_logits, whisper_logits, language, whisper_temperature):
+        return self.whisper_probs(whisper_logits, whisper_temperature)
+
+
+SOURCES: dict[str, type[LanguageSource]] = {
+    cls.name: cls for cls in (HeadLanguage, CascadeLanguage, WhisperLanguage)}
+
+
+def choose_language_source(models: ModelSet, languages: Sequence[str] | None = None,
+                           requested: str = "auto") -> LanguageSource:
+    """The language source of a run with ``models`` (:meth:`ModelSet.choose_language_id`).
+
+    Raises:
+        UsageError: An unknown choice or code, or codes neither source knows.
+    """
+    name, candidates = models.choose_language_id(languages, requested)
+    columns = candidates if name == "whisper" else models.language.labels
+    return SOURCES[name](tuple(candidates), tuple(columns))

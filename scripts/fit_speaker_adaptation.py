@@ -2,7 +2,7 @@
 
 ``annotate train`` (and so ``scripts/train_bundled_models.py``) fits this
 temperature with every emotion head it writes
-(:func:`annotate.training.heads.fit_speaker_adaptation`). This script does
+(:func:`annotate.training.calibration.fit_speaker_adaptation`). This script does
 the same for heads already trained, from the same out-of-fold scores: each
 head's recorded settings retrained without each of 4 speaker folds of its
 training speakers (``annotate.training.heldout``), on the recordings

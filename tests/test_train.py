@@ -423,7 +423,9 @@ def test_worker_and_command_modules_do_not_import_tensorflow():
 
     code = ("import sys, annotate.training.training_data, annotate.training.augment, "
             "annotate.cli.training, annotate.training.evaluate, annotate.training.train, "
-            "annotate.modelling.networks; "
+            "annotate.modelling.networks, annotate.training.encoding, annotate.training.search, "
+            "annotate.training.calibration, annotate.training.cards, annotate.training.fitting, "
+            "annotate.training.evaluate_heads; "
             "sys.exit('tensorflow' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0

@@ -123,7 +123,7 @@ class SpeakerAdaptation:
     With ``annotate run --speakers``, each speaker's log-probabilities are
     centred on the speaker's mean (:mod:`annotate.modelling.posteriors`);
     the result is divided by ``temperature``, fitted on validation speakers
-    (:func:`annotate.training.heads.fit_speaker_adaptation`, with every
+    (:func:`annotate.training.calibration.fit_speaker_adaptation`, with every
     emotion head ``annotate train`` writes) so that it stays calibrated.
 
     Attributes:

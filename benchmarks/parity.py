@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from annotate.backbone.whisper_encoder import build_encoder  # noqa: E402
 from annotate.features import WHISPER_FEATURES, whisper_log_mel  # noqa: E402
 from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E402
-from annotate.testing import speech_like  # noqa: E402
+from annotate.testing import harmonic_buzz  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden" / "whisper_base.npz"
 #: Encoder frames kept in the golden file (every 5th of a 3 s segment's 150).
@@ -53,8 +53,8 @@ GOLDEN_FRAME_STEP = 5
 
 
 def golden_signal() -> np.ndarray:
-    """The fixed input: 3 s of a synthetic voice (annotate.testing.speech_like, seed 7)."""
-    return speech_like(3.0, 16000, seed=7)
+    """The fixed input: 3 s of a synthetic voice (annotate.testing.harmonic_buzz, seed 7)."""
+    return harmonic_buzz(3.0, 16000, seed=7)
 
 
 def ct2_folder(given: Path | None, work: Path) -> Path:

@@ -106,3 +106,23 @@ def sorted_table(path) -> pd.DataFrame:
 def run_metadata(path) -> dict:
     """The ``annotate`` metadata of a run's output."""
     return json.loads(pq.read_schema(path).metadata[b"annotate"])
+
+
+def speech_counts(paths, params) -> tuple[int, int]:
+    """Recordings with speech, and speech segments, as training and evaluation cut them.
+
+    The run's speech detector decides: a synthetic voice's short clip may hold
+    no speech for it, and evaluation then leaves that recording out.
+    """
+    from annotate.audio.discover import Recording
+    from annotate.prepare.featurize import SegmentSettings, featurize_recording
+
+    settings = SegmentSettings(window_s=params.segment_s, hop_s=params.segment_s,
+                               sampling_rate=params.sampling_rate)
+    recordings = segments = 0
+    for path in paths:
+        done = featurize_recording(Recording(str(path), str(path)), settings, (params,))
+        if hasattr(done, "speech") and done.speech.any():
+            recordings += 1
+            segments += int(done.speech.sum())
+    return recordings, segments

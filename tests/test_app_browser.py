@@ -223,7 +223,10 @@ def test_an_upload_through_the_browser_shows_the_prediction_of_the_models(
                     "the prediction for the uploaded clip to appear", log)
 
     assert page["alerts"] == [], page["alerts"]
-    assert f"{clip.name} · {expected.duration_s:.1f} s" in page["headings"], page
+    speech_s = float(expected.rows["speech_s"].sum())
+    assert speech_s > 5.0  # the detector hears the voice
+    assert (f"{clip.name} · {expected.duration_s:.1f} s, of which speech {speech_s:.1f} s"
+            in page["headings"]), page
     assert [m["label"] for m in page["metrics"]] == ["Language", "Emotion"], page["metrics"]
     for shown, task in zip(page["metrics"], ("language", "emotion")):
         top = summary[task]

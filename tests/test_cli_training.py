@@ -115,8 +115,11 @@ def test_evaluate_prints_metrics_and_writes_json(emodb, trained, tmp_path):
                                  "--json", str(out), "--jobs", "1"])
     assert result.exit_code == 0, result.output
     saved = json.loads(out.read_text())
-    assert saved["n_recordings"] == 18
-    assert np.sum(saved["confusion"]["matrix"]) == 18
+    # Every recording is scored or named as holding no speech (the detector may miss
+    # a synthetic voice's short clip).
+    assert saved["n_recordings"] + saved["n_without_speech"] == 18
+    assert saved["n_recordings"] >= 15
+    assert np.sum(saved["confusion"]["matrix"]) == saved["n_recordings"]
     assert f"UAR {saved['uar']:.3f}" in text(result)
     assert "ECE" in text(result) and "confusion" in text(result)
 

@@ -47,6 +47,7 @@ test: install browser speech
 # identification, then the heads on the corpora's training speakers (fixed seeds;
 # each emotion head with its temperature for --speakers), then the language cascade.
 models: install
+	$(BIN)/python scripts/build_speech_detector.py --out models/silero-vad
 	$(BIN)/python scripts/build_backbone.py --out models/whisper-base
 	$(BIN)/python scripts/fit_language_id.py --corpora $(CORPORA) --backbone models/whisper-base
 	$(BIN)/python scripts/train_bundled_models.py --corpora $(CORPORA) --out models --search 8

@@ -52,6 +52,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -505,7 +506,8 @@ def main() -> None:
     parser.add_argument("--switching", type=int, default=40,
                         help="recordings that switch language (0: none)")
     parser.add_argument("--skip", default="",
-                        help="comma-separated: whisper, whisper-id, head, old, opensmile")
+                        help="comma-separated: whisper, whisper-id, head, old, opensmile, "
+                             "speech")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -663,6 +665,12 @@ def main() -> None:
         systems["Whisper"]["_cost"] = {"calls": lid.calls, "seconds": lid.seconds}
 
     print_tables(systems, notes, time.perf_counter() - started)
+    if "speech" not in skip:
+        # The speech-detection table: the energy gate, the default detector and Silero VAD
+        # as faster-whisper runs it, on non-speech, speech and mixtures.
+        subprocess.run([sys.executable, str(Path(__file__).with_name("speech_detection.py")),
+                        "--corpora", str(args.corpora), "--work", str(work / "speech")],
+                       check=True)
     if args.json:
         clean = {s: {k: {m: v for m, v in r.items() if not m.startswith("_")}
                      for k, r in rows.items()} for s, rows in systems.items()}

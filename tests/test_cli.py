@@ -52,8 +52,9 @@ def test_run_then_summarize(corpus, tmp_path, model_cli_args):
     assert rows[["lang_en", "lang_de", "lang_fr", "lang_it"]].sum(axis=1).round(6).eq(1).all()
 
 
-def test_speech_threshold_lets_quiet_speech_through(tmp_path, model_cli_args):
-    """Speech peaking near -55 dBFS (RAVDESS's quietest clips) is lost at -45, kept at -65."""
+def test_speech_threshold_lets_quiet_speech_through_the_energy_gate(tmp_path, model_cli_args):
+    """With --speech-detector energy: speech peaking near -55 dBFS (RAVDESS's quietest clips)
+    is lost at -45, kept at -65."""
     quiet = speech_like(3.0, seed=4)
     frames = quiet[: len(quiet) // 400 * 400].reshape(-1, 400)
     loudest = 20 * np.log10(np.sqrt((frames**2).mean(axis=1)).max())
@@ -62,16 +63,38 @@ def test_speech_threshold_lets_quiet_speech_through(tmp_path, model_cli_args):
     for threshold in (-45, -65):
         out = tmp_path / f"out{-threshold}.parquet"
         done = runner.invoke(app, ["run", str(tmp_path / "corpus"), "-o", str(out), "-j", "1",
+                                   "--speech-detector", "energy",
                                    "--speech-threshold", str(threshold), *model_cli_args])
         assert done.exit_code == 0, done.output
         rows = pd.read_parquet(out)
         speech[threshold] = int(rows["speech"].sum())
+        assert rows["speech_p"].isna().all()  # the gate gives no probability
         meta = json.loads(pq.read_schema(out).metadata[b"annotate"])
-        assert meta["settings"]["vad_threshold_dbfs"] == threshold
+        assert meta["settings"]["speech_detector"] == "energy"
+        assert meta["settings"]["speech_threshold"] == threshold
     assert speech == {-45: 0, -65: 1}
     bad = runner.invoke(app, ["run", str(tmp_path / "corpus"), "-o", str(tmp_path / "x.parquet"),
-                              "--speech-threshold", "3", *model_cli_args])
-    assert bad.exit_code == 2 and "speech threshold" in bad.output
+                              "--speech-detector", "energy", "--speech-threshold", "3",
+                              *model_cli_args])
+    assert bad.exit_code == 2 and "dBFS" in bad.output
+
+
+def test_the_default_detector_is_silero_and_refuses_a_dbfs_threshold(tmp_path, model_cli_args):
+    """The default run detects speech with Silero VAD (a probability per segment), and an
+    old dBFS threshold is refused with a hint, never read as a probability."""
+    write_audio(tmp_path / "corpus" / "talk.wav", speech_like(3.0, seed=4), 16000)
+    out = tmp_path / "out.parquet"
+    done = runner.invoke(app, ["run", str(tmp_path / "corpus"), "-o", str(out), "-j", "1",
+                               *model_cli_args])
+    assert done.exit_code == 0, done.output
+    rows = pd.read_parquet(out)
+    assert rows["speech"].all() and (rows["speech_p"] > 0.5).all()
+    assert (rows["speech_s"] > 0.25).all()
+    settings = json.loads(pq.read_schema(out).metadata[b"annotate"])["settings"]
+    assert (settings["speech_detector"], settings["speech_threshold"]) == ("silero", 0.5)
+    bad = runner.invoke(app, ["run", str(tmp_path / "corpus"), "-o", str(tmp_path / "x.parquet"),
+                              "--speech-threshold", "-45", *model_cli_args])
+    assert bad.exit_code == 2 and "--speech-detector energy" in bad.output
 
 
 def test_partial_failure_exit_code_is_1(corpus, tmp_path, model_cli_args):

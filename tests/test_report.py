@@ -109,7 +109,9 @@ def test_the_numbers_agree_with_the_table(annotated):
     assert data.segments == len(frame) and data.speech_segments == len(speech)
     assert data.recordings.loc["long.wav", "duration_s"] == pytest.approx(20.0)
     assert pd.isna(data.recordings.loc["silence.wav", "lang"])  # no speech, no language
-    assert data.language_time_s.sum() == pytest.approx((speech["end_s"] - speech["start_s"]).sum())
+    # speech time is what the detector heard inside the speech segments
+    assert data.language_time_s.sum() == pytest.approx(speech["speech_s"].sum())
+    assert data.recordings["speech_s"].sum() == pytest.approx(frame["speech_s"].sum())
     assert int(data.emotion_counts.to_numpy().sum()) == len(speech)
     assert int(data.histograms["language"].sum()) == len(speech)
 
@@ -178,6 +180,8 @@ def synthetic_table(path, n_segments: int, seed: int = 0, window_s: float = 3.0)
         "start_s": index * window_s,
         "end_s": index * window_s + window_s,
         "speech": speech,
+        "speech_p": np.where(speech, rng.beta(8, 1, n_segments), rng.beta(1, 8, n_segments)),
+        "speech_s": np.where(speech, window_s * rng.uniform(0.5, 1.0, n_segments), 0.0),
         "lang": np.where(speech, np.array(LANGUAGES)[lang], None),
         "lang_p": np.where(speech, top, np.nan),
     }
@@ -194,9 +198,10 @@ def synthetic_table(path, n_segments: int, seed: int = 0, window_s: float = 3.0)
                                         None)
     schema = segments_schema(tuple(LANGUAGES))
     table = pa.Table.from_pandas(pd.DataFrame(columns), schema=schema, preserve_index=False)
-    meta = {"version": annotate.__version__, "schema_version": 1,
+    meta = {"version": annotate.__version__, "schema_version": 2,
             "settings": {"window_s": window_s, "hop_s": window_s, "sampling_rate": 16000,
-                         "vad_threshold_dbfs": -45.0, "languages": [], "chunk_s": 600.0},
+                         "speech_detector": "silero", "speech_threshold": 0.5,
+                         "languages": [], "chunk_s": 120.0},
             "models": [{"name": "language", "task": "language", "languages": ["*"],
                         "routed_for": None, "folder": "models/language", "hash": "sha256:00"}],
             "fingerprint": "0" * 64}
@@ -220,7 +225,7 @@ def test_a_million_segments_report_quickly(tmp_path):
 def test_a_table_without_speech_still_reports(tmp_path):
     table = tmp_path / "quiet.parquet"
     frame = pd.DataFrame({"path": ["quiet.wav"], "start_s": [0.0], "end_s": [1.0],
-                          "speech": [False]})
+                          "speech": [False], "speech_p": [0.01], "speech_s": [0.0]})
     for name in segments_schema(tuple(LANGUAGES)).names:
         if name not in frame:
             frame[name] = None

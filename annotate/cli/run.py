@@ -43,9 +43,15 @@ def run(
     output: Annotated[str, typer.Option("--output", "-o", help="The segments table to write (.parquet); with --cluster also an fsspec URL (s3://...).")],
     window: Annotated[float, typer.Option(help="Segment length, seconds.")] = 3.0,
     hop: Annotated[Optional[float], typer.Option(help="Segment hop, seconds [default: the window].")] = None,
-    speech_threshold: Annotated[float, typer.Option(
-        help="A segment holds speech when 0.15 s of its frames are louder than this, in dBFS "
-             "(and modulated): lower it for quiet recordings, raise it for noisy ones.")] = -45.0,
+    speech_detector: Annotated[str, typer.Option(
+        help="Which segments hold speech: silero (Silero VAD, shipped with the package: "
+             "speech apart from music and noise) or energy (the loudness gate of earlier "
+             "versions: sound apart from silence).")] = "silero",
+    speech_threshold: Annotated[Optional[float], typer.Option(
+        help="silero: the probability above which a 32 ms frame is speech (a segment needs "
+             "0.25 s of them) [default: 0.5]; energy: the level in dBFS above which a 25 ms "
+             "frame is loud (a segment needs 0.15 s of them) [default: -45].",
+        show_default=False)] = None,
     languages: Annotated[Optional[str], typer.Option(
         help="Candidate languages, comma-separated (e.g. de,fr); one code means the language is known. "
              "Codes beyond the language model's go to Whisper's language identification "
@@ -97,7 +103,8 @@ def run(
             emotion_models=_parse_emotion_models(emotion_model or []),
             languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None,
             language_id=language_id,
-            window_s=window, hop_s=hop, speech_threshold_dbfs=speech_threshold,
+            window_s=window, hop_s=hop, speech_detector=speech_detector,
+            speech_threshold=speech_threshold,
             jobs=jobs, batch_size=batch_size,
             overwrite=overwrite, progress=progress, cluster=cluster, shard_size=shard_size,
             backend=backend, workers=workers, speakers=speakers,

@@ -190,6 +190,10 @@ class Annotator:
             columns["end_s"].append(float(recording.bounds[i, 1]))
             speech = bool(recording.speech[i])
             columns["speech"].append(speech)
+            columns["speech_p"].append(_probability(recording.speech_p, i))
+            columns["speech_s"].append(
+                float(recording.speech_s[i]) if recording.speech_s is not None
+                else float(recording.bounds[i, 1] - recording.bounds[i, 0]) * speech)
             if speech:
                 p = lang_p[speech_index[i]]
                 best = int(np.argmax(p))
@@ -212,6 +216,13 @@ class Annotator:
             else:
                 for name in ("emotion", "emotion_p", "emotion_model", *(f"emo_{x}" for x in EMOTIONS)):
                     columns[name].append(None)
+
+
+def _probability(values: np.ndarray | None, i: int) -> float | None:
+    """``values[i]``, or None where it is missing or NaN."""
+    if values is None or np.isnan(values[i]):
+        return None
+    return float(values[i])
 
 
 def _speech_frames(recording: RecordingFeatures, params: FeatureParams) -> np.ndarray:

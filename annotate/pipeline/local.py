@@ -62,7 +62,8 @@ def run(
     language_id: str = "auto",
     window_s: float = 3.0,
     hop_s: float | None = None,
-    speech_threshold_dbfs: float = -45.0,
+    speech_detector: str = "silero",
+    speech_threshold: float | None = None,
     jobs: int | None = None,
     batch_size: int = 256,
     overwrite: bool = False,
@@ -91,10 +92,12 @@ def run(
             identification for codes beyond the head's).
         window_s: Segment length in seconds.
         hop_s: Segment hop in seconds (default: ``window_s``).
-        speech_threshold_dbfs: A segment holds speech when at least 0.15 s of
-            its 25 ms frames are louder than this (and modulated): lower it
-            for quiet recordings (RAVDESS's calm and sad clips peak at -46 to
-            -56 dBFS), raise it for noisy ones.
+        speech_detector: Which segments hold speech: ``"silero"`` (Silero VAD,
+            the default) or ``"energy"`` (the loudness gate of earlier
+            versions; :mod:`annotate.prepare.speech`).
+        speech_threshold: For ``silero``, the frame probability above which a
+            32 ms frame is speech (default 0.5; a segment needs 0.25 s of such
+            frames); for ``energy``, a frame level in dBFS (default -45).
         jobs: Parallel decoding and feature jobs (default: all cores).
         batch_size: Segments gathered per inference round; the table does
             not depend on it.
@@ -129,7 +132,8 @@ def run(
         check_output_path(Path(output))
     models = ModelSet.load(language_model, emotion_models)
     plan = plan_run(models, languages=languages, language_id=language_id, window_s=window_s,
-                    hop_s=hop_s, speech_threshold_dbfs=speech_threshold_dbfs,
+                    hop_s=hop_s, speech_detector=speech_detector,
+                    speech_threshold=speech_threshold,
                     batch_size=batch_size, backend=backend, speakers=speakers, chunk_s=CHUNK_S)
     if cluster is not None:
         from annotate.pipeline.cluster import run_on_cluster

@@ -27,6 +27,12 @@ from annotate.modelling.model_folder import folder_hash
 from annotate.modelling.model_set import ModelSet
 from annotate.pipeline.speakers import SPEAKER_SOURCES
 from annotate.prepare.featurize import CHUNK_S, SegmentSettings
+from annotate.prepare.speech import (
+    DEFAULT_THRESHOLDS,
+    SPEECH_DETECTORS,
+    check_threshold,
+    detector_description,
+)
 from annotate.schema import load_schema, segments_schema
 
 
@@ -99,7 +105,8 @@ def plan_run(
     language_id: str = "auto",
     window_s: float = 3.0,
     hop_s: float | None = None,
-    speech_threshold_dbfs: float = -45.0,
+    speech_detector: str = "silero",
+    speech_threshold: float | None = None,
     batch_size: int = 256,
     backend: str | None = None,
     speakers: str | None = None,
@@ -117,9 +124,14 @@ def plan_run(
     hop_s = window_s if hop_s is None else hop_s
     if window_s <= 0 or hop_s <= 0:
         raise UsageError(f"window and hop must be positive, got {window_s} and {hop_s}")
-    if not -120.0 <= speech_threshold_dbfs < 0.0:
-        raise UsageError(f"the speech threshold must be in [-120, 0) dBFS, got "
-                         f"{speech_threshold_dbfs}")
+    if speech_detector not in SPEECH_DETECTORS:
+        raise UsageError(expected_one_of("speech detector", speech_detector, SPEECH_DETECTORS))
+    if speech_threshold is None:
+        speech_threshold = DEFAULT_THRESHOLDS[speech_detector]
+    try:
+        check_threshold(speech_detector, float(speech_threshold))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     if speakers is not None and speakers not in SPEAKER_SOURCES:
@@ -129,7 +141,7 @@ def plan_run(
     asked = source.candidates if languages else ()
     segments = SegmentSettings(
         window_s=window_s, hop_s=hop_s, sampling_rate=models.feature_params[0].sampling_rate,
-        vad_threshold_dbfs=float(speech_threshold_dbfs),
+        speech_detector=speech_detector, speech_threshold=float(speech_threshold),
     )
     backends = models.choose_backends(backend)
     backbone_backends = models.choose_backbone_backends(backend, source)
@@ -142,6 +154,7 @@ def plan_run(
                      "language_id": source.name, "speakers": speakers},
         "models": described,
         "backbones": described_backbones,
+        "speech_detector": detector_description(speech_detector),
     }
     metadata["fingerprint"] = fingerprint(metadata)
     return RunPlan(
@@ -169,5 +182,7 @@ def fingerprint(metadata: dict) -> str:
         "backends": [m["backend"] for m in metadata["models"]],
         # Heads read their backbone's features: its bytes and backend label too.
         "backbones": [(b["hash"], b["backend"]) for b in metadata.get("backbones", [])],
+        # Which segments are speech: the detector's weights.
+        "speech_detector": metadata.get("speech_detector"),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

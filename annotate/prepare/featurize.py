@@ -17,7 +17,8 @@ from annotate.audio.decode import AudioInfo, probe, read_span
 from annotate.audio.discover import Failure, Recording
 from annotate.errors import InputError
 from annotate.features import FeatureParams, features_of_segments
-from annotate.prepare.segment import segment_bounds, speech_mask
+from annotate.prepare.segment import segment_bounds
+from annotate.prepare.speech import detect_speech, warmup_samples
 
 #: Recordings longer than this are split into several tasks of about this
 #: length (a run's worker tasks; a whole recording is never held as audio),
@@ -32,12 +33,19 @@ STACK = 4
 
 @dataclass(frozen=True)
 class SegmentSettings:
-    """How recordings are cut and which segments count as speech."""
+    """How recordings are cut and which segments count as speech.
+
+    Attributes:
+        speech_detector: ``"silero"`` or ``"energy"`` (:mod:`annotate.prepare.speech`).
+        speech_threshold: The detector's threshold: a frame probability
+            (``silero``) or a frame level in dBFS (``energy``).
+    """
 
     window_s: float = 3.0
     hop_s: float = 3.0
     sampling_rate: int = 16000
-    vad_threshold_dbfs: float = -45.0
+    speech_detector: str = "silero"
+    speech_threshold: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,9 @@ class ChunkResult:
         speech: np.ndarray [shape=(n,), bool].
         features: One array per feature setting, each
             [shape=(n_speech, frames, n_mels), float32], speech segments only.
+        speech_p: np.ndarray [shape=(n,), float64]: the detector's probability
+            of speech (NaN where it gives none).
+        speech_s: np.ndarray [shape=(n,), float64]: seconds of speech.
     """
 
     index: int
@@ -73,6 +84,8 @@ class ChunkResult:
     bounds: np.ndarray
     speech: np.ndarray
     features: dict[FeatureParams, np.ndarray]
+    speech_p: np.ndarray | None = None
+    speech_s: np.ndarray | None = None
     failure: Failure | None = None
 
 
@@ -87,12 +100,18 @@ class RecordingFeatures:
         features: Per feature setting, the speech segments' features as one
             array per chunk, each [shape=(n_chunk_speech, frames, n_mels)]
             (kept apart: joining a long recording's chunks would copy them).
+        speech_p: np.ndarray [shape=(n,), float64]: the speech detector's
+            probability of speech (NaN where it gives none; None: not known).
+        speech_s: np.ndarray [shape=(n,), float64]: seconds of speech in each
+            segment (None: a speech segment's whole duration).
     """
 
     key: str
     bounds: np.ndarray
     speech: np.ndarray
     features: dict[FeatureParams, list[np.ndarray]]
+    speech_p: np.ndarray | None = None
+    speech_s: np.ndarray | None = None
 
     @property
     def duration_s(self) -> float:
@@ -110,6 +129,8 @@ def assemble_recording(chunks: list[ChunkResult]) -> RecordingFeatures | Failure
         np.concatenate([c.bounds for c in chunks]),
         np.concatenate([c.speech for c in chunks]),
         {p: [c.features[p] for c in chunks] for p in first.features},
+        np.concatenate([c.speech_p for c in chunks]),
+        np.concatenate([c.speech_s for c in chunks]),
     )
 
 
@@ -163,10 +184,16 @@ def featurize_chunk(
         starts = np.rint((bounds[:, 0] - span_start) * rate).astype(int)
         ends = np.rint((bounds[:, 1] - span_start) * rate).astype(int)
         pieces = [audio[lo:hi] for lo, hi in zip(starts, ends, strict=True)]
-        speech = np.zeros(len(bounds), dtype=bool)
-        for group in _stacks(pieces, range(len(pieces))):
-            speech[group] = speech_mask(np.stack([pieces[i] for i in group]), rate,
-                                        settings.vad_threshold_dbfs)
+        first = int(np.rint(span_start * rate))
+        warm = min(warmup_samples(settings.speech_detector, rate), first)
+        heard = audio
+        if warm:  # read apart, so that the segments' own samples stay as they were
+            head = read_span(chunk.recording.source, chunk.info, (first - warm) / rate,
+                             span_start, rate)[-warm:]
+            heard = np.concatenate([np.zeros(warm - len(head), np.float32), head, audio])
+        decisions = detect_speech(heard, first - warm, np.stack([starts, ends], axis=1) + first,
+                                  rate, settings.speech_detector, settings.speech_threshold)
+        speech = decisions.speech
         parts: dict[FeatureParams, list[np.ndarray]] = {p: [] for p in params}
         for group in _stacks(pieces, np.flatnonzero(speech)):
             stacked = features_of_segments(np.stack([pieces[i] for i in group]), params)
@@ -184,7 +211,8 @@ def featurize_chunk(
     except Exception as error:  # noqa: BLE001 - one bad file must never stop the batch
         message = f"{type(error).__name__}: {error}"
         return _failed(chunk, Failure(chunk.recording.key, "error", message))
-    return ChunkResult(chunk.index, chunk.recording, chunk.last, bounds, speech, features)
+    return ChunkResult(chunk.index, chunk.recording, chunk.last, bounds, speech, features,
+                       decisions.probability, decisions.seconds)
 
 
 def _stacks(pieces: list[np.ndarray], indices) -> Iterator[list[int]]:
@@ -201,6 +229,5 @@ def _stacks(pieces: list[np.ndarray], indices) -> Iterator[list[int]]:
 
 def _failed(chunk: Chunk, failure: Failure) -> ChunkResult:
     empty = np.zeros((0, 2))
-    return ChunkResult(
-        chunk.index, chunk.recording, chunk.last, empty, np.zeros(0, bool), {}, failure
-    )
+    return ChunkResult(chunk.index, chunk.recording, chunk.last, empty, np.zeros(0, bool), {},
+                       failure=failure)

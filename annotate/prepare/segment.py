@@ -1,4 +1,4 @@
-"""Cut a recording's timeline into fixed windows and decide which hold speech."""
+"""Cut a recording's timeline into fixed windows; the energy gate (``--speech-detector energy``)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def speech_mask(
     sampling_rate: int,
     threshold_dbfs: float = -45.0,
     min_active_s: float = 0.15,
-) -> np.ndarray:
+    return_active_s: bool = False,
+):
     """:func:`is_speech` of each of a stack of equally long segments.
 
     Args:
@@ -67,22 +68,27 @@ def speech_mask(
         sampling_rate: In Hz.
         threshold_dbfs: Frame RMS level, in dB relative to full scale.
         min_active_s: Minimum total duration of loud frames.
+        return_active_s: Also return the seconds of loud frames of each segment.
 
     Returns:
-        np.ndarray [shape=(m,), dtype=bool].
+        np.ndarray [shape=(m,), dtype=bool] (and, with ``return_active_s``,
+        np.ndarray [shape=(m,), float64]).
     """
     frame = int(0.025 * sampling_rate)
     count, size = segments.shape
     if size < frame:
-        return np.zeros(count, dtype=bool)
+        empty = np.zeros(count, dtype=bool)
+        return (empty, np.zeros(count)) if return_active_s else empty
     n = size // frame
     frames = segments[:, : n * frame].reshape(count, n, frame).astype(np.float64)
     frames = frames - frames.mean(axis=-1, keepdims=True)  # DC is not speech
     rms = np.sqrt(np.mean(frames**2, axis=-1))
     level = 20 * np.log10(np.maximum(rms, 1e-10))
     active = level > threshold_dbfs
-    loud_enough = active.sum(axis=-1) * 0.025 >= min_active_s
+    active_s = active.sum(axis=-1) * 0.025
+    loud_enough = active_s >= min_active_s
     # Speech is modulated: its frame levels spread over several dB.
     rows = zip(loud_enough, level, active, strict=True)
-    return np.array([bool(enough and (np.std(lv[on]) > 1.0 or (~on).any()))
+    mask = np.array([bool(enough and (np.std(lv[on]) > 1.0 or (~on).any()))
                      for enough, lv, on in rows], dtype=bool)
+    return (mask, active_s.astype(np.float64)) if return_active_s else mask

@@ -24,6 +24,7 @@ import streamlit as st  # noqa: E402
 from annotate.errors import AnnotateError, InputError, ModelError  # noqa: E402
 from annotate.views import app_logic as logic  # noqa: E402
 from annotate.views import plots  # noqa: E402
+from annotate.views.summarize import speech_seconds  # noqa: E402
 
 PROBABILITY = st.column_config.ProgressColumn(format="%.2f", min_value=0.0, max_value=1.0)
 TABLE_ROWS_SHOWN = 2000
@@ -119,7 +120,8 @@ def clip_page(config: logic.AppConfig) -> None:
 def show_clip(name: str, data: bytes, result: logic.ClipResult) -> None:
     rows = result.rows
     summary = logic.clip_summary(rows)
-    st.subheader(f"{name} · {result.duration_s:.1f} s")
+    speech_s = float(speech_seconds(rows).sum())
+    st.subheader(f"{name} · {result.duration_s:.1f} s, of which speech {speech_s:.1f} s")
     st.audio(data)
     columns = st.columns(2)
     for column, task in zip(columns, ("language", "emotion")):
@@ -144,7 +146,8 @@ def segment_table(rows: pd.DataFrame) -> pd.DataFrame:
     """The columns worth reading: key, labels, then the probabilities a model gave."""
     present = [c for c in rows.columns if c.startswith(("lang_", "emo_")) and c != "lang_p"
                and rows[c].notna().any()]
-    keep = ["path", "start_s", "end_s", "speech", "lang", "lang_p", "emotion", "emotion_p",
+    keep = ["path", "start_s", "end_s", "speech", "speech_p", "speech_s", "lang", "lang_p",
+            "emotion", "emotion_p",
             *present, "emotion_model"]
     return rows[[c for c in keep if c in rows.columns]]
 

@@ -258,7 +258,8 @@ def timeline(segments: pd.DataFrame, title: str | None = None,
 
     Args:
         segments: One recording's rows, with ``start_s``, ``end_s``,
-            ``lang``, ``lang_p``, ``emotion``, ``emotion_p``.
+            ``lang``, ``lang_p``, ``emotion``, ``emotion_p`` (and ``speech_p``,
+            the speech detector's probability, drawn where the table has it).
         title: Drawn above the lanes.
         max_bins: Most bars per lane.
         log_mel: np.ndarray [shape=(frames, n_mels)], natural-log mel power
@@ -306,8 +307,11 @@ def _draw_lanes(lanes, probs, frame: pd.DataFrame, span: float, title: str | Non
     lanes.spines["left"].set_visible(False)
     if title:
         lanes.set_title(title, fontsize=9.5, fontweight="normal", color=INK)
-    for column, colour, name in (("lang_p", "#4e79a7", "language"),
-                                 ("emotion_p", "#d1495b", "emotion")):
+    drawn = [("lang_p", "#4e79a7", "language"), ("emotion_p", "#d1495b", "emotion")]
+    if "speech_p" in frame.columns and frame["speech_p"].notna().any():
+        # Where the speech detector heard speech, and how sure it was.
+        drawn.append(("speech_p", "#59a14f", "speech"))
+    for column, colour, name in drawn:
         values = frame[column].to_numpy(float, na_value=np.nan)
         probs.step(np.append(starts, stops[-1:]), np.append(values, values[-1:]), where="post",
                    color=colour, linewidth=1.1, label=f"{name} p")
@@ -346,6 +350,8 @@ def _binned(frame: pd.DataFrame, span: float, bins: int) -> pd.DataFrame:
         majority = counts.idxmax(axis=1).reindex(range(bins))
         out[label] = majority.where(majority.notna() & (majority != ""), None).to_numpy()
         out[prob] = frame[prob].groupby(index).mean().reindex(range(bins)).to_numpy()
+    if "speech_p" in frame.columns:
+        out["speech_p"] = frame["speech_p"].groupby(index).mean().reindex(range(bins)).to_numpy()
     return out
 
 

@@ -22,7 +22,7 @@ from annotate.errors import UsageError
 from annotate.labels import EMOTIONS
 from annotate.pipeline.store import failures_path, read_metadata
 from annotate.views import plots
-from annotate.views.summarize import LOW_CONFIDENCE
+from annotate.views.summarize import LOW_CONFIDENCE, speech_seconds
 
 #: The columns a report reads (plus the ``lang_<code>`` probabilities).
 COLUMNS = ("path", "start_s", "end_s", "speech", "lang", "lang_p", "emotion", "emotion_p")
@@ -82,7 +82,8 @@ def read_segments(path: Path) -> pd.DataFrame:
     if missing:
         raise UsageError(f"{path} is not an annotate table: it lacks {missing}")
     lang_columns = [c for c in names if c.startswith("lang_") and c != "lang_p"]
-    table = pq.read_table(path, columns=[*COLUMNS, *lang_columns],
+    detector = [c for c in ("speech_p", "speech_s") if c in names]  # tables from 0.1 on
+    table = pq.read_table(path, columns=[*COLUMNS, *detector, *lang_columns],
                           read_dictionary=["path", "lang", "emotion"])
     return table.to_pandas()
 
@@ -104,23 +105,23 @@ def aggregate(table: str | Path, recordings: list[str] | None = None,
     frame = read_segments(table)
     duration = frame["end_s"] - frame["start_s"]
     speech = frame["speech"].fillna(False).astype(bool)
-    speech_s = duration.where(speech, 0.0)
+    weight = duration.where(speech, 0.0)
     by_path = frame.groupby("path", observed=True, sort=True)
     per_recording = pd.DataFrame({
         "duration_s": by_path["end_s"].max(),
-        "speech_s": speech_s.groupby(frame["path"], observed=True).sum(),
+        "speech_s": speech_seconds(frame).groupby(frame["path"], observed=True).sum(),
         "segments": by_path.size(),
     })
     lang_columns = [c for c in frame.columns if c.startswith("lang_") and c != "lang_p"]
     # A recording's language as the annotator routes it: the speech-time-weighted
     # mean of its segments' language probabilities.
-    weighted = frame[lang_columns].mul(speech_s, axis=0).groupby(frame["path"], observed=True)
+    weighted = frame[lang_columns].mul(weight, axis=0).groupby(frame["path"], observed=True)
     means = weighted.sum(min_count=1)
     per_recording["lang"] = (means.fillna(-1.0).idxmax(axis=1).str.removeprefix("lang_")
                              .where(means.notna().any(axis=1)) if lang_columns else None)
 
     talk = frame[speech]
-    talk_s = duration[speech]
+    talk_s = speech_seconds(frame)[speech]
     emotion_counts = (talk.dropna(subset=["emotion"])
                       .groupby(["lang", "emotion"], observed=True).size()
                       .unstack(fill_value=0))

@@ -38,14 +38,31 @@ def read_output(path: str | Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
+def speech_seconds(segments: pd.DataFrame) -> pd.Series:
+    """Seconds of speech in each segment: the ``speech_s`` column.
+
+    Tables written before it existed count a speech segment's whole duration.
+    """
+    if "speech_s" in segments.columns:
+        return segments["speech_s"].astype(float).fillna(0.0)
+    duration = segments["end_s"] - segments["start_s"]
+    return duration.where(segments["speech"].fillna(False).astype(bool), 0.0)
+
+
 def per_recording(segments: pd.DataFrame) -> pd.DataFrame:
-    """One row per recording: durations, duration-weighted mean probabilities, top labels."""
+    """One row per recording: durations, duration-weighted mean probabilities, top labels.
+
+    ``speech_s`` is the recording's seconds of speech (the segments'
+    ``speech_s``); the means weigh each speech segment by its duration, as
+    the annotator does when it picks a recording's emotion model.
+    """
     frame = segments.copy()
     frame["duration_s"] = frame["end_s"] - frame["start_s"]
-    frame["speech_s"] = frame["duration_s"].where(frame["speech"], 0.0)
+    weight = frame["duration_s"].where(frame["speech"], 0.0)
+    frame["speech_s"] = speech_seconds(segments)
     prob_columns = [c for c in frame.columns
                     if (c.startswith("lang_") and c != "lang_p") or c.startswith("emo_")]
-    weighted = frame[prob_columns].mul(frame["speech_s"], axis=0)
+    weighted = frame[prob_columns].mul(weight, axis=0)
     grouped = frame.groupby("path", sort=True)
     out = pd.DataFrame({
         "duration_s": grouped["end_s"].max(),
@@ -54,7 +71,7 @@ def per_recording(segments: pd.DataFrame) -> pd.DataFrame:
     })
     sums = weighted.groupby(frame["path"]).sum(min_count=1)
     # Weight only over the rows where a column is defined (non-null).
-    present = frame[prob_columns].notna().mul(frame["speech_s"], axis=0).groupby(frame["path"]).sum()
+    present = frame[prob_columns].notna().mul(weight, axis=0).groupby(frame["path"]).sum()
     means = sums / present.replace(0.0, np.nan)
     out = out.join(means)
     lang_cols = [c for c in prob_columns if c.startswith("lang_")]
@@ -77,9 +94,8 @@ def summarize(path: str | Path) -> dict:
     path = Path(path)
     segments = read_output(path)
     recordings = per_recording(segments) if len(segments) else pd.DataFrame()
-    duration = segments["end_s"] - segments["start_s"]
     speech = segments[segments["speech"]]
-    speech_dur = duration[segments["speech"]]
+    speech_dur = speech_seconds(segments)[segments["speech"]]
     report: dict = {
         "table": str(path),
         "recordings": int(segments["path"].nunique()),

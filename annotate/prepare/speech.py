@@ -1,0 +1,238 @@
+"""Which segments hold speech, and how much: the run's speech detectors.
+
+Two detectors, chosen by ``annotate run --speech-detector``:
+
+- ``silero`` (the default): Silero VAD v6 (MIT), shipped in the package
+  (``models/silero-vad``, built by ``scripts/build_speech_detector.py`` from
+  its PyPI wheel) and run on ONNX Runtime, one thread per feature job. It
+  gives each 32 ms frame a probability of speech. A chunk of a recording is
+  scored as one stream, from :data:`WARMUP_S` before its first segment, so
+  every segment is heard in its context; the frames lie on one grid of the
+  whole recording (512 samples from its start), so the decisions do not depend
+  on how the recording was cut into chunks, up to the model's memory of
+  what came before the warm-up.
+- ``energy``: the gate of earlier versions (:func:`annotate.prepare.segment.speech_mask`):
+  0.15 s of 25 ms frames louder than a dBFS level, with some level variation.
+  It tells silence from sound, not speech from music or noise.
+
+Per segment: ``speech_s``, the seconds of its frames judged speech (frame
+probability above the threshold; for the energy gate, loud frames),
+``speech_p``, the detector's probability that the segment holds speech (its
+highest frame probability; none for the energy gate), and ``speech``: at
+least :data:`MIN_SPEECH_S` seconds of speech (or half the segment, for a
+shorter last segment).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from annotate.errors import ModelError
+from annotate.prepare.segment import speech_mask
+from annotate.resources import resource_dir
+
+#: ``--speech-detector`` choices, the default first.
+SPEECH_DETECTORS = ("silero", "energy")
+#: Each detector's default ``--speech-threshold``: a frame probability, or a level in dBFS.
+DEFAULT_THRESHOLDS = {"silero": 0.5, "energy": -45.0}
+#: Seconds of speech frames that make a segment speech. With the frame
+#: threshold, chosen on validation clips, tracks and speakers (docs/accuracy.md).
+MIN_SPEECH_S = 0.25
+#: Seconds of audio before a chunk's first segment that the stream hears first.
+WARMUP_S = 0.5
+#: The bundled detector's folder, inside the package's models.
+FOLDER = "silero-vad"
+#: Frames scored per ONNX Runtime call (8 s of audio: bounded memory, and as fast as longer calls).
+_FRAMES_PER_CALL = 256
+
+
+@dataclass(frozen=True)
+class SpeechDecisions:
+    """A detector's verdict on each segment.
+
+    Attributes:
+        speech: np.ndarray [shape=(n,), bool].
+        probability: np.ndarray [shape=(n,), float64]: the probability that
+            the segment holds speech (NaN for the energy gate, which has none).
+        seconds: np.ndarray [shape=(n,), float64]: seconds of speech inside it.
+    """
+
+    speech: np.ndarray
+    probability: np.ndarray
+    seconds: np.ndarray
+
+
+def check_threshold(detector: str, threshold: float) -> None:
+    """Refuse a threshold that does not fit ``detector``.
+
+    Raises:
+        ValueError: With what the threshold means for that detector.
+    """
+    if detector == "silero" and not 0.0 < threshold < 1.0:
+        hint = (" (a negative value is a dBFS level, the energy gate's: add "
+                "--speech-detector energy for it)" if threshold < 0 else "")
+        raise ValueError(f"--speech-threshold for the silero detector is a frame probability "
+                         f"in (0, 1), got {threshold}{hint}")
+    if detector == "energy" and not -120.0 <= threshold < 0.0:
+        raise ValueError(f"--speech-threshold for the energy detector is a level in "
+                         f"[-120, 0) dBFS, got {threshold}")
+
+
+def warmup_samples(detector: str, sampling_rate: int) -> int:
+    """Samples of audio before a chunk that ``detector`` hears first."""
+    return int(WARMUP_S * sampling_rate) if detector == "silero" else 0
+
+
+def detect_speech(audio: np.ndarray, first_sample: int, bounds: np.ndarray, sampling_rate: int,
+                  detector: str, threshold: float) -> SpeechDecisions:
+    """Decide which segments of a span hold speech.
+
+    Args:
+        audio: np.ndarray [shape=(n,), float32]: mono audio of the recording
+            from sample ``first_sample`` on, covering every segment.
+        first_sample: The recording's sample index of ``audio[0]``.
+        bounds: np.ndarray [shape=(m, 2)]: the segments' start and end, in
+            samples of the recording.
+        sampling_rate: In Hz (16 kHz for ``silero``).
+        detector: One of :data:`SPEECH_DETECTORS`.
+        threshold: A frame probability (``silero``) or a level in dBFS (``energy``).
+    """
+    bounds = np.asarray(bounds, np.int64)
+    if detector == "energy":
+        return _energy(audio, first_sample, bounds, sampling_rate, threshold)
+    if detector != "silero":
+        raise ValueError(f"unknown speech detector {detector!r}")
+    frame = _silero().frame_samples
+    # Frames on the recording's own grid, whatever the span: a span starts on it.
+    skip = (-first_sample) % frame
+    probs = _silero().probabilities(audio[skip:])
+    starts = first_sample + skip + frame * np.arange(len(probs))
+    frame_s = frame / sampling_rate
+    durations = (bounds[:, 1] - bounds[:, 0]) / sampling_rate
+    probability = np.zeros(len(bounds))
+    seconds = np.zeros(len(bounds))
+    for i, (lo, hi) in enumerate(bounds):
+        mine = probs[np.searchsorted(starts, lo) : np.searchsorted(starts, hi)]
+        if len(mine):
+            probability[i] = float(mine.max())
+            seconds[i] = min(float((mine > threshold).sum()) * frame_s, durations[i])
+    speech = seconds >= np.minimum(MIN_SPEECH_S, durations / 2) - 1e-9
+    return SpeechDecisions(speech & (seconds > 0), probability, seconds)
+
+
+def _energy(audio, first_sample, bounds, sampling_rate, threshold) -> SpeechDecisions:
+    pieces = [audio[lo - first_sample : hi - first_sample] for lo, hi in bounds]
+    speech = np.zeros(len(pieces), bool)
+    seconds = np.zeros(len(pieces))
+    for group in _equal_lengths(pieces):
+        mask, active = speech_mask(np.stack([pieces[i] for i in group]), sampling_rate,
+                                   threshold, return_active_s=True)
+        speech[group], seconds[group] = mask, active
+    return SpeechDecisions(speech, np.full(len(pieces), np.nan), seconds)
+
+
+def _equal_lengths(pieces: list[np.ndarray], size: int = 4) -> list[list[int]]:
+    """Indices in order, in runs of at most ``size`` pieces of equal length."""
+    groups: list[list[int]] = []
+    for i, piece in enumerate(pieces):
+        if groups and len(groups[-1]) < size and len(pieces[groups[-1][0]]) == len(piece):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+class SileroVAD:
+    """Silero VAD's streaming-sequence export on ONNX Runtime (one thread a call).
+
+    Args:
+        folder: The detector folder (``detector.json``, the ONNX file, licence, card).
+
+    Raises:
+        ModelError: The folder is missing or its file does not match its SHA-256.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            self.spec = json.loads((folder / "detector.json").read_text())
+            self.path = folder / self.spec["file"]
+            content = self.path.read_bytes()
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelError(f"the speech detector in {folder} cannot be read ({error}); "
+                             "reinstall annotate, or pass --speech-detector energy") from None
+        import hashlib
+
+        if hashlib.sha256(content).hexdigest() != self.spec["sha256"]:
+            raise ModelError(f"{self.path} does not match its SHA-256 in detector.json")
+        self.frame_samples = int(self.spec["frame_samples"])
+        self.context = int(self.spec["context_samples"])
+        self._content = content
+        self._session = None
+        self._lock = threading.Lock()
+
+    def session(self):
+        """The ONNX Runtime session, made on first use (one per process)."""
+        with self._lock:
+            if self._session is None:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = 1
+                options.inter_op_num_threads = 1
+                options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+                options.log_severity_level = 3
+                self._session = ort.InferenceSession(self._content, sess_options=options,
+                                                     providers=["CPUExecutionProvider"])
+            return self._session
+
+    def probabilities(self, audio: np.ndarray) -> np.ndarray:
+        """Speech probability of each 32 ms frame of one stream [shape=(ceil(n / 512),)].
+
+        Frame j covers samples ``[512 j, 512 j + 512)`` (the last one
+        zero-padded) and hears, besides them, the 64 samples before them and
+        the stream's memory of every earlier frame.
+        """
+        audio = np.asarray(audio, np.float32)
+        n, size = len(audio), self.frame_samples
+        count = -(-n // size)
+        if count == 0:
+            return np.zeros(0, np.float32)
+        frames = np.zeros((count, size), np.float32)
+        frames.reshape(-1)[:n] = audio
+        rows = np.empty((count, self.context + size), np.float32)
+        rows[:, self.context:] = frames
+        rows[0, : self.context] = 0.0
+        rows[1:, : self.context] = frames[:-1, -self.context:]
+        h = np.zeros((1, 1, 128), np.float32)
+        c = np.zeros((1, 1, 128), np.float32)
+        session = self.session()
+        out = []
+        for first in range(0, count, _FRAMES_PER_CALL):
+            p, h, c = session.run(None, {"input": rows[first : first + _FRAMES_PER_CALL],
+                                         "h": h, "c": c})
+            out.append(np.asarray(p, np.float32).reshape(-1))
+        return np.concatenate(out)
+
+
+@cache
+def _silero() -> SileroVAD:
+    return SileroVAD(resource_dir("models") / FOLDER)
+
+
+def detector_description(detector: str) -> dict:
+    """What the run's metadata records of ``detector`` (and its fingerprint reads).
+
+    Raises:
+        ModelError: The bundled Silero folder is missing or broken.
+    """
+    if detector == "energy":
+        return {"name": "energy"}
+    spec = _silero().spec
+    return {"name": spec["name"], "file": spec["file"], "sha256": spec["sha256"],
+            "source": spec["source"]}

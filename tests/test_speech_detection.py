@@ -1,0 +1,175 @@
+"""The speech detector: Silero VAD by default, the energy gate on request.
+
+Generated audio only: tones, chords, drum-like bursts and noise are loud and
+vary, so the energy gate calls them speech; the learned detector must not.
+Synthetic voices and the example corpus's recordings are speech.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_audio
+
+import annotate
+from annotate.audio.discover import Recording
+from annotate.errors import ModelError
+from annotate.prepare import speech as detection
+from annotate.prepare.featurize import SegmentSettings, featurize_recording
+from annotate.prepare.speech import SileroVAD, detect_speech
+from annotate.schema import load_schema
+from annotate.testing import TEST_FEATURES, speech_like, tone, voice
+
+SR = 16000
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "corpus"
+
+
+def chord(seconds: float) -> np.ndarray:
+    """A sustained major triad with a slow swell (an organ or a pad)."""
+    t = np.arange(int(seconds * SR)) / SR
+    notes = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0))
+    return (0.2 * notes * (0.7 + 0.3 * np.sin(2 * np.pi * 0.25 * t))).astype(np.float32)
+
+
+def drums(seconds: float, seed: int = 0) -> np.ndarray:
+    """Decaying low noise bursts twice a second (a kick and a snare)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    out = np.zeros(n)
+    hit = np.exp(-np.arange(int(0.2 * SR)) / (0.03 * SR))
+    for k, start in enumerate(range(0, n - len(hit), SR // 2)):
+        body = rng.standard_normal(len(hit)) if k % 2 else np.sin(
+            2 * np.pi * 60 * np.arange(len(hit)) / SR)
+        out[start : start + len(hit)] += 0.6 * hit * body
+    return out.astype(np.float32)
+
+
+def noise(seconds: float, colour: str, seed: int = 0) -> np.ndarray:
+    """White or pink noise at a fifth of full scale."""
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal(int(seconds * SR))
+    if colour == "white":
+        return (0.2 * white).astype(np.float32)
+    spectrum = np.fft.rfft(white) / np.sqrt(np.arange(1, len(white) // 2 + 2))
+    pink = np.fft.irfft(spectrum, len(white))
+    return (0.2 * pink / pink.std()).astype(np.float32)
+
+
+def decide(audio: np.ndarray, detector: str = "silero", threshold: float = 0.5):
+    starts = np.arange(0, len(audio), 3 * SR)
+    bounds = np.stack([starts, np.minimum(starts + 3 * SR, len(audio))], axis=1)
+    return detect_speech(audio, 0, bounds, SR, detector, threshold)
+
+
+NOT_SPEECH = {
+    "tone": lambda: tone(9.0),
+    "chord": lambda: chord(9.0),
+    "drums": lambda: drums(9.0),
+    "white noise": lambda: noise(9.0, "white"),
+    "pink noise": lambda: noise(9.0, "pink"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_SPEECH))
+def test_music_like_sounds_and_noise_are_not_speech(name):
+    decisions = decide(NOT_SPEECH[name]())
+    assert not decisions.speech.any(), (name, decisions.probability, decisions.seconds)
+    assert (decisions.seconds < 0.25).all()
+
+
+def test_the_energy_gate_takes_loud_varying_sounds_for_speech():
+    """Why the default changed: the old gate hears drums and noise as speech."""
+    assert decide(drums(9.0), "energy", -45.0).speech.all()
+    pulsing = noise(9.0, "white") * np.resize(np.repeat([1.0, 0.3], SR // 4), 9 * SR)
+    assert decide(pulsing.astype(np.float32), "energy", -45.0).speech.all()
+    assert np.isnan(decide(drums(9.0), "energy", -45.0).probability).all()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_speech_like_signals_are_speech(seed):
+    decisions = decide(speech_like(9.0, seed=seed))
+    assert decisions.speech.all(), decisions.probability
+    assert (decisions.probability > 0.9).all() and (decisions.seconds > 1.0).all()
+    assert decide(voice(3.0, 120.0, seed)).speech.all()
+
+
+def test_the_example_corpus_speech_is_speech_and_its_silence_is_not():
+    settings = SegmentSettings()
+    for path in sorted(EXAMPLES.rglob("*.*")):
+        done = featurize_recording(Recording(path.name, str(path)), settings, (TEST_FEATURES,))
+        if path.name == "silence.wav":
+            assert not done.speech.any() and (done.speech_s == 0).all()
+        else:
+            assert done.speech.all(), (path.name, done.speech_p, done.speech_s)
+            assert (done.speech_p > 0.9).all()
+
+
+def test_speech_seconds_follow_where_speech_is():
+    """Two seconds of voice in the middle of a music bed: about two seconds of speech."""
+    bed = 0.3 * chord(6.0)
+    bed[2 * SR : 4 * SR] += speech_like(2.0, seed=5)
+    decisions = decide(bed)
+    assert decisions.speech.tolist() == [True, True]
+    assert 1.4 <= decisions.seconds.sum() <= 2.3
+
+
+def test_decisions_do_not_depend_on_how_a_recording_is_chunked(tmp_path):
+    audio = np.concatenate([speech_like(7.0, seed=6), chord(5.0), speech_like(6.5, seed=7),
+                            noise(4.0, "pink")])
+    write_audio(tmp_path / "long.wav", audio, SR)
+    recording = Recording("long.wav", str(tmp_path / "long.wav"))
+    whole = featurize_recording(recording, SegmentSettings(), (TEST_FEATURES,), chunk_s=120.0)
+    chunked = featurize_recording(recording, SegmentSettings(), (TEST_FEATURES,), chunk_s=6.0)
+    # A fresh stream per chunk hears 0.5 s before it: the same decisions, and the same
+    # probabilities where there is speech (near the threshold, context moves them more).
+    np.testing.assert_array_equal(whole.speech, chunked.speech)
+    assert whole.speech[[0, 1, 4, 5]].all() and not whole.speech[3]  # voice, voice, chord
+    np.testing.assert_allclose(whole.speech_p[whole.speech], chunked.speech_p[whole.speech],
+                               atol=0.01)
+    clear = [0, 1, 3, 4, 5]  # inside the voices and the chord, away from a change of sound
+    np.testing.assert_allclose(whole.speech_s[clear], chunked.speech_s[clear], atol=0.2)
+
+
+def test_a_run_writes_the_detector_columns_and_skips_non_speech(tmp_path, model_args):
+    corpus = tmp_path / "corpus"
+    write_audio(corpus / "talk.wav", speech_like(4.0, seed=8), SR)
+    write_audio(corpus / "music.wav", chord(6.0), SR)
+    write_audio(corpus / "drums.wav", drums(6.0), SR)
+    out = tmp_path / "out.parquet"
+    annotate.run([corpus], out, jobs=1, **model_args)
+    rows = pd.read_parquet(out)
+    names = [c["name"] for c in load_schema("segments")["columns"]]
+    assert names.index("speech_p") == names.index("speech") + 1
+    assert list(rows.columns[3:6]) == ["speech", "speech_p", "speech_s"]
+    talk, other = rows[rows["path"] == "talk.wav"], rows[rows["path"] != "talk.wav"]
+    assert talk["speech"].all() and talk["lang"].notna().all()
+    assert not other["speech"].any() and other["lang"].isna().all()
+    assert (other["speech_s"] == 0).all() and (other["speech_p"] < 0.5).all()
+    metadata = json.loads(pq.read_schema(out).metadata[b"annotate"])
+    assert metadata["speech_detector"]["name"] == "silero-vad"
+    assert metadata["speech_detector"]["sha256"] == detection._silero().spec["sha256"]
+
+
+def test_a_tampered_detector_is_refused(tmp_path):
+    folder = tmp_path / "silero-vad"
+    shutil.copytree(detection._silero().path.parent, folder)
+    SileroVAD(folder)  # the copy is intact
+    model = folder / json.loads((folder / "detector.json").read_text())["file"]
+    model.write_bytes(model.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelError, match="SHA-256"):
+        SileroVAD(folder)
+
+
+def test_a_threshold_must_fit_its_detector():
+    with pytest.raises(ValueError, match="--speech-detector energy"):
+        detection.check_threshold("silero", -45.0)
+    with pytest.raises(ValueError, match="dBFS"):
+        detection.check_threshold("energy", 0.5)
+    detection.check_threshold("silero", 0.3)
+    detection.check_threshold("energy", -60.0)

@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--mixtures", type=int, default=250)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    args.corpora = args.corpora.resolve()  # the manifests hold absolute paths
     work = args.work or Path(tempfile.mkdtemp(prefix="annotate-vad-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()

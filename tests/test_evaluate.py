@@ -17,7 +17,6 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import numpy as np
 import pytest
-
 from conftest import speech_counts
 
 from annotate.errors import InputError, ModelError, UsageError

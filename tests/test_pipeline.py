@@ -189,7 +189,7 @@ def test_long_recording_is_split_into_chunks_with_the_same_rows(tmp_path, model_
 
 def test_long_recording_features_wait_on_disk_and_give_the_same_table(tmp_path, model_args,
                                                                        monkeypatch):
-    from annotate.audio import spill
+    from annotate.pipeline import spill
 
     write_audio(tmp_path / "c" / "long.flac", speech_like(40.0), 16000)
     write_audio(tmp_path / "c" / "short.flac", speech_like(5.0, seed=3), 16000)

@@ -241,7 +241,7 @@ class Backbone:
             logits = np.full((n, len(WHISPER_LANGUAGES)), np.nan, np.float32)
         batch, mels = self.batch, self.spec.features.n_mels
         # Rows in order, each with its place in ``out``; a stack spilled to disk
-        # (annotate.audio.spill) is read when its turn comes.
+        # (annotate.pipeline.spill) is read when its turn comes.
         rows = ((array, i) for stack in stacks for array in (np.asarray(stack),)
                 for i in range(len(array)))
         taking = threading.Lock()

@@ -333,7 +333,7 @@ def micro_batches(arrays: list[np.ndarray], size: int):
 
     The last block is padded with zeros; only blocks that straddle two arrays
     are copied together. An item that is not an array yet (features spilled
-    to disk, :class:`annotate.audio.spill.SpilledFeatures`) is read when its turn
+    to disk, :class:`annotate.pipeline.spill.SpilledFeatures`) is read when its turn
     comes, so that only one is in memory at a time.
     """
     pending: list[np.ndarray] = []

@@ -107,6 +107,22 @@ class LanguageSource:
         """
         raise NotImplementedError
 
+    def combine(self, head: np.ndarray | None, whisper: np.ndarray | None, language: ModelSpec,
+                asked: np.ndarray | None = None) -> np.ndarray:
+        """Each segment's language probabilities from the head's and Whisper's.
+
+        The one place a source's branches meet: the annotator calls it from
+        :meth:`segment_probs`, ``annotate evaluate`` on held-out recordings.
+
+        Args:
+            head: The head's probabilities [shape=(n, k)] (:meth:`head_probs`).
+            whisper: Whisper's [shape=(n, k)] (:meth:`whisper_probs`), read
+                only on the rows Whisper was asked for.
+            language: The language model.
+            asked: Which rows Whisper was asked for (default: :meth:`unsure`).
+        """
+        raise NotImplementedError
+
     def smoothed(self, language: ModelSpec) -> bool:
         """Whether the probabilities are smoothed along each recording."""
         return language.switch_probability is not None and not self.known
@@ -119,7 +135,10 @@ class HeadLanguage(LanguageSource):
     name: ClassVar[str] = "head"
 
     def segment_probs(self, head_logits, whisper_logits, language, whisper_temperature):
-        return self.head_probs(head_logits, language)
+        return self.combine(self.head_probs(head_logits, language), None, language)
+
+    def combine(self, head, whisper, language, asked=None):
+        return np.asarray(head, np.float64)
 
 
 @dataclass(frozen=True)
@@ -137,13 +156,20 @@ class CascadeLanguage(HeadLanguage):
         probs = self.head_probs(head_logits, language)
         if not len(probs):
             return probs
-        asked = ~np.isnan(whisper_logits[:, 0])
+        asked = ~np.isnan(whisper_logits[:, 0])  # the lanes asked where the head was unsure
+        whisper = np.full_like(probs, np.nan)
+        if asked.any():
+            whisper[asked] = self.whisper_probs(whisper_logits[asked], whisper_temperature)
+        return self.combine(probs, whisper, language, asked)
+
+    def combine(self, head, whisper, language, asked=None):
+        out = np.array(head, dtype=np.float64)
+        asked = self.unsure(out, language) if asked is None else np.asarray(asked, bool)
         if asked.any():
             cascade = language.cascade
-            probs[asked] = fuse_language(
-                probs[asked], self.whisper_probs(whisper_logits[asked], whisper_temperature),
-                cascade.head_weight, cascade.whisper_weight)
-        return probs
+            out[asked] = fuse_language(out[asked], np.asarray(whisper)[asked],
+                                       cascade.head_weight, cascade.whisper_weight)
+        return out
 
 
 @dataclass(frozen=True)
@@ -155,7 +181,11 @@ class WhisperLanguage(LanguageSource):
     reads_head: ClassVar[bool] = False
 
     def segment_probs(self, head_logits, whisper_logits, language, whisper_temperature):
-        return self.whisper_probs(whisper_logits, whisper_temperature)
+        return self.combine(None, self.whisper_probs(whisper_logits, whisper_temperature),
+                            language)
+
+    def combine(self, head, whisper, language, asked=None):
+        return np.asarray(whisper, np.float64)
 
 
 SOURCES: dict[str, type[LanguageSource]] = {

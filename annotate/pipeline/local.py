@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterator
 
 from annotate.audio.discover import Failure, discover
-from annotate.audio.spill import SpillFolder
 from annotate.errors import AnnotateError
 from annotate.modelling.model_set import ModelSet
 from annotate.pipeline.annotator import Annotator
@@ -20,6 +19,7 @@ from annotate.pipeline.plan import RunPlan, plan_run
 from annotate.pipeline.progress import Progress
 from annotate.pipeline.result import RunResult, is_already_complete
 from annotate.pipeline.speakers import Speakers
+from annotate.pipeline.spill import SpillFolder
 from annotate.pipeline.store import PartialStore, check_output_path, failures_path, read_metadata
 from annotate.pipeline.workers import (
     FileLookahead,

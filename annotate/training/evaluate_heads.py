@@ -98,18 +98,19 @@ def whisper_probabilities(spec: ModelSpec, data, jobs: int | None = None) -> np.
 
 def with_whisper(spec: ModelSpec, head: np.ndarray, whisper: np.ndarray, source: str,
                  report: Report | None = None) -> np.ndarray:
-    """A language head's segment probabilities as ``source`` gives them (before smoothing)."""
-    from annotate.modelling.posteriors import apply_cascade
+    """A language head's segment probabilities as ``source`` gives them (before smoothing).
 
-    if source == "whisper":
-        return np.asarray(whisper, np.float64)
-    if source != "cascade":
-        return head
-    c = spec.cascade
-    if report is not None and len(head):
-        asked = float(np.mean(np.max(head, axis=1) < c.threshold))
+    Through the run's own language source
+    (:meth:`annotate.modelling.language_source.LanguageSource.combine`), so
+    that a head is evaluated as ``annotate run`` labels with it.
+    """
+    from annotate.modelling.language_source import SOURCES
+
+    language = SOURCES[source](tuple(spec.labels), tuple(spec.labels))
+    if report is not None and source == "cascade" and len(head):
+        asked = float(np.mean(language.unsure(head, spec)))
         report(f"cascade: Whisper's language step asked for {asked:.1%} of {len(head)} segments")
-    return apply_cascade(head, whisper, c.threshold, c.head_weight, c.whisper_weight)
+    return language.combine(head, whisper, spec)
 
 
 def holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,

@@ -199,19 +199,26 @@ def test_an_unreachable_scheduler_is_a_usage_error(mixed_corpus, tmp_path, model
     assert not (tmp_path / "o.parquet.partial").exists()
 
 
+def local_and_cluster_runs(tmp_path, scheduler, monkeypatch, seeds, **options):
+    """Two short clips through the bundled models, locally and on the cluster."""
+    monkeypatch.delenv("ANNOTATE_MODELS")  # the suite hides the bundled models by default
+    corpus = tmp_path / "corpus"
+    for i, (seconds, seed) in enumerate(seeds):
+        write_audio(corpus / f"{i}.wav", speech_like(seconds, seed=seed), 16000)
+    local, clustered = tmp_path / "local.parquet", tmp_path / "cluster.parquet"
+    annotate.run([corpus], local, jobs=1, **options)
+    annotate.run([corpus], clustered, cluster=scheduler, shard_size=1, **options)
+    return local, clustered
+
+
 @pytest.mark.parametrize("languages, source", [(["en", "ja"], "whisper"), (None, "cascade")])
 def test_whisper_language_step_gives_the_local_table_on_the_cluster(tmp_path, scheduler,
                                                                      monkeypatch, languages,
                                                                      source):
     """Whisper's language step on the bundled models: for --languages beyond the head's,
     and in the default run's cascade."""
-    monkeypatch.delenv("ANNOTATE_MODELS")  # the suite hides the bundled models by default
-    corpus = tmp_path / "corpus"
-    for i, seconds in enumerate((4.0, 2.5)):
-        write_audio(corpus / f"{i}.wav", speech_like(seconds, seed=20 + i), 16000)
-    local, clustered = tmp_path / "local.parquet", tmp_path / "cluster.parquet"
-    annotate.run([corpus], local, jobs=1, languages=languages)
-    annotate.run([corpus], clustered, cluster=scheduler, shard_size=1, languages=languages)
+    local, clustered = local_and_cluster_runs(tmp_path, scheduler, monkeypatch,
+                                              ((4.0, 20), (2.5, 21)), languages=languages)
     frame = pd.read_parquet(clustered)
     if source == "whisper":
         assert {"lang_en", "lang_ja"} <= set(frame.columns) and "lang_de" not in frame.columns
@@ -225,13 +232,8 @@ def test_the_cluster_runs_every_model_on_the_backend_the_driver_chose(tmp_path, 
     """The workers take the driver's plan whole: with --backend keras they run the
     bundled backbone on Keras too, though LiteRT has a current export of it (they chose
     LiteRT on their own before, and the probabilities moved by up to 4e-5)."""
-    monkeypatch.delenv("ANNOTATE_MODELS")  # the suite hides the bundled models by default
-    corpus = tmp_path / "corpus"
-    for i, seconds in enumerate((3.5, 2.0)):
-        write_audio(corpus / f"{i}.wav", speech_like(seconds, seed=40 + i), 16000)
-    local, clustered = tmp_path / "local.parquet", tmp_path / "cluster.parquet"
-    annotate.run([corpus], local, jobs=1, backend=backend)
-    annotate.run([corpus], clustered, cluster=scheduler, shard_size=1, backend=backend)
+    local, clustered = local_and_cluster_runs(tmp_path, scheduler, monkeypatch,
+                                              ((3.5, 40), (2.0, 41)), backend=backend)
     pd.testing.assert_frame_equal(pd.read_parquet(clustered), pd.read_parquet(local),
                                   check_exact=True)
     metadata = read_metadata(clustered)

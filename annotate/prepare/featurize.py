@@ -8,7 +8,6 @@ TensorFlow). Every failure comes back as data.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,18 +16,13 @@ from annotate.audio.decode import AudioInfo, probe, read_span
 from annotate.audio.discover import Failure, Recording
 from annotate.errors import InputError
 from annotate.features import FeatureParams, features_of_segments
-from annotate.prepare.segment import segment_bounds
+from annotate.prepare.segment import equal_length_runs, segment_bounds
 from annotate.prepare.speech import detect_speech, warmup_samples
 
 #: Recordings longer than this are split into several tasks of about this
 #: length (a run's worker tasks; a whole recording is never held as audio),
 #: so that a long file's work spreads over the workers.
 CHUNK_S = 120.0
-#: Segments computed together: the Python between numpy calls is paid once
-#: per stack, so threads wait less for each other (two threads: 0.55-0.60 s
-#: for the features of 30 min instead of 0.64-0.72 s); larger stacks fall out
-#: of the cache (8: slower on one thread).
-STACK = 4
 
 
 @dataclass(frozen=True)
@@ -195,7 +189,7 @@ def featurize_chunk(
                                   rate, settings.speech_detector, settings.speech_threshold)
         speech = decisions.speech
         parts: dict[FeatureParams, list[np.ndarray]] = {p: [] for p in params}
-        for group in _stacks(pieces, np.flatnonzero(speech)):
+        for group in equal_length_runs(pieces, np.flatnonzero(speech)):
             stacked = features_of_segments(np.stack([pieces[i] for i in group]), params)
             for p, part in zip(params, stacked, strict=True):
                 parts[p].append(part)
@@ -213,18 +207,6 @@ def featurize_chunk(
         return _failed(chunk, Failure(chunk.recording.key, "error", message))
     return ChunkResult(chunk.index, chunk.recording, chunk.last, bounds, speech, features,
                        decisions.probability, decisions.seconds)
-
-
-def _stacks(pieces: list[np.ndarray], indices) -> Iterator[list[int]]:
-    """``indices`` in order, in runs of at most :data:`STACK` pieces of equal length."""
-    group: list[int] = []
-    for i in indices:
-        if group and (len(group) == STACK or len(pieces[i]) != len(pieces[group[0]])):
-            yield group
-            group = []
-        group.append(int(i))
-    if group:
-        yield group
 
 
 def _failed(chunk: Chunk, failure: Failure) -> ChunkResult:

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
+
+#: Segments computed together: the Python between numpy calls is paid once
+#: per stack, so threads wait less for each other (two threads: 0.55-0.60 s
+#: for the features of 30 min instead of 0.64-0.72 s); larger stacks fall out
+#: of the cache (8: slower on one thread).
+STACK = 4
+
+
+def equal_length_runs(pieces: list[np.ndarray], indices: Iterable[int],
+                      size: int = STACK) -> Iterator[list[int]]:
+    """``indices`` in order, in runs of at most ``size`` pieces of equal length (to stack)."""
+    group: list[int] = []
+    for i in indices:
+        if group and (len(group) == size or len(pieces[i]) != len(pieces[group[0]])):
+            yield group
+            group = []
+        group.append(int(i))
+    if group:
+        yield group
 
 
 def segment_bounds(duration_s: float, window_s: float, hop_s: float) -> np.ndarray:

@@ -25,6 +25,7 @@ shorter last segment).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from annotate.errors import ModelError
-from annotate.prepare.segment import speech_mask
+from annotate.prepare.segment import equal_length_runs, speech_mask
 from annotate.resources import resource_dir
 
 #: ``--speech-detector`` choices, the default first.
@@ -130,22 +131,11 @@ def _energy(audio, first_sample, bounds, sampling_rate, threshold) -> SpeechDeci
     pieces = [audio[lo - first_sample : hi - first_sample] for lo, hi in bounds]
     speech = np.zeros(len(pieces), bool)
     seconds = np.zeros(len(pieces))
-    for group in _equal_lengths(pieces):
+    for group in equal_length_runs(pieces, range(len(pieces))):
         mask, active = speech_mask(np.stack([pieces[i] for i in group]), sampling_rate,
                                    threshold, return_active_s=True)
         speech[group], seconds[group] = mask, active
     return SpeechDecisions(speech, np.full(len(pieces), np.nan), seconds)
-
-
-def _equal_lengths(pieces: list[np.ndarray], size: int = 4) -> list[list[int]]:
-    """Indices in order, in runs of at most ``size`` pieces of equal length."""
-    groups: list[list[int]] = []
-    for i, piece in enumerate(pieces):
-        if groups and len(groups[-1]) < size and len(pieces[groups[-1][0]]) == len(piece):
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
 
 
 class SileroVAD:
@@ -166,8 +156,6 @@ class SileroVAD:
         except (OSError, ValueError, KeyError) as error:
             raise ModelError(f"the speech detector in {folder} cannot be read ({error}); "
                              "reinstall annotate, or pass --speech-detector energy") from None
-        import hashlib
-
         if hashlib.sha256(content).hexdigest() != self.spec["sha256"]:
             raise ModelError(f"{self.path} does not match its SHA-256 in detector.json")
         self.frame_samples = int(self.spec["frame_samples"])

@@ -42,7 +42,6 @@ class RunPlan:
 
     Attributes:
         segments: How recordings are cut and which segments hold speech.
-        languages: The languages the user asked for (empty: all the source knows).
         language: Where the language probabilities come from.
         backends: ``(content hash, backend)`` of each model.
         backbone_backends: ``(name, content hash, backend)`` of each backbone.
@@ -54,7 +53,6 @@ class RunPlan:
     """
 
     segments: SegmentSettings
-    languages: tuple[str, ...]
     language: LanguageSource
     backends: tuple[tuple[str, str], ...]
     backbone_backends: tuple[tuple[str, str, str], ...]
@@ -159,7 +157,6 @@ def plan_run(
     metadata["fingerprint"] = fingerprint(metadata)
     return RunPlan(
         segments=segments,
-        languages=tuple(asked),
         language=source,
         backends=tuple((m["hash"], m["backend"]) for m in described),
         backbone_backends=tuple((b["name"], b["hash"], b["backend"])

@@ -70,3 +70,21 @@ def test_language_follows_the_speech_segment_by_segment(switching, tmp_path, mon
     timeline = aggregate(out, recordings=[path.name]).timelines[path.name]
     runs = [label for label, _ in itertools.groupby(timeline.dropna(subset=["lang"])["lang"])]
     assert runs[0] == "de" and runs[-1] == "en"
+
+
+def test_each_stretch_gets_its_own_languages_emotion_model(switching, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANNOTATE_MODELS", str(resource_dir("models")))
+    path, switch_s = switching
+    out = tmp_path / "out.parquet"
+    annotate.run([path], out, jobs=1)
+    speech = pd.read_parquet(out).query("speech")
+    models = {"de": "emotion-de", "en": "emotion-en"}
+    # Every segment is labelled by the model of its own (smoothed) language ...
+    assert (speech["emotion_model"] == speech["lang"].map(models)).all(), \
+        speech[["start_s", "lang", "emotion_model"]]
+    # ... so the German stretch gets the German model and the English one the English model.
+    assert set(speech.loc[speech["end_s"] <= switch_s - 3.0, "emotion_model"]) == {"emotion-de"}
+    assert set(speech.loc[speech["start_s"] >= switch_s + 3.0, "emotion_model"]) == {"emotion-en"}
+    present = [c for c in speech.columns if c.startswith("emo_")]
+    german = speech[speech["emotion_model"] == "emotion-de"]
+    assert german["emo_calm"].isna().all() and german[present].notna().sum(axis=1).eq(7).all()

@@ -1,8 +1,11 @@
 """From segment features to labelled rows: language, routing, emotion.
 
-The language of a recording is the duration-weighted mean of its speech
-segments' language probabilities (or the one language given by the user);
-it picks the emotion model for every segment of that recording. The
+Each speech segment's emotion model is picked by its language after the
+smoothing along the recording (or by the one language the user gave): a
+run of segments in one language (a stretch) is labelled by that language's
+emotion model, so a recording that switches from English to German gets
+the English model for its English stretch and the German one for the
+rest, and a recording in one language gets one model, as before. The
 segments' language probabilities come from the language model (a head on
 the backbone), fused with Whisper's own language identification where the
 head is unsure (the cascade), or from Whisper's alone when the candidates
@@ -22,7 +25,7 @@ from annotate.features import FeatureParams
 from annotate.labels import EMOTIONS
 from annotate.modelling.inference import Classifier
 from annotate.modelling.model_set import ModelSet
-from annotate.modelling.posteriors import recording_mean, smooth_language
+from annotate.modelling.posteriors import smooth_language
 from annotate.pipeline.plan import RunPlan
 from annotate.prepare.featurize import RecordingFeatures
 
@@ -87,13 +90,12 @@ class Annotator:
         """Label every segment of ``recordings`` (one inference call per model)."""
         encoded, whisper_logits = self._encode(recordings)
         language_probs = self._language_probs(recordings, encoded, whisper_logits)
-        routed = [self.models.emotion_for(self._recording_language(r, p))
-                  for r, p in zip(recordings, language_probs, strict=True)]
-        emotion_probs = self._emotion_probs(recordings, routed, encoded)
+        routes = [self._routes(p) for p in language_probs]
+        emotion_probs = self._emotion_probs(recordings, routes, encoded)
         columns = {name: [] for name in self.schema.names}
-        for recording, lang_p, spec, emo_p in zip(recordings, language_probs, routed,
-                                                  emotion_probs, strict=True):
-            self._append_rows(columns, recording, lang_p, spec, emo_p)
+        for recording, lang_p, route, emo_p in zip(recordings, language_probs, routes,
+                                                   emotion_probs, strict=True):
+            self._append_rows(columns, recording, lang_p, route, emo_p)
         return pa.table(
             {name: pa.array(values, type=self.schema.field(name).type)
              for name, values in columns.items()},
@@ -123,13 +125,11 @@ class Annotator:
                 whisper_logits = logits
         return encoded, whisper_logits
 
-    def _inputs(self, spec, members: list[RecordingFeatures], encoded, indices=None) -> list:
+    def _inputs(self, spec, members: list[RecordingFeatures], encoded) -> list:
         """What ``spec``'s network reads for the speech segments of ``members``."""
         if spec.backbone is None:
             return [a for r in members for a in r.features[spec.features]]
-        per_recording = encoded[spec.backbone.name]
-        chosen = per_recording if indices is None else [per_recording[i] for i in indices]
-        return [self._head_rows(spec, a) for a in chosen]
+        return [self._head_rows(spec, a) for a in encoded[spec.backbone.name]]
 
     def _head_rows(self, spec, pooled: np.ndarray) -> np.ndarray:
         """A head's input from its backbone's pooled states [shape=(n, layers run, width)]."""
@@ -160,30 +160,50 @@ class Annotator:
         candidates = self.language.candidate_mask
         return [smooth_language(p, spec.switch_probability, candidates) for p in per_recording]
 
-    def _recording_language(self, recording: RecordingFeatures, probs: np.ndarray) -> str | None:
-        if not recording.speech.any():
-            return None
-        if self.language.known:
-            return self.language.candidates[0]
-        speech_bounds = recording.bounds[recording.speech]
-        mean = recording_mean(probs, speech_bounds[:, 1] - speech_bounds[:, 0])
-        return self.language.columns[int(np.argmax(mean))]
+    def _routes(self, probs: np.ndarray) -> list:
+        """The emotion model of each speech segment of a recording (None: no model).
 
-    def _emotion_probs(self, recordings, routed, encoded) -> list[np.ndarray | None]:
-        out: list[np.ndarray | None] = [None] * len(recordings)
-        for spec in {id(s): s for s in routed if s is not None}.values():
-            members = [i for i, s in enumerate(routed) if s is spec]
-            arrays = self._inputs(spec, [recordings[i] for i in members], encoded, members)
-            probs = self.classifier(spec).predict(arrays)
-            for i, part in zip(members, _split(probs, [recordings[i].speech.sum() for i in members])):
-                out[i] = part
+        A segment goes to the model of its language after the smoothing, so
+        each stretch of one language gets that language's model.
+        """
+        if self.language.known:
+            return [self.models.emotion_for(self.language.candidates[0])] * len(probs)
+        best = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, int)
+        return [self.models.emotion_for(self.language.columns[int(j)]) for j in best]
+
+    def _emotion_probs(self, recordings, routes, encoded) -> list[list]:
+        """Each speech segment's emotion probabilities over its model's labels (None: no model)."""
+        out: list[list] = [[None] * len(route) for route in routes]
+        for spec in {id(s): s for route in routes for s in route if s is not None}.values():
+            inputs, where = [], []
+            for i, route in enumerate(routes):
+                chosen = np.array([s is spec for s in route], bool)
+                if chosen.any():
+                    inputs += self._segment_inputs(spec, recordings[i], encoded, i, chosen)
+                    where.append((i, np.flatnonzero(chosen)))
+            probs = self.classifier(spec).predict(inputs)
+            parts = _split(probs, [len(rows) for _, rows in where])
+            for (i, rows), part in zip(where, parts, strict=True):
+                for j, row in zip(rows, part, strict=True):
+                    out[i][j] = row
         return out
 
-    def _append_rows(self, columns, recording, lang_p, spec, emo_p) -> None:
+    def _segment_inputs(self, spec, recording: RecordingFeatures, encoded, index: int,
+                        chosen: np.ndarray) -> list[np.ndarray]:
+        """What ``spec``'s network reads for the ``chosen`` speech segments of a recording."""
+        if spec.backbone is not None:
+            return [self._head_rows(spec, encoded[spec.backbone.name][index][chosen])]
+        stacks = recording.features[spec.features]
+        if chosen.all():  # the whole recording: stacks spilled to disk are read in turn
+            return list(stacks)
+        return [np.concatenate([np.asarray(a) for a in stacks])[chosen]]
+
+    def _append_rows(self, columns, recording, lang_p, route, emo_p) -> None:
         n = len(recording.bounds)
         candidates = self.language.candidate_mask
         speech_index = np.cumsum(recording.speech) - 1
-        emo_index = {label: j for j, label in enumerate(spec.labels)} if spec else {}
+        places = {id(spec): [spec.labels.index(x) if x in spec.labels else None for x in EMOTIONS]
+                  for spec in route if spec is not None}
         for i in range(n):
             columns["path"].append(recording.key)
             columns["start_s"].append(float(recording.bounds[i, 0]))
@@ -204,13 +224,13 @@ class Annotator:
             else:
                 for name in ("lang", "lang_p", *(f"lang_{c}" for c in self.language.columns)):
                     columns[name].append(None)
-            if speech and spec is not None:
+            spec = route[speech_index[i]] if speech else None
+            if spec is not None:
                 e = emo_p[speech_index[i]]
                 best = int(np.argmax(e))
                 columns["emotion"].append(spec.labels[best])
                 columns["emotion_p"].append(float(e[best]))
-                for label in EMOTIONS:
-                    j = emo_index.get(label)
+                for label, j in zip(EMOTIONS, places[id(spec)], strict=True):
                     columns[f"emo_{label}"].append(float(e[j]) if j is not None else None)
                 columns["emotion_model"].append(spec.name)
             else:

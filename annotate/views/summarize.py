@@ -78,7 +78,9 @@ def per_recording(segments: pd.DataFrame) -> pd.DataFrame:
     emo_cols = [c for c in prob_columns if c.startswith("emo_")]
     out["lang"] = _argmax_label(out[lang_cols], "lang_")
     out["emotion"] = _argmax_label(out[emo_cols], "emo_")
-    models = frame.dropna(subset=["emotion_model"]).groupby("path")["emotion_model"].first()
+    # A recording that switches language has one emotion model per stretch: list them in order.
+    models = (frame.dropna(subset=["emotion_model"]).groupby("path")["emotion_model"]
+              .agg(lambda names: ",".join(dict.fromkeys(names))))
     out["emotion_model"] = models
     return out.reset_index()
 

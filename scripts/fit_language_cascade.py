@@ -58,7 +58,7 @@ from annotate.training.metrics import expected_calibration_error  # noqa: E402
 from annotate.training.search import fold_heads, speaker_folds  # noqa: E402
 
 #: Corpora whose recordings Whisper scores (espeak's synthetic voices train the head only).
-SCORED = ("commonvoice", "emodb", "emovo", "ravdess")
+SCORED = ("commonvoice", "speechocean762", "emodb", "emovo", "ravdess")
 
 
 def telephone_copies(items: pd.DataFrame, folder: Path) -> pd.DataFrame:

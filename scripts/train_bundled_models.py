@@ -7,6 +7,7 @@ search), with :func:`annotate.training.heads.train_head` -- the code behind
 
     whisper-base   OpenAI Whisper base's encoder (scripts/build_backbone.py)
     language       Common Voice en/de/fr/it + the emotion corpora labelled by language
+                   + speechocean762 (English of Mandarin-L1 adults and children)
                    + espeak-ng speech of Common Voice training sentences, each
                    recording with 2 augmented copies (annotate.training.copies) (when
                    installed: a voice no corpus has, so that synthetic or unusual
@@ -53,6 +54,7 @@ SEED = 20261201
 SYNTHETIC_PER_LANGUAGE = 100
 LICENCES = ("EmoDB: free for research (CC0-1.0 per audb); EMOVO: research use with "
             "acknowledgement; RAVDESS: CC BY-NC-SA 4.0 (non-commercial); Common Voice: CC0-1.0; "
+            "speechocean762: free for commercial and non-commercial use (its README); "
             "espeak-ng speech: synthetic, made here")
 
 
@@ -70,14 +72,15 @@ def training_items(corpora: Path, names: list[str]) -> pd.DataFrame:
 def training_recordings(corpora: Path, synthetic: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every bundled model's training recordings, and the language head's augmented copies.
 
-    The originals: the training speakers of EmoDB, EMOVO, RAVDESS and Common
-    Voice, and espeak-ng speech of Common Voice training sentences (written
+    The originals: the training speakers of EmoDB, EMOVO, RAVDESS, Common
+    Voice and speechocean762, and espeak-ng speech of Common Voice training sentences (written
     to ``synthetic``) when espeak-ng is installed. Each column ``corpus``
     names where a recording comes from.
     """
     emotion = training_items(corpora, ["emodb", "emovo", "ravdess"])
     speech = training_items(corpora, ["commonvoice"])
-    parts = [emotion, speech]
+    accented = training_items(corpora, ["speechocean762"])
+    parts = [emotion, speech, accented]
     if shutil.which("espeak-ng"):
         sys.path.insert(0, str(ROOT / "scripts"))
         from synthetic_speech import make_synthetic_corpus
@@ -144,9 +147,11 @@ def main() -> None:
     every = tuple(e for e in EMOTIONS if e in set(emodb) | set(emovo) | set(ravdess))
     plans = {
         "language": ("language",
-                     subset(["commonvoice", "emodb", "emovo", "ravdess", "espeak"], True),
+                     subset(["commonvoice", "speechocean762", "emodb", "emovo", "ravdess",
+                             "espeak"], True),
                      ("de", "en", "fr", "it"), ("de", "en", "fr", "it"),
-                     "Common Voice en/de/fr/it + EmoDB (de), EMOVO (it), RAVDESS (en) + "
+                     "Common Voice en/de/fr/it + speechocean762 (English of Mandarin-L1 adults "
+                     "and children) + EmoDB (de), EMOVO (it), RAVDESS (en) + "
                      "espeak-ng speech of Common Voice training sentences; 2 augmented copies of each "
                      "recording (noise, reverberation, speed, telephone channel)"),
         "emotion-de": ("emotion", subset(["emodb"]), emodb, ("de",), "EmoDB"),

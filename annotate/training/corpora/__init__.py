@@ -25,6 +25,7 @@ from annotate.training.corpora.cremad import read_cremad
 from annotate.training.corpora.emodb import read_emodb
 from annotate.training.corpora.emovo import read_emovo
 from annotate.training.corpora.ravdess import read_ravdess
+from annotate.training.corpora.speechocean import read_speechocean
 
 #: Corpus name -> adapter reading that corpus' folder.
 CORPORA: dict[str, Callable[[str | os.PathLike], Corpus]] = {
@@ -34,6 +35,7 @@ CORPORA: dict[str, Callable[[str | os.PathLike], Corpus]] = {
     "emovo": read_emovo,
     "ravdess": read_ravdess,
     "attack": read_attack,
+    "speechocean762": read_speechocean,
 }
 
 __all__ = ["CORPORA", "Corpus", "parse_corpus_arg", "read_corpus"]

@@ -245,6 +245,37 @@ def normalise(features: np.ndarray, params: FeatureParams) -> np.ndarray:
     )
 
 
+#: Whisper's own context: 30 s of log-mel frames.
+WHISPER_CONTEXT_FRAMES = 3000
+
+
+def whisper_context(segments: list[np.ndarray], n_frames: int = WHISPER_CONTEXT_FRAMES
+                    ) -> np.ndarray:
+    """Whisper's padded 30 s input for speech segments joined end to end.
+
+    The segments' frames, each normalised against its own maximum
+    (:func:`normalise`), are normalised again against the maximum of them
+    all, as Whisper normalises one window: exact, since a frame clamped
+    below its segment's maximum minus the range lies below the joint
+    maximum minus the range too. What is left of the window is Whisper's
+    padding (silence: the floor), and frames past it are dropped.
+
+    Args:
+        segments: Each segment's normalised frames at its real length
+            [shape=(frames_i, n_mels)].
+        n_frames: The window's length.
+
+    Returns:
+        np.ndarray [shape=(n_frames, n_mels), dtype=float32].
+    """
+    joined = np.concatenate([np.asarray(s, np.float32) for s in segments])[:n_frames]
+    log10 = 4.0 * joined - 4.0  # undo (x + 4) / 4
+    floor = log10.max() - WHISPER_DYNAMIC_RANGE if len(log10) else -10.0
+    window = np.full((n_frames, joined.shape[1]), floor, np.float32)
+    window[: len(log10)] = np.maximum(log10, floor)
+    return ((window + 4.0) / 4.0).astype(np.float32)
+
+
 def fit_frames(features: np.ndarray, n_frames: int, pad: str = "repeat") -> np.ndarray:
     """Pad or cut frames to the model's fixed length.
 

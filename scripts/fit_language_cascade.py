@@ -18,7 +18,10 @@ threshold and the fusion weights on the training speakers only
 
 Each corpus weighs the same in the accuracy the threshold is chosen on; the
 lowest threshold within 0.002 of the best wins (the cheapest that is as
-good). The choice and its validation table go into the language model's
+good). Then the context step, the same way: which recordings, still unsure
+after the cascade, are asked once more with Whisper's own 30 s context
+(their speech joined and padded, as a run builds it) and the weight of that
+answer (:func:`annotate.modelling.language_fusion.fit_context`). The choice and its validation table go into the language model's
 ``model.json`` (``cascade``) and its card; the weights files stay as they are.
 
 Usage: python scripts/fit_language_cascade.py --corpora ../shared/corpora [--models models]
@@ -43,7 +46,11 @@ from train_bundled_models import SEED, training_recordings  # noqa: E402
 from annotate.backbone.whisper_language import LANGUAGE_CODES  # noqa: E402
 from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E402
 from annotate.modelling.inference import choose_backbone_backend  # noqa: E402
-from annotate.modelling.language_fusion import fit_cascade  # noqa: E402
+from annotate.modelling.language_fusion import (  # noqa: E402
+    CONTEXT_THRESHOLDS,
+    fit_cascade,
+    fit_context,
+)
 from annotate.modelling.model_folder import (  # noqa: E402
     SPEC_FILE,
     LanguageCascade,
@@ -88,6 +95,40 @@ def whisper_probs(backbone, items: pd.DataFrame, columns: list[int], jobs) -> np
     if failures:
         raise SystemExit(f"cannot read {failures[0].path}: {failures[0].message}")
     return softmax(logits[:, columns].astype(np.float64), backbone.language.temperature)
+
+
+def context_probs(backbone, backend: str, recordings: pd.DataFrame, probs: np.ndarray,
+                  owner: np.ndarray, durations: np.ndarray, columns: list[int],
+                  jobs) -> np.ndarray:
+    """Whisper's calibrated probabilities with its 30 s context, per recording.
+
+    Asked, as a run asks, of each recording whose top probability after the
+    cascade is below the highest context threshold tried (NaN for the rest):
+    its speech segments joined into one padded window.
+    """
+    from annotate.backbone.runtime import Backbone
+    from annotate.features import whisper_context
+    from annotate.modelling.posteriors import recording_means
+    from annotate.training.training_data import load_recordings
+
+    top = recording_means(probs, owner, durations, len(recordings)).max(axis=1)
+    need = np.flatnonzero(top < max(CONTEXT_THRESHOLDS))
+    print(f"context: {len(need)} of {len(recordings)} recordings below "
+          f"{max(CONTEXT_THRESHOLDS)}", flush=True)
+    params = backbone.features
+    loaded, failures = load_recordings(recordings.iloc[need], params, jobs)
+    if failures:
+        raise SystemExit(f"cannot read {failures[0].path}: {failures[0].message}")
+    runner = Backbone(backbone, (0,), backend, params.n_frames)
+    out = np.full((len(recordings), len(columns)), np.nan)
+    for k, i in enumerate(need):
+        frames = params.segment_frames(loaded.speech_durations(k))
+        if not len(frames):
+            continue
+        window = whisper_context([row[:n] for row, n in zip(loaded.features[k], frames)])
+        logits = runner.context_language(window)[None, columns].astype(np.float64)
+        out[i] = softmax(logits, backbone.language.temperature)[0]
+    return out
 
 
 def main() -> None:
@@ -152,8 +193,8 @@ def main() -> None:
                             probes.meta["corpus"].to_numpy()]).astype(str)
     if len(whisper) != len(head_p):
         raise SystemExit(f"{len(whisper)} segments for Whisper but {len(head_p)} for the head")
-    fit = fit_cascade(head_p, whisper, truth, owners, np.concatenate([durations[rows],
-                                                                      durations_p]), group)
+    all_durations = np.concatenate([durations[rows], durations_p])
+    fit = fit_cascade(head_p, whisper, truth, owners, all_durations, group)
     names = sorted(set(group))
     print(f"{'threshold':>9} {'asked':>6} {'weights':>9} {'mean':>6} "
           + " ".join(f"{n[:11]:>11}" for n in names))
@@ -168,6 +209,16 @@ def main() -> None:
     print(f"chosen: threshold {fit.threshold}, weights {fit.head_weight} (head) / "
           f"{fit.whisper_weight} (Whisper), {asked.mean():.1%} of segments asked; segment ECE "
           f"{ece['head']:.3f} (head) -> {ece['cascade']:.3f}")
+    recordings = pd.concat([data.meta[scored], probes.meta], ignore_index=True)
+    context = context_probs(backbone, backend, recordings, fused, owners, all_durations,
+                            columns, args.jobs)
+    context_fit = fit_context(fused, context, truth, owners, all_durations, group)
+    print(f"{'context':>9} {'asked':>6} {'weight':>6} {'mean':>6} "
+          + " ".join(f"{n[:11]:>11}" for n in names))
+    for row in context_fit.table:
+        print(f"{row['threshold']:>9} {row['asked']:>6.3f} {row['weight']:>6} "
+              f"{row['mean_accuracy']:>6.3f} " + " ".join(f"{row[n]:>11.3f}" for n in names))
+    print(f"chosen: context threshold {context_fit.threshold}, weight {context_fit.weight}")
     counts = pd.Series(group).value_counts().reindex(names)
     cascade = LanguageCascade(
         threshold=fit.threshold, head_weight=fit.head_weight, whisper_weight=fit.whisper_weight,
@@ -176,7 +227,8 @@ def main() -> None:
                    f"out of fold over {len(folds)} speaker folds, telephone: the Common Voice "
                    "clips band-limited, scored by their speaker's fold"),
         validation={"per_recording_accuracy": fit.table, "segment_ece": ece,
-                    "asked": float(asked.mean())})
+                    "asked": float(asked.mean()), "context": context_fit.table},
+        context_threshold=context_fit.threshold, context_weight=context_fit.weight)
     head = dataclasses.replace(head, cascade=cascade)
     write_model_folder(head, head_card(head))
     print(f"wrote {head.folder / SPEC_FILE} and its card")

@@ -68,6 +68,8 @@ class Backbone:
         self.language = bool(language)
         self.share_language = bool(share_language)
         self._lock = threading.Lock()
+        self._context_lock = threading.Lock()
+        self._context: tuple | None = None  # (frames, step) of context_language
         self._lanes: list | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.batch = spec.litert.batch if backend == "litert" and spec.litert else BATCH
@@ -88,12 +90,12 @@ class Backbone:
                                                 thread_name_prefix="annotate-backbone")
         return self
 
-    def _interpreter_class(self):
+    def _interpreter_class(self, language: bool | None = None):
         from annotate.modelling.inference import _litert
 
         interpreter_class, problem = _litert()
         problem = problem or self.spec.litert_problem(self.layers)
-        if not problem and self.language:
+        if not problem and (self.language if language is None else language):
             problem = self.spec.language_problem()
         if problem:
             raise ModelError(f"{self.spec.folder}: the LiteRT backend cannot run it: {problem}")
@@ -150,16 +152,21 @@ class Backbone:
 
         return run
 
-    def _interpreter(self, interpreter_class, file: str, shape3: list[int]):
-        """One single-threaded interpreter of ``file``, its rank-3 input resized to ``shape3``."""
+    def _interpreter(self, interpreter_class, file: str, shape3: list[int],
+                     n_frames: int | None = None, threads: int = 1):
+        """An interpreter of ``file``, its rank-3 input resized to ``shape3``.
+
+        Its valid mask is ``n_frames`` log-mel frames long (default: the run's
+        window); it runs on ``threads`` threads (the lanes: one each).
+        """
         from annotate.c_stderr import muted
 
         path = self.spec.folder / file
         try:
-            interpreter = interpreter_class(model_path=str(path), num_threads=1)
+            interpreter = interpreter_class(model_path=str(path), num_threads=threads)
             inputs = _inputs_by_rank(interpreter)
             interpreter.resize_tensor_input(inputs[3], shape3)
-            interpreter.resize_tensor_input(inputs[2], [self.batch, self.n_frames])
+            interpreter.resize_tensor_input(inputs[2], [self.batch, n_frames or self.n_frames])
             with muted():
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError, KeyError) as error:
@@ -167,42 +174,115 @@ class Backbone:
         return interpreter
 
     def _keras(self):
-        from annotate.backbone.published import backbone_weights
-        from annotate.backbone.whisper_encoder import build_encoder
-        from annotate.modelling.inference import tensorflow
-
-        tf = tensorflow()
-        variables = backbone_weights(self.spec, "" if self.language else "encoder/")
-        weights = {k: v for k, v in variables.items() if k.startswith("encoder/")}
-        blocks = max(max(self.layers), 1)
-        model = build_encoder(weights, n_layers=blocks, pooled_layers=self.layers,
-                              with_frames=True)
-        language = None
-        if self.language:
-            from annotate.backbone.whisper_language import build_language_path
-
-            decoder = {k: v for k, v in variables.items() if k.startswith("decoder/")}
-            language = build_language_path(weights, decoder, blocks)
-        mels = self.spec.features.n_mels
-        shapes = [tf.TensorSpec((BATCH, self.n_frames, mels), tf.float32),
-                  tf.TensorSpec((BATCH, self.n_frames), tf.float32)]
-
-        @tf.function(input_signature=shapes, jit_compile=False)
-        def step(log_mel, valid):
-            pooled, frames = model([log_mel, valid], training=False)
-            if language is None:
-                return pooled, tf.zeros((BATCH, 0))
-            return pooled, language([frames, valid], training=False)
+        step = self._keras_step(self.language)
 
         def run(log_mel, valid, count: int, wanted):
             pooled, logits = step(log_mel, valid)
             pooled = pooled.numpy()
-            if language is None:
+            if not self.language:
                 return pooled, None, None
             asked = wanted(pooled[:count])
             return pooled, logits.numpy() if asked.any() else None, asked
 
         return run
+
+    def _keras_step(self, language: bool, n_frames: int | None = None):
+        """The Keras encoder (and Whisper's language path) as one compiled function.
+
+        It maps log-mel [shape=(BATCH, n_frames, n_mels)] and the valid mask
+        to the pooled states and the language logits (empty without ``language``).
+        """
+        from annotate.backbone.published import backbone_weights
+        from annotate.backbone.whisper_encoder import build_encoder
+        from annotate.modelling.inference import tensorflow
+
+        tf = tensorflow()
+        variables = backbone_weights(self.spec, "" if language else "encoder/")
+        weights = {k: v for k, v in variables.items() if k.startswith("encoder/")}
+        blocks = max(max(self.layers), 1)
+        model = build_encoder(weights, n_layers=blocks, pooled_layers=self.layers,
+                              with_frames=True)
+        path = None
+        if language:
+            from annotate.backbone.whisper_language import build_language_path
+
+            decoder = {k: v for k, v in variables.items() if k.startswith("decoder/")}
+            path = build_language_path(weights, decoder, blocks)
+        mels, n_frames = self.spec.features.n_mels, n_frames or self.n_frames
+        shapes = [tf.TensorSpec((BATCH, n_frames, mels), tf.float32),
+                  tf.TensorSpec((BATCH, n_frames), tf.float32)]
+
+        @tf.function(input_signature=shapes, jit_compile=False)
+        def step(log_mel, valid):
+            pooled, frames = model([log_mel, valid], training=False)
+            if path is None:
+                return pooled, tf.zeros((BATCH, 0))
+            return pooled, path([frames, valid], training=False)
+
+        return step
+
+    def context_language(self, window: np.ndarray) -> np.ndarray:
+        """Whisper's language logits for one whole window, every frame real.
+
+        The recording-level question of the cascade
+        (:meth:`annotate.modelling.language_source.CascadeLanguage.context_units`):
+        Whisper's language step as Whisper itself asks it, on 30 s of padded
+        log-mel (:func:`annotate.features.whisper_context`), not on one masked
+        segment. Its encoder and language step are loaded on the first call
+        (about 1 s a window on one core) and kept.
+
+        Args:
+            window: np.ndarray [shape=(frames, n_mels)].
+
+        Returns:
+            np.ndarray [shape=(99,), dtype=float32].
+        """
+        window = np.asarray(window, np.float32)
+        with self._context_lock:
+            if self._context is None or self._context[0] != len(window):
+                self._context = (len(window), self._context_step(len(window)))
+            return self._context[1](window)
+
+    def _context_step(self, n_frames: int):
+        """A function from one window [shape=(n_frames, n_mels)] to Whisper's language logits."""
+        mels = self.spec.features.n_mels
+        block = np.zeros((self.batch, n_frames, mels), np.float32)
+        valid = np.ones((self.batch, n_frames), np.float32)
+        if self.backend == "litert":
+            from annotate.modelling.inference import LITERT_THREADS
+
+            # One window at a time, while the lanes wait: a 30 s window's
+            # products are large enough for every core to share.
+            threads = max(1, min(LITERT_THREADS, os.cpu_count() or 1))
+            interpreter_class = self._interpreter_class(True)
+            encoder = self._interpreter(interpreter_class, self.spec.litert.file,
+                                        [self.batch, n_frames, mels], n_frames, threads)
+            language = self._interpreter(interpreter_class, self.spec.language.file,
+                                         [self.batch, (n_frames + 1) // 2, self.spec.width],
+                                         n_frames, threads)
+            frames_out = next(d["index"] for d in encoder.get_output_details()
+                              if d["shape_signature"][-1] == self.spec.width)
+            encoder_in, language_in = _inputs_by_rank(encoder), _inputs_by_rank(language)
+            logits_out = language.get_output_details()[0]["index"]
+
+            def step(window: np.ndarray) -> np.ndarray:
+                block[0] = window
+                encoder.set_tensor(encoder_in[3], block)
+                encoder.set_tensor(encoder_in[2], valid)
+                encoder.invoke()
+                language.set_tensor(language_in[3], encoder.get_tensor(frames_out))
+                language.set_tensor(language_in[2], valid)
+                language.invoke()
+                return language.get_tensor(logits_out)[0]
+
+            return step
+        keras_step = self._keras_step(True, n_frames)
+
+        def step(window: np.ndarray) -> np.ndarray:
+            block[0] = window
+            return keras_step(block, valid)[1].numpy()[0]
+
+        return step
 
     def pooled(self, stacks: list[np.ndarray], frames: np.ndarray) -> np.ndarray:
         """Pooled hidden states of every segment (:meth:`encode` without the language)."""

@@ -10,8 +10,11 @@ fusion whose weights are fitted by log-likelihood on the validation
 segments the threshold sends on (so the fused probabilities are calibrated
 where they are used). The threshold trades accuracy against the cost of the
 language step: it is the lowest one within a small tolerance of the best
-validation accuracy (:func:`fit_cascade`). The settings live in the language model's
-``model.json`` (:class:`annotate.modelling.model_folder.LanguageCascade`).
+validation accuracy (:func:`fit_cascade`). Then the context step
+(:func:`fit_context`): a recording still unsure after the cascade is asked
+once with Whisper's own 30 s context, and that answer fused into its
+segments. The settings live in the language model's ``model.json``
+(:class:`annotate.modelling.model_folder.LanguageCascade`).
 """
 
 from __future__ import annotations
@@ -106,3 +109,82 @@ def fit_cascade(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
     best = max(row["mean_accuracy"] for row in table)
     chosen = next(row for row in table if row["mean_accuracy"] >= best - tolerance)
     return CascadeFit(chosen["threshold"], chosen["head_weight"], chosen["whisper_weight"], table)
+
+
+#: Thresholds the context fit tries (a recording's top probability below it:
+#: ask Whisper once with its 30 s context).
+CONTEXT_THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+@dataclass(frozen=True)
+class ContextFit:
+    """What :func:`fit_context` chose, and the validation table it chose it from."""
+
+    threshold: float
+    weight: float
+    #: One row per threshold tried: its weight, the share of recordings asked,
+    #: and the per-recording accuracy of each group (and their mean).
+    table: list[dict]
+
+
+def fit_context(probs: np.ndarray, context: np.ndarray, truth: np.ndarray, owner: np.ndarray,
+                durations: np.ndarray, group: np.ndarray, tolerance: float = 0.002,
+                thresholds=CONTEXT_THRESHOLDS, min_asked: int = 10) -> ContextFit:
+    """When a recording is asked with Whisper's 30 s context, and the context's weight.
+
+    Each recording whose duration-weighted top probability is below the
+    threshold has its segments fused with its context probabilities:
+    ``softmax(log p + w * log p_context)``; ``w`` is fitted by
+    log-likelihood on the segments of the recordings the threshold asks
+    for. The threshold chosen is the lowest whose mean per-recording
+    accuracy over the groups is within ``tolerance`` of the best: each
+    asked recording costs one 30 s encoder pass.
+
+    Args:
+        probs: Each segment's probabilities after the cascade [shape=(n, k)].
+        context: Each recording's context probabilities [shape=(n_recordings, k)];
+            rows that no threshold asks for may be NaN.
+        truth: Each segment's language index [shape=(n,)].
+        owner: Each segment's recording [shape=(n,)].
+        durations: Each segment's seconds [shape=(n,)].
+        group: Each recording's set, by recording index.
+        tolerance: How far below the best accuracy the cheaper threshold may be.
+        thresholds: The thresholds tried, ascending.
+        min_asked: Fewer recordings asked than this: the weight stays 0.
+    """
+    from annotate.modelling.posteriors import recording_means
+
+    group = np.asarray(group)
+    n_recordings = len(context)
+    rec_truth = np.zeros(n_recordings, np.int64)
+    rec_truth[owner] = truth
+    seen = np.zeros(n_recordings, bool)
+    seen[owner] = True
+    top = recording_means(probs, owner, durations, n_recordings).max(axis=1)
+    groups = sorted(set(group[seen]))
+    table = []
+    for threshold in thresholds:
+        asked = seen & (top < threshold)
+        rows = asked[owner]
+        weight = 0.0
+        if asked.sum() >= min_asked:
+            weight = _fit_context_weight(probs[rows], context[owner[rows]], truth[rows])
+        fused = np.array(probs, np.float64)
+        if rows.any():
+            fused[rows] = fuse_language(fused[rows], context[owner[rows]], 1.0, weight)
+        right = recording_means(fused, owner, durations, n_recordings).argmax(axis=1) == rec_truth
+        accuracy = {str(g): float(right[seen & (group == g)].mean()) for g in groups}
+        table.append({"threshold": float(threshold), "weight": weight,
+                      "asked": float(asked.sum() / max(seen.sum(), 1)),
+                      "mean_accuracy": float(np.mean(list(accuracy.values()))), **accuracy})
+    best = max(row["mean_accuracy"] for row in table)
+    chosen = next(row for row in table if row["mean_accuracy"] >= best - tolerance)
+    return ContextFit(chosen["threshold"], chosen["weight"], table)
+
+
+def _fit_context_weight(probs: np.ndarray, context: np.ndarray, truth: np.ndarray) -> float:
+    """The context weight with the least negative log-likelihood of ``truth`` (a grid)."""
+    rows = np.arange(len(truth))
+    losses = [-np.mean(np.log(np.maximum(fuse_language(probs, context, 1.0, w)[rows, truth],
+                                         1e-12))) for w in WEIGHTS]
+    return float(WEIGHTS[int(np.argmin(losses))])

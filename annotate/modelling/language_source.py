@@ -27,7 +27,13 @@ import numpy as np
 from annotate.labels import WHISPER_LANGUAGES
 from annotate.modelling.model_folder import ModelSpec
 from annotate.modelling.model_set import ModelSet
-from annotate.modelling.posteriors import fuse_language, softmax
+from annotate.modelling.posteriors import (
+    fuse_language,
+    language_stretches,
+    recording_mean,
+    smooth_language,
+    softmax,
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,10 @@ class LanguageSource:
         """Whether the probabilities are smoothed along each recording."""
         return language.switch_probability is not None and not self.known
 
+    def asks_context(self, language: ModelSpec) -> bool:
+        """Whether unsure stretches get Whisper's 30 s context (:class:`CascadeLanguage`)."""
+        return False
+
 
 @dataclass(frozen=True)
 class HeadLanguage(LanguageSource):
@@ -170,6 +180,44 @@ class CascadeLanguage(HeadLanguage):
             out[asked] = fuse_language(out[asked], np.asarray(whisper)[asked],
                                        cascade.head_weight, cascade.whisper_weight)
         return out
+
+    def asks_context(self, language: ModelSpec) -> bool:
+        cascade = language.cascade
+        return not self.known and cascade is not None and cascade.context_threshold is not None
+
+    def context_units(self, probs: np.ndarray, durations: np.ndarray, frames: np.ndarray,
+                      language: ModelSpec, max_frames: int) -> list[np.ndarray]:
+        """The stretches of one recording that Whisper's 30 s context is asked for.
+
+        A stretch is a run of segments of one language after the smoothing, so
+        a real switch inside a long recording keeps its two sides apart (cut
+        at ``max_frames`` of speech); it is asked when its duration-weighted
+        top probability is below the model's ``cascade.context_threshold``.
+
+        Args:
+            probs: The recording's segment probabilities [shape=(n, k)]
+                (:meth:`segment_probs`).
+            durations: Each segment's seconds [shape=(n,)].
+            frames: Each segment's log-mel frames [shape=(n,)].
+            language: The language model.
+            max_frames: The context window's length in frames.
+
+        Returns:
+            The segment indices of each stretch asked for.
+        """
+        if not len(probs):
+            return []
+        smoothed = (smooth_language(probs, language.switch_probability, self.candidate_mask)
+                    if self.smoothed(language) else probs)
+        stretches = language_stretches(smoothed.argmax(axis=1), frames, max_frames)
+        threshold = language.cascade.context_threshold
+        return [s for s in stretches if recording_mean(probs[s], durations[s]).max() < threshold]
+
+    def with_context(self, probs: np.ndarray, context: np.ndarray,
+                     language: ModelSpec) -> np.ndarray:
+        """A stretch's probabilities [shape=(n, k)] fused with its context's [shape=(k,)]."""
+        context = np.broadcast_to(np.asarray(context, np.float64), np.shape(probs))
+        return fuse_language(probs, context, 1.0, language.cascade.context_weight)
 
 
 @dataclass(frozen=True)

@@ -96,12 +96,22 @@ class LanguageCascade:
     whisper_weight * log p_whisper)``, each renormalised over the candidates
     first. ``scripts/fit_language_cascade.py`` fits it.
 
+    Then the context step: a stretch of a recording (its segments of one
+    language after the smoothing, at most 30 s of speech) whose
+    duration-weighted top probability is still below ``context_threshold``
+    is asked once more, as Whisper asks: its speech joined into one padded
+    30 s window. Each of its segments' probabilities becomes
+    ``softmax(log p + context_weight * log p_context)``.
+
     Attributes:
         threshold: Segments whose top head probability is below it go on to Whisper.
         head_weight: Weight of the head's log-probabilities in the fusion.
         whisper_weight: Weight of Whisper's (with the backbone's temperature).
         fitted_on: What the threshold and weights were chosen on.
         validation: Figures on those recordings (free form).
+        context_threshold: Stretches whose top probability is below it get
+            Whisper's 30 s context (None: never).
+        context_weight: Weight of the context's log-probabilities.
     """
 
     threshold: float
@@ -109,11 +119,16 @@ class LanguageCascade:
     whisper_weight: float
     fitted_on: str = ""
     validation: dict = field(default_factory=dict, compare=False)
+    context_threshold: float | None = None
+    context_weight: float = 0.0
 
     def to_json(self) -> dict:
         return {"threshold": self.threshold, "head_weight": self.head_weight,
                 "whisper_weight": self.whisper_weight, "fitted_on": self.fitted_on,
-                "validation": self.validation}
+                "validation": self.validation,
+                **({"context_threshold": self.context_threshold,
+                    "context_weight": self.context_weight}
+                   if self.context_threshold is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -345,9 +360,16 @@ def _read_cascade(raw, spec_path: Path, task: str) -> LanguageCascade | None:
     if not 0 <= raw["threshold"] <= 1 or raw["head_weight"] < 0 or raw["whisper_weight"] < 0:
         raise ModelError(f"{spec_path}: cascade threshold must be in [0, 1] and its "
                          "weights not negative")
+    context = raw.get("context_threshold")
+    weight = raw.get("context_weight", 0.0)
+    if context is not None and (not isinstance(context, (int, float)) or not 0 <= context <= 1
+                                or not isinstance(weight, (int, float)) or weight < 0):
+        raise ModelError(f"{spec_path}: cascade context_threshold must be in [0, 1] and "
+                         "context_weight not negative")
     return LanguageCascade(float(raw["threshold"]), float(raw["head_weight"]),
                            float(raw["whisper_weight"]), str(raw.get("fitted_on", "")),
-                           dict(raw.get("validation") or {}))
+                           dict(raw.get("validation") or {}),
+                           None if context is None else float(context), float(weight))
 
 
 def _read_backbone(raw, spec_path: Path) -> BackboneInput | None:

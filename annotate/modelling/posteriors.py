@@ -163,6 +163,29 @@ def apply_cascade(head: np.ndarray, whisper: np.ndarray, threshold: float, head_
     return out
 
 
+def language_stretches(labels: np.ndarray, frames: np.ndarray, max_frames: int
+                       ) -> list[np.ndarray]:
+    """A recording's segments in runs of one language, each at most ``max_frames`` long.
+
+    Args:
+        labels: Each speech segment's language (after the smoothing) [shape=(n,)].
+        frames: Each segment's log-mel frames [shape=(n,)].
+        max_frames: The longest run (a longer one is cut, in order).
+
+    Returns:
+        The segment indices of each run, in order.
+    """
+    out: list[list[int]] = []
+    length = 0
+    for i, label in enumerate(np.asarray(labels)):
+        if not out or label != labels[out[-1][-1]] or length + frames[i] > max_frames:
+            out.append([])
+            length = 0
+        out[-1].append(i)
+        length += int(frames[i])
+    return [np.array(run, np.int64) for run in out]
+
+
 def smooth_language(probs: np.ndarray, switch_probability: float,
                     candidates: np.ndarray | None = None) -> np.ndarray:
     """Posterior language of each segment given all the recording's segments.

@@ -1,0 +1,178 @@
+"""Whisper's 30 s context for the stretches of a recording the cascade stays unsure of."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from annotate.backbone.runtime import Backbone
+from annotate.backbone.whisper_language import LANGUAGE_CODES
+from annotate.errors import ModelError
+from annotate.features import (
+    WHISPER_CONTEXT_FRAMES,
+    WHISPER_FEATURES,
+    log_mel,
+    normalise,
+    whisper_context,
+    whisper_log_mel,
+)
+from annotate.modelling.language_fusion import fit_context
+from annotate.modelling.model_folder import LanguageCascade, read_model_folder
+from annotate.modelling.model_set import ModelSet
+from annotate.modelling.posteriors import (
+    fuse_language,
+    language_stretches,
+    smooth_language,
+    softmax,
+)
+from annotate.pipeline.annotator import Annotator
+from annotate.pipeline.plan import plan_run
+from annotate.prepare.featurize import RecordingFeatures
+from annotate.testing import create_backbone_folder, create_head_folder
+
+LANGUAGES = ["de", "en", "fr", "it"]
+
+
+def test_the_window_is_the_joined_speech_normalised_and_padded_as_whisper_does():
+    rng = np.random.default_rng(0)
+    loud, quiet = rng.normal(size=32000) * 0.1, rng.normal(size=48000) * 0.01
+    # Each segment's features are normalised against its own maximum ...
+    window = whisper_context([whisper_log_mel(loud), whisper_log_mel(quiet)])
+    # ... the window as Whisper computes it: one normalisation, silence after the speech.
+    silence = np.full((WHISPER_CONTEXT_FRAMES - 500, 80), np.log(1e-10), np.float32)
+    joined = np.concatenate([log_mel(loud, WHISPER_FEATURES), log_mel(quiet, WHISPER_FEATURES),
+                             silence])
+    np.testing.assert_allclose(window, normalise(joined, WHISPER_FEATURES), atol=1e-6)
+    # Speech past the window is dropped.
+    long = [whisper_log_mel(rng.normal(size=16000 * 20) * 0.1) for _ in range(2)]
+    assert whisper_context(long).shape == (WHISPER_CONTEXT_FRAMES, 80)
+    np.testing.assert_array_equal(whisper_context(long)[:2000], whisper_context(long[:1])[:2000])
+
+
+def test_stretches_follow_the_language_and_end_where_the_window_does():
+    labels = np.array([0, 0, 0, 1, 1, 0])
+    frames = np.full(6, 300)
+    runs = language_stretches(labels, frames, max_frames=3000)
+    assert [r.tolist() for r in runs] == [[0, 1, 2], [3, 4], [5]]
+    runs = language_stretches(labels, frames, max_frames=600)
+    assert [r.tolist() for r in runs] == [[0, 1], [2], [3, 4], [5]]
+    assert language_stretches(np.zeros(0, int), np.zeros(0, int), 3000) == []
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    root = tmp_path_factory.mktemp("context")
+    spec = create_backbone_folder(root / "tiny-whisper", n_layers=3, litert_blocks=2,
+                                  language=True)
+    create_head_folder(root / "emotion-multi", "emotion", ["happiness", "neutral"], spec,
+                       layers=(0, 1), seed=3)
+    return spec
+
+
+def models_with(backbone, name, context_threshold, context_weight=0.8):
+    folder = backbone.folder.parent / name
+    cascade = LanguageCascade(0.9, 0.6, 0.9, "tests", context_threshold=context_threshold,
+                              context_weight=context_weight)
+    create_head_folder(folder, "language", LANGUAGES, backbone, layers=(2,),
+                       languages=LANGUAGES, switch_probability=0.05, seed=1, cascade=cascade)
+    return ModelSet.load(language_model=folder,
+                         emotion_models={"*": backbone.folder.parent / "emotion-multi"}
+                         ).with_window(1.0)
+
+
+def a_recording(params):
+    rng = np.random.default_rng(4)
+    bounds = np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 3.5], [3.5, 4.0]])
+    speech = np.array([True, True, True, False, True])
+    stack = (rng.standard_normal((4, params.n_frames, params.n_mels)) * 0.3).astype(np.float32)
+    return RecordingFeatures("r.wav", bounds, speech, {params: [stack]})
+
+
+def language_columns(models, recording) -> np.ndarray:
+    plan = plan_run(models, window_s=1.0, language_id="cascade")
+    rows = Annotator(plan, models).load().annotate([recording]).to_pandas()
+    return rows.loc[rows["speech"], [f"lang_{c}" for c in LANGUAGES]].to_numpy()
+
+
+def test_unsure_stretches_are_fused_with_whispers_context_before_the_smoothing(backbone):
+    never = models_with(backbone, "never", 0.0)
+    always = models_with(backbone, "always", 1.0, context_weight=0.8)
+    params = never.language.features
+    recording = a_recording(params)
+    before = language_columns(never, recording)
+    # Undo the smoothing to get the cascade's own probabilities back: run
+    # without smoothing through a model folder that has none.
+    plain = dataclasses.replace(never.language, switch_probability=None)
+    unsmoothed = dataclasses.replace(never, language=plain)
+    cascade = language_columns(unsmoothed, recording)
+    np.testing.assert_allclose(smooth_language(cascade, 0.05), before, atol=1e-9)
+
+    # What the context step should do, from its parts.
+    speech = recording.bounds[recording.speech]
+    frames = params.segment_frames(speech[:, 1] - speech[:, 0])
+    rows = recording.features[params][0]
+    runs = language_stretches(smooth_language(cascade, 0.05).argmax(axis=1), frames, 3000)
+    spec = never.backbones["tiny-whisper"]
+    runner = Backbone(spec, (0,), "litert", params.n_frames)
+    tokens = [LANGUAGE_CODES.index(c) for c in LANGUAGES]
+    want = cascade.copy()
+    for run in runs:
+        logits = runner.context_language(whisper_context([rows[i][: frames[i]] for i in run]))
+        context = softmax(logits[None, tokens].astype(float), spec.language.temperature)
+        want[run] = fuse_language(cascade[run], np.repeat(context, len(run), 0), 1.0, 0.8)
+    got = language_columns(always, recording)
+    np.testing.assert_allclose(got, smooth_language(want, 0.05), atol=1e-6)
+    assert np.abs(got - before).max() > 1e-3
+
+
+def test_context_on_litert_and_keras_agree(backbone):
+    rng = np.random.default_rng(2)
+    window = (rng.standard_normal((WHISPER_CONTEXT_FRAMES, 16)) * 0.3).astype(np.float32)
+    litert = Backbone(backbone, (0,), "litert", 100).context_language(window)
+    keras = Backbone(backbone, (0,), "keras", 100).context_language(window)
+    assert litert.shape == (99,)
+    np.testing.assert_allclose(litert, keras, atol=0.05)
+
+
+def test_the_fit_asks_where_the_context_pays_and_no_further():
+    rng = np.random.default_rng(0)
+    n, k = 60, 4
+    truth_rec = rng.integers(0, k, n)
+    unsure = np.arange(n) < 30
+    probs, truth, owner = [], [], []
+    for r in range(n):
+        for _ in range(3):
+            p = np.full(k, 0.05)
+            if unsure[r]:  # unsure, and as often wrong as right
+                p[(truth_rec[r] + r % 2) % k] = 0.55
+                p[truth_rec[r] if r % 2 else (truth_rec[r] + 1) % k] += 0.3
+            else:
+                p[truth_rec[r]] = 0.97
+            probs.append(p / p.sum())
+            truth.append(truth_rec[r])
+            owner.append(r)
+    probs, truth, owner = np.array(probs), np.array(truth), np.array(owner)
+    context = np.full((n, k), 0.1)
+    context[np.arange(n), truth_rec] = 0.7  # the context is right, and fairly sure
+    fit = fit_context(probs, context, truth, owner, np.ones(len(owner)), np.array(["a"] * n))
+    rows = {row["threshold"]: row for row in fit.table}
+    assert rows[0.0]["mean_accuracy"] < 0.8
+    assert fit.weight > 0 and fit.table[-1]["mean_accuracy"] == 1.0
+    # The cheapest threshold that asks every unsure recording (top 0.55) and none of the sure ones.
+    assert rows[0.5]["mean_accuracy"] < 1.0
+    assert fit.threshold == 0.6 and rows[0.6]["asked"] == rows[0.8]["asked"] == 0.5
+
+
+def test_the_context_settings_travel_in_model_json(backbone):
+    models = models_with(backbone, "saved", 0.95, 1.3)
+    cascade = read_model_folder(models.language.folder).cascade
+    assert (cascade.context_threshold, cascade.context_weight) == (0.95, 1.3)
+    spec_file = models.language.folder / "model.json"
+    raw = json.loads(spec_file.read_text())
+    raw["cascade"]["context_threshold"] = 1.5
+    spec_file.write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="context_threshold"):
+        read_model_folder(models.language.folder)

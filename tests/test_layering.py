@@ -23,9 +23,10 @@ views       base, audio, prepare, modelling, backbone, pipeline
 cli         base, audio, prepare, modelling, backbone, pipeline, training, views
 ==========  =====================================================================
 
-and the top: ``annotate`` itself (``annotate.run`` lazily, the version),
-``annotate.__main__`` (the CLI), ``annotate.testing`` (base, modelling, backbone). No
-module of the package imports ``annotate.testing``.
+and the top: ``annotate`` itself (``annotate.run`` lazily, from
+``annotate.pipeline.run``; the version), ``annotate.__main__`` (the CLI),
+``annotate.testing`` (base, modelling, backbone). No module of the package
+imports ``annotate.testing``.
 
 Libraries kept to one place:
 
@@ -37,6 +38,7 @@ rich.console       cli (the one console lives in annotate.cli.console)
 rich (the rest)    cli, views (report_text draws tables on the console it is given)
 tensorflow, keras  modelling, backbone, training (annotate run on LiteRT never loads them)
 distributed, dask  annotate.pipeline.cluster
+fsspec             annotate.pipeline.store (the one store, local or object storage)
 streamlit          annotate.views.app
 matplotlib         views, training (evaluate's confusion plot)
 =================  ============================================================
@@ -67,7 +69,7 @@ LAYERS: dict[str, set[str]] = {
     "training": {"base", "audio", "prepare", "modelling", "backbone"},
     "views": {"base", "audio", "prepare", "modelling", "backbone", "pipeline"},
     "cli": {"base", "audio", "prepare", "modelling", "backbone", "pipeline", "training", "views"},
-    "root": {"annotate._version", "annotate.pipeline.local"},
+    "root": {"annotate._version", "annotate.pipeline.run"},
     "main": {"cli"},
     "testing": {"base", "modelling", "backbone"},
 }
@@ -81,6 +83,7 @@ LIBRARIES: dict[str, set[str]] = {
     "keras": {"modelling", "backbone", "training"},
     "distributed": {"annotate.pipeline.cluster"},
     "dask": {"annotate.pipeline.cluster"},
+    "fsspec": {"annotate.pipeline.store"},
     "streamlit": {"annotate.views.app"},
     "matplotlib": {"views", "training"},
 }

@@ -179,7 +179,7 @@ def test_long_recording_is_split_into_chunks_with_the_same_rows(tmp_path, model_
     write_audio(tmp_path / "c" / "long.flac", speech_like(40.0), 16000)
     whole, chunked = tmp_path / "whole.parquet", tmp_path / "chunked.parquet"
     annotate.run([tmp_path / "c"], whole, jobs=1, **model_args)
-    monkeypatch.setattr("annotate.pipeline.local.CHUNK_S", 9.0)  # 3 segments per task
+    monkeypatch.setattr("annotate.pipeline.run.CHUNK_S", 9.0)  # 3 segments per task
     annotate.run([tmp_path / "c"], chunked, jobs=2, **model_args)
     a, b = pd.read_parquet(whole), pd.read_parquet(chunked)
     pd.testing.assert_frame_equal(a[["path", "start_s", "end_s", "speech"]],
@@ -193,7 +193,7 @@ def test_long_recording_features_wait_on_disk_and_give_the_same_table(tmp_path, 
 
     write_audio(tmp_path / "c" / "long.flac", speech_like(40.0), 16000)
     write_audio(tmp_path / "c" / "short.flac", speech_like(5.0, seed=3), 16000)
-    monkeypatch.setattr("annotate.pipeline.local.CHUNK_S", 9.0)  # 3 segments per task
+    monkeypatch.setattr("annotate.pipeline.run.CHUNK_S", 9.0)  # 3 segments per task
     in_memory, spilled = tmp_path / "memory.parquet", tmp_path / "spilled.parquet"
     annotate.run([tmp_path / "c"], in_memory, jobs=2, **model_args)
     saved, loaded = [], []

@@ -121,6 +121,50 @@ def test_a_rerun_recomputes_only_the_recordings_whose_part_is_missing_or_broken(
     assert not (tmp_path / "out.parquet.partial").exists()
 
 
+class StopAfter(Progress):
+    """Interrupts the run (as Ctrl-C would) once ``n`` recordings are written or failed."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def advance(self, recordings: int, audio_s: float) -> None:
+        self.seen += recordings
+        if self.seen >= self.n:
+            raise KeyboardInterrupt
+
+
+def test_a_run_started_locally_resumes_on_the_cluster_and_the_other_way_round(
+        mixed_corpus, tmp_path, model_args, scheduler):
+    """One store, by recording: either executor resumes what the other left, failures
+    included (a failed recording is done, not tried again), to the uninterrupted tables."""
+    (mixed_corpus / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 3)
+    reference = tmp_path / "reference.parquet"
+    annotate.run([mixed_corpus], reference, jobs=1, **model_args)
+    local, clustered = {"jobs": 1, "batch_size": 1}, {"cluster": scheduler, "shard_size": 3}
+    for first, then, name in ((local, clustered, "local-first"),
+                              (clustered, local, "cluster-first")):
+        out = tmp_path / f"{name}.parquet"
+        with pytest.raises(KeyboardInterrupt):
+            annotate.run([mixed_corpus], out, progress=StopAfter(3), **first, **model_args)
+        parts = sorted((tmp_path / f"{name}.parquet.partial" / "parts").glob("*.parquet"))
+        metas = [json.loads(pq.read_schema(p).metadata[PART_KEY]) for p in parts]
+        kept = [key for meta in metas for key, _ in meta["recordings"]]
+        failed = [path for meta in metas for path, _, _ in meta["failures"]]
+        assert kept and not out.exists()
+
+        progress = Started()
+        result = annotate.run([mixed_corpus], out, progress=progress, **then, **model_args)
+
+        assert (result.skipped, result.annotated, result.failed) == (len(kept), 8 - len(kept), 1)
+        assert progress.already_done == len(kept) + len(failed)
+        pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(reference),
+                                      check_exact=True)
+        assert read_metadata(out) == read_metadata(reference)
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{name}.failures.parquet"),
+                                      pd.read_parquet(tmp_path / "reference.failures.parquet"))
+        assert not (tmp_path / f"{name}.parquet.partial").exists()
+
+
 def test_other_settings_against_partial_state_stop(mixed_corpus, tmp_path, model_args,
                                                   scheduler, monkeypatch):
     out = tmp_path / "out.parquet"

@@ -232,3 +232,34 @@ def test_resampled_audio_matches_native_rate(tmp_path, model_args):
                                frame.loc["lo.wav", LANG_COLS].astype(float), atol=0.02)
     info = sf.info(tmp_path / "c" / "hi.wav")
     assert info.samplerate == 48000
+
+
+def test_a_local_run_writes_to_an_object_store_as_to_a_path(tmp_path, model_args):
+    """The one store takes an fsspec URL from either executor; worker processes keep their
+    lookahead file and spilled features in a local scratch folder, removed after the run."""
+    import fsspec
+
+    for i in range(3):
+        write_audio(tmp_path / "c" / f"r{i}.wav", speech_like(2.0 + i, seed=i), 16000)
+    (tmp_path / "c" / "broken.wav").write_bytes(b"RIFF junk")
+    local = tmp_path / "local.parquet"
+    annotate.run([tmp_path / "c"], local, jobs=1, **model_args)
+    store = fsspec.filesystem("memory")
+    try:
+        result = annotate.run([tmp_path / "c"], "memory://bucket/local/out.parquet", jobs=2,
+                              workers="processes", **model_args)
+        assert result.output == "memory://bucket/local/out.parquet"
+        assert result.failures_output == "memory://bucket/local/out.failures.parquet"
+        assert (result.annotated, result.failed) == (3, 1)
+        with store.open("/bucket/local/out.parquet", "rb") as handle:
+            table = pq.read_table(handle)
+        assert table.equals(pq.read_table(local), check_metadata=True)
+        with store.open("/bucket/local/out.failures.parquet", "rb") as handle:
+            assert pq.read_table(handle).equals(pq.read_table(
+                tmp_path / "local.failures.parquet"))
+        assert not store.exists("/bucket/local/out.parquet.partial")
+        again = annotate.run([tmp_path / "c"], "memory://bucket/local/out.parquet", jobs=1,
+                             **model_args)
+        assert again.already_complete
+    finally:
+        store.rm("/bucket", recursive=True)

@@ -263,3 +263,8 @@ def test_a_local_run_writes_to_an_object_store_as_to_a_path(tmp_path, model_args
         assert again.already_complete
     finally:
         store.rm("/bucket", recursive=True)
+
+
+def test_an_output_url_without_its_file_system_is_a_usage_error(mixed_corpus, model_args):
+    with pytest.raises(UsageError, match="cannot write to nosuch://b/out.parquet"):
+        annotate.run([mixed_corpus], "nosuch://b/out.parquet", jobs=1, **model_args)

@@ -91,10 +91,18 @@ def read_metadata(path: Path) -> dict:
 
 
 def filesystem(output: str | os.PathLike) -> tuple[Any, str]:
-    """The fsspec file system of ``output`` and the path on it (absolute for local paths)."""
+    """The fsspec file system of ``output`` and the path on it (absolute for local paths).
+
+    Raises:
+        UsageError: No file system for the URL (an unknown protocol, or its
+            package missing: ``s3://`` needs ``s3fs``).
+    """
     import fsspec.core
 
-    return fsspec.core.url_to_fs(os.fspath(output))
+    try:
+        return fsspec.core.url_to_fs(os.fspath(output))
+    except (ImportError, ValueError) as error:
+        raise UsageError(f"cannot write to {os.fspath(output)}: {error}") from None
 
 
 def is_local(fs) -> bool:

@@ -19,7 +19,7 @@ __all__ = ["__version__", "run"]
 def __getattr__(name: str):
     # Keeps ``import annotate`` (and joblib workers importing submodules) light.
     if name == "run":
-        from annotate.pipeline.local import run
+        from annotate.pipeline.run import run
 
         return run
     raise AttributeError(name)

@@ -190,9 +190,9 @@ def start_up_s() -> float:
     Median of 3 fresh interpreters importing what ``annotate run`` imports
     (pyarrow pulls in pandas on its first conversion).
     """
-    code = ("import annotate.cli, annotate.pipeline.local, annotate.pipeline.annotator, "
-            "annotate.modelling.inference, annotate.prepare.featurize, pandas, "
-            "ai_edge_litert.interpreter")
+    code = ("import annotate.cli, annotate.pipeline.run, annotate.pipeline.local, "
+            "annotate.pipeline.annotator, annotate.modelling.inference, "
+            "annotate.prepare.featurize, pandas, fsspec, ai_edge_litert.interpreter")
     times = []
     for _ in range(3):
         start = time.perf_counter()

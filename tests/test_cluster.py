@@ -1,4 +1,5 @@
-"""``annotate run --cluster``: Dask workers give the local run's tables, resume by shard."""
+"""``annotate run --cluster``: Dask workers give the local run's tables; runs resume by recording,
+from parts either executor wrote."""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ import annotate
 from annotate.cli import app
 from annotate.errors import StateError, UsageError
 from annotate.pipeline.progress import Progress
-from annotate.pipeline.shard_store import SHARD_KEY
-from annotate.pipeline.store import read_metadata
+from annotate.pipeline.store import PART_KEY, read_metadata
 from annotate.testing import speech_like, voice
 
 
@@ -91,11 +91,11 @@ def test_the_cluster_adapts_emotions_to_speakers_as_a_local_run(tmp_path, model_
     assert read_metadata(clustered) == read_metadata(local)
 
 
-def test_a_rerun_recomputes_only_the_shards_whose_part_is_missing_or_broken(
+def test_a_rerun_recomputes_only_the_recordings_whose_part_is_missing_or_broken(
         mixed_corpus, tmp_path, model_args, scheduler, monkeypatch):
     out = tmp_path / "out.parquet"
     with monkeypatch.context() as patch:
-        patch.setattr("annotate.pipeline.shard_store.ShardStore.finalize",
+        patch.setattr("annotate.pipeline.store.Store.finalize",
                       interrupt_before_the_tables)
         with pytest.raises(Interrupted):
             annotate.run([mixed_corpus], out, cluster=scheduler, shard_size=3, **model_args)
@@ -103,7 +103,7 @@ def test_a_rerun_recomputes_only_the_shards_whose_part_is_missing_or_broken(
     assert len(parts) == 3 and not out.exists()
     lost, broken = parts[1], parts[2]
     redo = [key for part in (lost, broken)
-            for key in json.loads(pq.read_schema(part).metadata[SHARD_KEY])["keys"]]
+            for key, _ in json.loads(pq.read_schema(part).metadata[PART_KEY])["recordings"]]
     lost.unlink()
     broken.write_bytes(broken.read_bytes()[:-100])  # truncated, as by a full disk
 
@@ -113,18 +113,63 @@ def test_a_rerun_recomputes_only_the_shards_whose_part_is_missing_or_broken(
 
     assert result.annotated == len(redo) and result.skipped == 8 - len(redo)
     assert progress.already_done == 8 - len(redo)
-    assert progress.messages == [f"discarded unreadable part {broken.name}; its shard is redone"]
+    assert progress.messages == [
+        f"discarded unreadable part {broken.name}; its recordings are redone"]
     reference = tmp_path / "reference.parquet"
     annotate.run([mixed_corpus], reference, jobs=1, **model_args)
     pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(reference))
     assert not (tmp_path / "out.parquet.partial").exists()
 
 
+class StopAfter(Progress):
+    """Interrupts the run (as Ctrl-C would) once ``n`` recordings are written or failed."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def advance(self, recordings: int, audio_s: float) -> None:
+        self.seen += recordings
+        if self.seen >= self.n:
+            raise KeyboardInterrupt
+
+
+def test_a_run_started_locally_resumes_on_the_cluster_and_the_other_way_round(
+        mixed_corpus, tmp_path, model_args, scheduler):
+    """One store, by recording: either executor resumes what the other left, failures
+    included (a failed recording is done, not tried again), to the uninterrupted tables."""
+    (mixed_corpus / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 3)
+    reference = tmp_path / "reference.parquet"
+    annotate.run([mixed_corpus], reference, jobs=1, **model_args)
+    local, clustered = {"jobs": 1, "batch_size": 1}, {"cluster": scheduler, "shard_size": 3}
+    for first, then, name in ((local, clustered, "local-first"),
+                              (clustered, local, "cluster-first")):
+        out = tmp_path / f"{name}.parquet"
+        with pytest.raises(KeyboardInterrupt):
+            annotate.run([mixed_corpus], out, progress=StopAfter(3), **first, **model_args)
+        parts = sorted((tmp_path / f"{name}.parquet.partial" / "parts").glob("*.parquet"))
+        metas = [json.loads(pq.read_schema(p).metadata[PART_KEY]) for p in parts]
+        kept = [key for meta in metas for key, _ in meta["recordings"]]
+        failed = [path for meta in metas for path, _, _ in meta["failures"]]
+        assert kept and not out.exists()
+
+        progress = Started()
+        result = annotate.run([mixed_corpus], out, progress=progress, **then, **model_args)
+
+        assert (result.skipped, result.annotated, result.failed) == (len(kept), 8 - len(kept), 1)
+        assert progress.already_done == len(kept) + len(failed)
+        pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(reference),
+                                      check_exact=True)
+        assert read_metadata(out) == read_metadata(reference)
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{name}.failures.parquet"),
+                                      pd.read_parquet(tmp_path / "reference.failures.parquet"))
+        assert not (tmp_path / f"{name}.parquet.partial").exists()
+
+
 def test_other_settings_against_partial_state_stop(mixed_corpus, tmp_path, model_args,
                                                   scheduler, monkeypatch):
     out = tmp_path / "out.parquet"
     (mixed_corpus / "nested").rename(tmp_path / "elsewhere")  # fewer recordings, faster
-    monkeypatch.setattr("annotate.pipeline.shard_store.ShardStore.finalize",
+    monkeypatch.setattr("annotate.pipeline.store.Store.finalize",
                         interrupt_before_the_tables)
     with pytest.raises(Interrupted):
         annotate.run([mixed_corpus], out, cluster=scheduler, **model_args)
@@ -155,7 +200,7 @@ def test_without_dask_the_cluster_option_says_what_to_install(mixed_corpus, tmp_
 
 
 def test_the_command_line_does_not_import_dask():
-    code = ("import sys, annotate.cli, annotate.pipeline.local; "
+    code = ("import sys, annotate.cli, annotate.pipeline.run, annotate.pipeline.local; "
             "print(sorted(m for m in ('dask', 'distributed', 'fsspec') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -117,7 +117,7 @@ def test_holdout_result_shape(holdout, model, toy_speech):
 
 
 def test_holdout_predictions_equal_annotate_run(holdout, model, corpus, tmp_path):
-    from annotate.pipeline.local import run
+    from annotate.pipeline.run import run
     from annotate.views.summarize import per_recording, read_output
 
     language = create_model_folder(tmp_path / "lang", "language", ["de", "en"])

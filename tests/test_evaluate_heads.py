@@ -92,7 +92,7 @@ def run_rows(heads, corpus, tmp_path_factory):
     """
     import pandas as pd
 
-    from annotate.pipeline.local import run
+    from annotate.pipeline.run import run
     from annotate.views.summarize import per_recording, read_output
 
     out = tmp_path_factory.mktemp("run")
@@ -244,7 +244,7 @@ def cascade_models(tmp_path_factory, corpus):
 def cascade_run_rows(models, corpus, out: Path, language_id: str):
     import pandas as pd
 
-    from annotate.pipeline.local import run
+    from annotate.pipeline.run import run
     from annotate.views.summarize import per_recording, read_output
 
     manifest = out / "speech.csv"
@@ -312,7 +312,7 @@ def test_evaluate_refuses_a_language_id_the_model_cannot_give(heads, cascade_mod
 
 def test_holdout_with_speakers_gives_what_a_run_told_the_speakers_labels(heads, tmp_path):
 
-    from annotate.pipeline.local import run
+    from annotate.pipeline.run import run
     from annotate.views.summarize import per_recording, read_output
 
     corpus = read_corpus("emodb", make_toy_emodb(tmp_path / "emodb", speakers=("03", "08"),

@@ -380,8 +380,8 @@ def test_unwritable_output_folders_fail_before_any_work(corpus, tmp_path, model_
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the output folder was checked")
 
-    monkeypatch.setattr("annotate.pipeline.local.discover", no_work)
-    monkeypatch.setattr("annotate.pipeline.local.ModelSet.load", no_work)
+    monkeypatch.setattr("annotate.pipeline.run.discover", no_work)
+    monkeypatch.setattr("annotate.pipeline.run.ModelSet.load", no_work)
     runner = CliRunner()
 
     missing = runner.invoke(app, ["run", str(corpus), "-o", str(tmp_path / "no" / "out.parquet"),

@@ -23,9 +23,10 @@ views       base, audio, prepare, modelling, backbone, pipeline
 cli         base, audio, prepare, modelling, backbone, pipeline, training, views
 ==========  =====================================================================
 
-and the top: ``annotate`` itself (``annotate.run`` lazily, the version),
-``annotate.__main__`` (the CLI), ``annotate.testing`` (base, modelling, backbone). No
-module of the package imports ``annotate.testing``.
+and the top: ``annotate`` itself (``annotate.run`` lazily, from
+``annotate.pipeline.run``; the version), ``annotate.__main__`` (the CLI),
+``annotate.testing`` (base, modelling, backbone). No module of the package
+imports ``annotate.testing``.
 
 Libraries kept to one place:
 
@@ -37,9 +38,28 @@ rich.console       cli (the one console lives in annotate.cli.console)
 rich (the rest)    cli, views (report_text draws tables on the console it is given)
 tensorflow, keras  modelling, backbone, training (annotate run on LiteRT never loads them)
 distributed, dask  annotate.pipeline.cluster
+fsspec             annotate.pipeline.store (the one store, local or object storage)
 streamlit          annotate.views.app
 matplotlib         views, training (evaluate's confusion plot)
 =================  ============================================================
+
+Inside ``pipeline``, one driver over two executors and one store:
+
+==========================  ===================================================
+module                      may import, of the pipeline
+==========================  ===================================================
+progress, speakers, spill   nothing of the pipeline
+workers                     nothing of the pipeline
+plan                        speakers
+annotator                   plan
+store                       speakers (the final table adapts emotions)
+local (the local executor)  plan, annotator, progress, spill, store, workers
+cluster (the Dask one)      plan, annotator, progress, store
+run (the driver)            plan, progress, speakers, store, local, cluster
+==========================  ===================================================
+
+The executors never import the driver or each other, and only the driver
+opens the store: both executors hand it finished recordings.
 
 That the feature workers of a run and of training never import TensorFlow is
 also checked where it happens, in a fresh interpreter (test_litert.py,
@@ -67,7 +87,7 @@ LAYERS: dict[str, set[str]] = {
     "training": {"base", "audio", "prepare", "modelling", "backbone"},
     "views": {"base", "audio", "prepare", "modelling", "backbone", "pipeline"},
     "cli": {"base", "audio", "prepare", "modelling", "backbone", "pipeline", "training", "views"},
-    "root": {"annotate._version", "annotate.pipeline.local"},
+    "root": {"annotate._version", "annotate.pipeline.run"},
     "main": {"cli"},
     "testing": {"base", "modelling", "backbone"},
 }
@@ -81,8 +101,25 @@ LIBRARIES: dict[str, set[str]] = {
     "keras": {"modelling", "backbone", "training"},
     "distributed": {"annotate.pipeline.cluster"},
     "dask": {"annotate.pipeline.cluster"},
+    "fsspec": {"annotate.pipeline.store"},
     "streamlit": {"annotate.views.app"},
     "matplotlib": {"views", "training"},
+}
+
+
+#: module of the pipeline: the modules of the pipeline it may import (the table above).
+PIPELINE: dict[str, set[str]] = {
+    "annotate.pipeline": set(),
+    "annotate.pipeline.progress": set(),
+    "annotate.pipeline.speakers": set(),
+    "annotate.pipeline.spill": set(),
+    "annotate.pipeline.workers": set(),
+    "annotate.pipeline.plan": {"speakers"},
+    "annotate.pipeline.annotator": {"plan"},
+    "annotate.pipeline.store": {"speakers"},
+    "annotate.pipeline.local": {"plan", "annotator", "progress", "spill", "store", "workers"},
+    "annotate.pipeline.cluster": {"plan", "annotator", "progress", "store"},
+    "annotate.pipeline.run": {"plan", "progress", "speakers", "store", "local", "cluster"},
 }
 
 
@@ -285,6 +322,16 @@ def test_typer_rich_tensorflow_dask_streamlit_stay_where_they_belong():
 def test_no_import_cycles_between_modules():
     graph, _ = import_graph()
     assert cycles(graph) == [], "import cycles (each list is one strongly connected set)"
+
+
+def test_the_pipeline_is_one_driver_over_two_executors_and_one_store():
+    graph, _ = import_graph()
+    pipeline = {m for m in graph if m == "annotate.pipeline" or m.startswith("annotate.pipeline.")}
+    assert pipeline == set(PIPELINE), "a module of the pipeline is missing from PIPELINE, or gone"
+    problems = [f"{module} imports {target}" for module in sorted(pipeline)
+                for target in sorted(graph[module] & pipeline)
+                if target.removeprefix("annotate.pipeline.") not in PIPELINE[module]]
+    assert problems == []
 
 
 def test_the_checks_catch_a_violation(tmp_path):

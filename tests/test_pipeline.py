@@ -179,7 +179,7 @@ def test_long_recording_is_split_into_chunks_with_the_same_rows(tmp_path, model_
     write_audio(tmp_path / "c" / "long.flac", speech_like(40.0), 16000)
     whole, chunked = tmp_path / "whole.parquet", tmp_path / "chunked.parquet"
     annotate.run([tmp_path / "c"], whole, jobs=1, **model_args)
-    monkeypatch.setattr("annotate.pipeline.local.CHUNK_S", 9.0)  # 3 segments per task
+    monkeypatch.setattr("annotate.pipeline.run.CHUNK_S", 9.0)  # 3 segments per task
     annotate.run([tmp_path / "c"], chunked, jobs=2, **model_args)
     a, b = pd.read_parquet(whole), pd.read_parquet(chunked)
     pd.testing.assert_frame_equal(a[["path", "start_s", "end_s", "speech"]],
@@ -193,7 +193,7 @@ def test_long_recording_features_wait_on_disk_and_give_the_same_table(tmp_path, 
 
     write_audio(tmp_path / "c" / "long.flac", speech_like(40.0), 16000)
     write_audio(tmp_path / "c" / "short.flac", speech_like(5.0, seed=3), 16000)
-    monkeypatch.setattr("annotate.pipeline.local.CHUNK_S", 9.0)  # 3 segments per task
+    monkeypatch.setattr("annotate.pipeline.run.CHUNK_S", 9.0)  # 3 segments per task
     in_memory, spilled = tmp_path / "memory.parquet", tmp_path / "spilled.parquet"
     annotate.run([tmp_path / "c"], in_memory, jobs=2, **model_args)
     saved, loaded = [], []
@@ -232,3 +232,39 @@ def test_resampled_audio_matches_native_rate(tmp_path, model_args):
                                frame.loc["lo.wav", LANG_COLS].astype(float), atol=0.02)
     info = sf.info(tmp_path / "c" / "hi.wav")
     assert info.samplerate == 48000
+
+
+def test_a_local_run_writes_to_an_object_store_as_to_a_path(tmp_path, model_args):
+    """The one store takes an fsspec URL from either executor; worker processes keep their
+    lookahead file and spilled features in a local scratch folder, removed after the run."""
+    import fsspec
+
+    for i in range(3):
+        write_audio(tmp_path / "c" / f"r{i}.wav", speech_like(2.0 + i, seed=i), 16000)
+    (tmp_path / "c" / "broken.wav").write_bytes(b"RIFF junk")
+    local = tmp_path / "local.parquet"
+    annotate.run([tmp_path / "c"], local, jobs=1, **model_args)
+    store = fsspec.filesystem("memory")
+    try:
+        result = annotate.run([tmp_path / "c"], "memory://bucket/local/out.parquet", jobs=2,
+                              workers="processes", **model_args)
+        assert result.output == "memory://bucket/local/out.parquet"
+        assert result.failures_output == "memory://bucket/local/out.failures.parquet"
+        assert (result.annotated, result.failed) == (3, 1)
+        with store.open("/bucket/local/out.parquet", "rb") as handle:
+            table = pq.read_table(handle)
+        assert table.equals(pq.read_table(local), check_metadata=True)
+        with store.open("/bucket/local/out.failures.parquet", "rb") as handle:
+            assert pq.read_table(handle).equals(pq.read_table(
+                tmp_path / "local.failures.parquet"))
+        assert not store.exists("/bucket/local/out.parquet.partial")
+        again = annotate.run([tmp_path / "c"], "memory://bucket/local/out.parquet", jobs=1,
+                             **model_args)
+        assert again.already_complete
+    finally:
+        store.rm("/bucket", recursive=True)
+
+
+def test_an_output_url_without_its_file_system_is_a_usage_error(mixed_corpus, model_args):
+    with pytest.raises(UsageError, match="cannot write to nosuch://b/out.parquet"):
+        annotate.run([mixed_corpus], "nosuch://b/out.parquet", jobs=1, **model_args)

@@ -27,7 +27,7 @@ from conftest import LANGUAGES, write_audio
 from typer.testing import CliRunner
 
 import annotate
-import annotate.pipeline.local
+import annotate.pipeline.run
 from annotate import c_stderr
 from annotate.cli import app
 from annotate.testing import speech_like
@@ -441,10 +441,10 @@ def write_long_wav(path: Path, duration_s: float, sampling_rate: int = 16000) ->
 
 PEAK_RSS_SCRIPT = """
 import gc, json, sys
-import annotate, annotate.pipeline.local
+import annotate, annotate.pipeline.run
 from pathlib import Path
 short, long_, out, language, emotion, chunk_s = sys.argv[1:7]
-annotate.pipeline.local.CHUNK_S = float(chunk_s)
+annotate.pipeline.run.CHUNK_S = float(chunk_s)
 models = dict(language_model=language, emotion_models={"*": emotion}, jobs=1)
 
 def status_mb(field):
@@ -503,6 +503,6 @@ def test_a_3_hour_file_does_not_need_3_hours_of_float32(tmp_path, models):
     until the whole recording is annotated: see docs/reliability.md.
     """
     figures = measure_peak_rss(tmp_path, models, duration_s=3 * 3600.0,
-                               chunk_s=annotate.pipeline.local.CHUNK_S)
+                               chunk_s=annotate.pipeline.run.CHUNK_S)
     print(figures)
     assert figures["growth_mb"] < 0.5 * figures["float32_mb"], figures

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 from conftest import write_audio
@@ -82,3 +84,29 @@ def test_a_second_run_on_the_same_output_refuses(corpus, tmp_path, model_args):
             annotate.run([corpus], out, jobs=1, **model_args)
     annotate.run([corpus], out, jobs=1, **model_args)
     assert out.exists()
+
+
+def test_a_failed_recording_counts_as_done_on_resume_unless_overwrite(corpus, tmp_path,
+                                                                      model_args):
+    """A failure is a finished recording: a resume keeps it (as a cluster run always did);
+    --overwrite tries it again, and keeps the annotated recordings of the same settings."""
+    (corpus / "broken.wav").write_bytes(b"RIFF junk")
+    out = tmp_path / "out.parquet"
+    with pytest.raises(KeyboardInterrupt):  # broken.wav fails first, then r0 is written
+        annotate.run([corpus], out, jobs=1, batch_size=1, progress=StopAfter(2), **model_args)
+    state = tmp_path / "state"
+    shutil.copytree(tmp_path / "out.parquet.partial", state)
+    write_audio(corpus / "broken.wav", speech_like(2.0, seed=9), 16000)  # mended meanwhile
+
+    result = annotate.run([corpus], out, jobs=1, **model_args)
+    assert [f.path for f in result.failures] == ["broken.wav"]
+    assert result.skipped == 1 and result.annotated == 5
+    assert "broken.wav" not in set(pd.read_parquet(out)["path"])
+
+    for written in (out, tmp_path / "out.failures.parquet"):
+        written.unlink()
+    shutil.copytree(state, tmp_path / "out.parquet.partial")
+    result = annotate.run([corpus], out, jobs=1, overwrite=True, **model_args)
+    assert result.failed == 0 and result.skipped == 1 and result.annotated == 6
+    assert "broken.wav" in set(pd.read_parquet(out)["path"])
+    assert len(pd.read_parquet(tmp_path / "out.failures.parquet")) == 0

@@ -40,7 +40,7 @@ def run(
     inputs: Annotated[list[Path], typer.Argument(
         help="Directories (walked recursively), manifests (.csv .tsv .parquet .jsonl with a "
              "'path' column) or audio files.", show_default=False)],
-    output: Annotated[str, typer.Option("--output", "-o", help="The segments table to write (.parquet); with --cluster also an fsspec URL (s3://...).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="The segments table to write (.parquet): a path or an fsspec URL (s3://...).")],
     window: Annotated[float, typer.Option(help="Segment length, seconds.")] = 3.0,
     hop: Annotated[Optional[float], typer.Option(help="Segment hop, seconds [default: the window].")] = None,
     speech_detector: Annotated[str, typer.Option(
@@ -75,7 +75,9 @@ def run(
         help="Run those jobs as threads or processes; auto: threads up to 2 jobs (no start-up cost), "
              "processes beyond (no shared interpreter lock).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Segments gathered per inference round (the table does not depend on it).")] = 256,
-    overwrite: Annotated[bool, typer.Option(help="Start over, discarding partial state or an output made with other settings.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Start over, discarding partial state or an output made with other settings; "
+             "recordings that failed in partial state of these settings are tried again.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     cluster: Annotated[Optional[str], typer.Option(
         help="Run on a Dask cluster: its scheduler's address (tcp://HOST:8786); see docs/cluster.md.")] = None,
@@ -93,7 +95,7 @@ def run(
         import pandas  # noqa: F401 - pyarrow imports it on its first conversion anyway
 
         from annotate.cli.progress import make_progress
-        from annotate.pipeline.local import run as run_pipeline
+        from annotate.pipeline.run import run as run_pipeline
 
     progress = make_progress(console, quiet)
     try:

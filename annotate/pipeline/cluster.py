@@ -1,21 +1,21 @@
-"""The pipeline on a Dask cluster: shards of recordings, each annotated end to end on a worker.
+"""The Dask executor: a run's recordings annotated on the workers of a Dask cluster.
 
-The driver (the process that calls :func:`run_on_cluster`, as ``annotate run
---cluster`` does) discovers the recordings, groups them into shards in
-discovery order and submits one task per shard. A worker runs, for each
-recording of its shard, the same functions as a local run
-(:func:`~annotate.prepare.featurize.featurize_recording`,
+The driver (:mod:`annotate.pipeline.run`, as ``annotate run --cluster``
+calls it) hands this executor the recordings still to do; it groups them
+into shards of ``shard_size`` in discovery order and submits one task per
+shard. A worker runs, for each recording of its shard, the same functions
+as a local run (:func:`~annotate.prepare.featurize.featurize_recording`,
 :meth:`~annotate.pipeline.annotator.Annotator.annotate`) under the driver's
 plan (:class:`~annotate.pipeline.plan.RunPlan`: every model on the backend
-the driver chose), writes the shard's rows as one
-part (:mod:`annotate.pipeline.shard_store`) and returns its failures and counts. The
-driver then writes the tables as a local run does, so both give the same table.
+the driver chose) and returns the shard's rows and failures as a
+:class:`~annotate.pipeline.store.Finished`. Only the driver writes the
+store, so the output need not be reachable from the workers, and a run
+started here resumes locally and the other way round.
 
 Workers need no file system shared with the driver for the models: their
 bytes are scattered to every worker once, written to the worker's local
 directory and loaded once per worker process (cached by content hash). The
-recordings must be readable by the workers at the paths the driver sees, and
-the output must be on a shared file system or in an object store.
+recordings must be readable by the workers at the paths the driver sees.
 Dask is imported only here, and only when a run asks for a cluster (it is
 the ``distributed`` extra).
 """
@@ -30,32 +30,20 @@ import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 
 from annotate._version import __version__
-from annotate.audio.discover import Failure, Recording, discover
+from annotate.audio.discover import Failure, Recording
 from annotate.errors import AnnotateError, ModelError, StateError, UsageError
 from annotate.modelling.model_folder import folder_hash, read_model_folder
 from annotate.modelling.model_set import ModelSet
 from annotate.pipeline.annotator import Annotator
 from annotate.pipeline.plan import RunPlan
 from annotate.pipeline.progress import Progress
-from annotate.pipeline.result import RunResult, is_already_complete
-from annotate.pipeline.shard_store import (
-    Shard,
-    ShardResult,
-    ShardStore,
-    filesystem,
-    is_local,
-    make_shards,
-    output_fingerprint,
-    write_part,
-)
-from annotate.pipeline.speakers import Speakers
-from annotate.pipeline.store import check_output_path, failures_path
+from annotate.pipeline.store import Finished
 from annotate.prepare.featurize import RecordingFeatures, featurize_recording
 
 INSTALL_HINT = "install annotate[distributed] (pip install 'annotate[distributed]')"
@@ -63,12 +51,23 @@ INSTALL_HINT = "install annotate[distributed] (pip install 'annotate[distributed
 
 @dataclass(frozen=True)
 class ShardTask:
-    """Everything a worker needs for one shard, besides the models: the run's plan whole."""
+    """Everything a worker needs for one shard, besides the models: the run's plan whole.
 
-    shard: Shard
+    Attributes:
+        recordings: The shard's recordings, in discovery order, at absolute paths.
+        plan: The run's plan.
+        version: The driver's annotate version (a worker refuses another).
+    """
+
+    recordings: tuple[Recording, ...]
     plan: RunPlan
-    parts_url: str
     version: str = __version__
+
+
+def make_shards(recordings: list[Recording], shard_size: int) -> list[tuple[Recording, ...]]:
+    """Consecutive groups of ``shard_size`` recordings."""
+    return [tuple(recordings[first : first + shard_size])
+            for first in range(0, len(recordings), shard_size)]
 
 
 @dataclass(frozen=True)
@@ -186,15 +185,14 @@ def _worker_directory() -> Path:
         return Path(tempfile.gettempdir())
 
 
-def annotate_shard(task: ShardTask, models: ModelPayload) -> ShardResult:
-    """Annotate a shard's recordings and write its part (the task a worker runs).
+def annotate_shard(task: ShardTask, models: ModelPayload) -> Finished:
+    """Annotate a shard's recordings (the task a worker runs); the driver writes them.
 
-    A bad recording becomes a failure of the result; only a broken model,
-    an unwritable output or a version mismatch raise.
+    A bad recording becomes a failure of the result; only a broken model or
+    a version mismatch raise.
 
     Raises:
-        StateError: The worker runs another annotate version, or the part
-            cannot be written.
+        StateError: The worker runs another annotate version.
         ModelError: A model cannot be loaded.
     """
     if task.version != __version__:
@@ -203,27 +201,26 @@ def annotate_shard(task: ShardTask, models: ModelPayload) -> ShardResult:
     plan = task.plan
     annotator = worker_annotator(models, plan)
     params = annotator.models.feature_params
-    result = ShardResult(task.shard.id)
+    failures: list[Failure] = []
+    annotated: list[tuple[str, float]] = []
     tables: list[pa.Table] = []
     pending: list[RecordingFeatures] = []
     pending_segments = 0
-    for index, recording in enumerate(task.shard.recordings):
+    for index, recording in enumerate(task.recordings):
         done = featurize_recording(recording, plan.segments, params, plan.chunk_s, index)
         if isinstance(done, Failure):
-            result.failures.append(done)
+            failures.append(done)
             continue
         pending.append(done)
         pending_segments += int(done.speech.sum())
-        result.annotated += 1
-        result.audio_s += done.duration_s
+        annotated.append((done.key, done.duration_s))
         if pending_segments >= plan.batch_size:  # bounds the features held at once
             tables.append(annotator.annotate(pending))
             pending, pending_segments = [], 0
     if pending:
         tables.append(annotator.annotate(pending))
     table = pa.concat_tables(tables) if tables else annotator.schema.empty_table()
-    write_part(task.parts_url, task.shard, plan.fingerprint, table, result)
-    return result
+    return Finished(table, tuple(annotated), tuple(failures))
 
 
 # --- on the driver -----------------------------------------------------------------------------
@@ -231,136 +228,97 @@ def annotate_shard(task: ShardTask, models: ModelPayload) -> ShardResult:
 
 def _dask():
     try:
-        import fsspec  # noqa: F401
         from distributed import Client, as_completed
     except ImportError as error:
         raise UsageError(f"--cluster needs Dask ({error}); {INSTALL_HINT}") from None
     return Client, as_completed
 
 
-def run_on_cluster(
-    inputs: list[str | Path],
-    output: str | Path,
-    plan: RunPlan,
-    models: ModelSet,
-    *,
-    address: str,
-    shard_size: int = 32,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-) -> RunResult:
-    """Annotate ``inputs`` on the Dask cluster at ``address`` and write the tables.
-
-    :func:`annotate.pipeline.local.run` calls this with the plan it has
-    resolved and the models it was resolved from; the tables equal a local run's.
+class DaskExecutor:
+    """Annotates recordings on the workers of the Dask cluster at ``address``.
 
     Args:
-        inputs: As for :func:`annotate.pipeline.local.run`; read by the driver, and
-            the recordings by the workers at the same (absolute) paths.
-        output: The segments table: a path or an fsspec URL (``s3://b/out.parquet``)
-            that the driver and every worker can write.
-        plan: The run's plan; it travels whole to every shard task.
-        models: The run's models (their folders are sent to the workers).
         address: The Dask scheduler (``tcp://host:8786``).
         shard_size: Recordings per task.
-        overwrite: Discard partial state or an output made with other settings.
-        progress: Receives progress events, per finished shard.
-
-    Returns:
-        What was done; ``annotated`` and ``audio_s`` count this run's shards,
-        ``skipped`` the annotated recordings of shards found finished.
 
     Raises:
-        UsageError: Dask is missing, the scheduler cannot be reached, or a bad
-            output or shard size.
-        AnnotateError: The run could not proceed (finished shards are kept).
+        UsageError: Dask is missing, or a bad shard size.
     """
-    Client, as_completed = _dask()
-    progress = progress or Progress()
-    if shard_size < 1:
-        raise UsageError(f"shard size must be at least 1, got {shard_size}")
-    fs, path = filesystem(os.fspath(output))
-    local = is_local(fs)
-    if local:
-        check_output_path(Path(path))
-    url = path if local else os.fspath(output)
-    failures_url = _sibling(url, failures_path(PurePosixPath(path)).name)
-    result = RunResult(Path(url) if local else url, Path(failures_url) if local else failures_url)
-    fingerprint = plan.fingerprint
 
-    if fs.exists(path) and not fs.exists(path + ".partial"):
-        previous = output_fingerprint(fs, path)
-        if is_already_complete(url, previous, fingerprint, overwrite, progress):
-            result.already_complete = True
-            return result
+    def __init__(self, address: str, shard_size: int = 32) -> None:
+        self.Client, self.as_completed = _dask()
+        if shard_size < 1:
+            raise UsageError(f"shard size must be at least 1, got {shard_size}")
+        self.address = address
+        self.shard_size = shard_size
+        self.client = None
 
-    recordings, failures = discover(inputs)
-    adaptation = (None if plan.speakers is None
-                  else Speakers.of_run(recordings, plan.speakers, models))
-    # Workers start elsewhere: give them paths that do not depend on this cwd.
-    recordings = [Recording(r.key, os.path.abspath(r.source)) for r in recordings]
-    result.recordings = len(recordings)
-    shards = make_shards(recordings, shard_size, fingerprint)
-    with _connect(Client, address) as client, ShardStore(fs, path, fingerprint, overwrite) as store:
-        finished = store.finished(shards)
-        for name in store.discarded_parts:
-            progress.message(f"discarded unreadable part {name}; its shard is redone")
-        todo = [s for s in shards if s.id not in finished]
-        result.skipped = sum(r.annotated for r in finished.values())
-        progress.start(len(recordings), len(recordings) - sum(len(s.recordings) for s in todo))
-        if todo:
-            payload = ModelPayload.from_models(models, plan)
-            tasks = [ShardTask(shard, plan, store.parts_url) for shard in todo]
-            for shard_result in _run_tasks(client, as_completed, tasks, payload, progress):
-                store.check_part(shard_result.shard_id)
-                finished[shard_result.shard_id] = shard_result
-                result.annotated += shard_result.annotated
-                result.audio_s += shard_result.audio_s
-        progress.stop()
-        for shard in shards:
-            failures.extend(finished[shard.id].failures)
-        result.failures = failures
-        store.finalize(shards, plan.schema, plan.metadata, failures, failures_url, adaptation)
-    return result
+    def __enter__(self) -> DaskExecutor:
+        """Connect to the scheduler.
 
+        Raises:
+            UsageError: The scheduler cannot be reached.
+        """
+        try:
+            self.client = self.Client(self.address, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as error:
+            raise UsageError(f"cannot reach the Dask scheduler at {self.address}: {error}"
+                             ) from None
+        return self
 
-def _connect(Client, address: str):
-    try:
-        return Client(address, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as error:
-        raise UsageError(f"cannot reach the Dask scheduler at {address}: {error}") from None
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
+    def finished(self, todo: list[Recording], plan: RunPlan, models: ModelSet,
+                 scratch: Path, progress: Progress) -> Iterator[Finished]:
+        """Annotate ``todo`` on the workers; yield each shard as it is done.
 
-def _run_tasks(client, as_completed, tasks, payload, progress) -> Iterator[ShardResult]:
-    """Submit one task per shard and yield their results as they finish."""
-    if not client.scheduler_info()["workers"]:
-        progress.message(f"waiting for a worker to join the scheduler {client.scheduler.address}")
-        client.wait_for_workers(1)
-    # Sent once to each worker now, fetched from a peer by workers that join
-    # later, then handed to every task there.
-    models = client.scatter(payload, broadcast=True, hash=False)
-    futures = [client.submit(annotate_shard, task, models, pure=False,
-                             key=f"annotate-shard-{task.shard.id}-{uuid.uuid4().hex[:8]}")
-               for task in tasks]
-    sizes = {future: len(task.shard.recordings)
-             for future, task in zip(futures, tasks, strict=True)}
-    try:
-        for future in as_completed(futures, loop=client.loop):
-            shard_result = future.result()
-            progress.advance(sizes[future], shard_result.audio_s)
-            yield shard_result
-    except AnnotateError:
-        raise
-    except Exception as error:  # a worker died, the scheduler went away
-        raise AnnotateError(
-            f"the run stopped: {type(error).__name__}: {error}. Finished shards are kept; "
-            "run the same command again to resume") from error
-    finally:
-        # Stop what is still queued (on Ctrl-C, say); closing the client
-        # releases it too, so a lost scheduler here changes nothing.
-        with contextlib.suppress(Exception):
-            client.cancel(futures)
+        Args:
+            todo: The recordings, in discovery order; read by the workers at
+                the same (absolute) paths.
+            plan: The run's plan; it travels whole to every shard task.
+            models: The run's models (their folders are sent to the workers).
+            scratch: Unused (the workers keep their own files).
+            progress: Receives the executor's messages.
 
+        Raises:
+            AnnotateError: The run could not proceed (a worker died, the
+                scheduler went away, a model failed on a worker).
+        """
+        if not todo:
+            return
+        # Workers start elsewhere: give them paths that do not depend on this cwd.
+        recordings = [Recording(r.key, os.path.abspath(r.source), r.speaker) for r in todo]
+        tasks = [ShardTask(shard, plan) for shard in make_shards(recordings, self.shard_size)]
+        yield from self._run_tasks(tasks, ModelPayload.from_models(models, plan), progress)
 
-def _sibling(url: str, name: str) -> str:
-    return url.rsplit("/", 1)[0] + "/" + name if "/" in url else name
+    def _run_tasks(self, tasks: list[ShardTask], payload: ModelPayload,
+                   progress: Progress) -> Iterator[Finished]:
+        """Submit one task per shard and yield their results as they finish."""
+        client = self.client
+        if not client.scheduler_info()["workers"]:
+            progress.message(f"waiting for a worker to join the scheduler "
+                             f"{client.scheduler.address}")
+            client.wait_for_workers(1)
+        # Sent once to each worker now, fetched from a peer by workers that join
+        # later, then handed to every task there.
+        models = client.scatter(payload, broadcast=True, hash=False)
+        futures = [client.submit(annotate_shard, task, models, pure=False,
+                                 key=f"annotate-shard-{i}-{uuid.uuid4().hex[:8]}")
+                   for i, task in enumerate(tasks)]
+        try:
+            for future in self.as_completed(futures, loop=client.loop):
+                yield future.result()
+        except AnnotateError:
+            raise
+        except Exception as error:  # a worker died, the scheduler went away
+            raise AnnotateError(
+                f"the run stopped: {type(error).__name__}: {error}. Finished recordings are "
+                "kept; run the same command again to resume") from error
+        finally:
+            # Stop what is still queued (on Ctrl-C, say); closing the client
+            # releases it too, so a lost scheduler here changes nothing.
+            with contextlib.suppress(Exception):
+                client.cancel(futures)

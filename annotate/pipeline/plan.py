@@ -112,7 +112,7 @@ def plan_run(
 ) -> RunPlan:
     """Check the options against the models and resolve every decision of the run.
 
-    Args are those of :func:`annotate.pipeline.local.run`; ``models`` are the
+    Args are those of :func:`annotate.pipeline.run.run`; ``models`` are the
     run's models (:meth:`ModelSet.with_window` applied here).
 
     Raises:

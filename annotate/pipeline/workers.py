@@ -179,13 +179,15 @@ def gated(lookahead: Lookahead | FileLookahead | None, ticket: int, function, *a
 def stop_quietly(results) -> None:
     """Cancel what is left of a stopped run's tasks (Ctrl-C, an error) without joblib's warning.
 
-    joblib warns that finished tasks went unused; the user has already been
-    told why the run stopped, and those recordings are redone on resume.
+    joblib warns that finished tasks went unused, or that running ones were
+    cancelled; the user has already been told why the run stopped, and those
+    recordings are redone on resume.
     """
     if results is None:
         return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*tasks have been successfully executed")
+        warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
         results.close()
 
 

@@ -27,8 +27,10 @@ Every system is scored on the same held-out clips, the test speakers of
 - **old CNN**: the log-mel CNNs bundled before the backbone (commit
   ``ab4d22f``, taken from git into a temporary folder) through ``annotate.run``.
 
-Test sets: Common Voice, EmoDB, EMOVO and RAVDESS held-out speakers; a
-telephone-band set (8 kHz, ``commonvoice_extra``: a sample never trained
+Test sets: Common Voice, EmoDB, EMOVO and RAVDESS held-out speakers;
+speechocean762's held-out speakers (English read by Mandarin-L1 adults and
+children: short sentences, the accented and children's speech the language
+head knows least); a telephone-band set (8 kHz, ``commonvoice_extra``: a sample never trained
 on); and recordings that switch language, made by joining held-out Common
 Voice clips (runs of 2-4 clips of one language, 2-3 runs a recording), where
 each speech segment more than 3 s away from a switch is scored. ``--loso``
@@ -83,6 +85,7 @@ TARGETS = {
     "language: emovo": (">= 0.98", "0.87-0.90", "0.99"),
     "language: ravdess": (">= 0.98", "0.99-1.00", "1.00"),
     "language: switching": (">= 0.90", "0.37", "none of the anchors labels per segment"),
+    "language: speechocean762": (">= 0.97", "0.909", "Whisper base, padded 1.00"),
     "emotion: emodb": (">= 0.85", "0.56-0.61",
                        "probe 0.75-0.78; ComParE+SVM 0.73; emotion2vec (published) 0.85"),
     "emotion: emovo": (">= 0.62", "0.33-0.38", "probe 0.53-0.57; emotion2vec (published) 0.63"),
@@ -529,6 +532,11 @@ def main() -> None:
         for name, items in sets.items()}
     if (args.corpora / "commonvoice_extra").is_dir():
         language_sets["telephone"] = telephone_set(args.corpora, work)
+    if (args.corpora / "speechocean762").is_dir():  # English of Mandarin-L1 adults and children
+        items = heldout.split(read_corpus("speechocean762", args.corpora / "speechocean762"),
+                              "test").items
+        language_sets["speechocean762"] = dict(zip(items["path"], items["language"],
+                                                   strict=True))
     timelines = (switching_set(sets["commonvoice"], work, args.switching)
                  if args.switching and "commonvoice" in sets else {})
 

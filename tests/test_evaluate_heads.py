@@ -213,7 +213,8 @@ def test_loso_refuses_a_head_without_settings_and_a_single_speaker(heads, corpus
 def cascade_models(tmp_path_factory, corpus):
     """A backbone with Whisper's language step, and a language head whose cascade asks
     Whisper for about half of the corpus' segments (its threshold: their median top
-    probability), beside an emotion head for the run."""
+    probability) and then every recording with Whisper's 30 s context, beside an
+    emotion head for the run."""
     from annotate.modelling.model_folder import LanguageCascade
     from annotate.training.evaluate import collect_items
     from annotate.training.evaluate_heads import encode_for_head, head_probabilities
@@ -233,7 +234,9 @@ def cascade_models(tmp_path_factory, corpus):
     head = create_head_folder(root / "language", "language", ["de", "en"], backbone,
                               layers=(2,), languages=["de", "en"], seed=2,
                               switch_probability=0.1,
-                              cascade=LanguageCascade(threshold, 0.6, 0.9, "tests"))
+                              cascade=LanguageCascade(threshold, 0.6, 0.9, "tests",
+                                                      context_threshold=1.0,
+                                                      context_weight=0.8))
     head = dataclasses.replace(head, training={"settings": dict(SETTINGS, layers=[2]),
                                                "seed": 3})
     write_model_folder(head, "# language\n\nAn untrained head for tests.\n")

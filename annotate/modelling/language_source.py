@@ -20,10 +20,11 @@ passed to its methods. :func:`choose_language_source` applies
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
+from annotate.features import WHISPER_CONTEXT_FRAMES, whisper_context
 from annotate.labels import WHISPER_LANGUAGES
 from annotate.modelling.model_folder import ModelSpec
 from annotate.modelling.model_set import ModelSet
@@ -213,11 +214,35 @@ class CascadeLanguage(HeadLanguage):
         threshold = language.cascade.context_threshold
         return [s for s in stretches if recording_mean(probs[s], durations[s]).max() < threshold]
 
-    def with_context(self, probs: np.ndarray, context: np.ndarray,
-                     language: ModelSpec) -> np.ndarray:
-        """A stretch's probabilities [shape=(n, k)] fused with its context's [shape=(k,)]."""
-        context = np.broadcast_to(np.asarray(context, np.float64), np.shape(probs))
-        return fuse_language(probs, context, 1.0, language.cascade.context_weight)
+    def with_context(self, probs: np.ndarray, durations: np.ndarray, frames: np.ndarray,
+                     segment: Callable[[int], np.ndarray], ask: Callable[[np.ndarray], np.ndarray],
+                     language: ModelSpec, temperature: float) -> np.ndarray:
+        """One recording's segment probabilities, its unsure stretches fused with Whisper's context.
+
+        Each stretch :meth:`context_units` picks is joined into one padded 30 s
+        window (:func:`annotate.features.whisper_context`) and put to Whisper
+        once; each of its segments' probabilities become
+        ``softmax(log p + context_weight * log p_context)``. The annotator and
+        ``annotate evaluate`` both label through here.
+
+        Args:
+            probs: The recording's segment probabilities [shape=(n, k)]
+                (:meth:`segment_probs`).
+            durations, frames: Each segment's seconds and log-mel frames [shape=(n,)].
+            segment: The ``i``-th segment's normalised log-mel at its real
+                length [shape=(frames[i], n_mels)].
+            ask: Whisper's language logits [shape=(99,)] for one window.
+            language: The language model.
+            temperature: Whisper's language temperature.
+        """
+        units = self.context_units(probs, durations, frames, language, WHISPER_CONTEXT_FRAMES)
+        out = np.array(probs, dtype=np.float64)
+        for unit in units:
+            logits = ask(whisper_context([segment(i) for i in unit]))
+            context = self.whisper_probs(np.asarray(logits)[None], temperature)
+            out[unit] = fuse_language(out[unit], np.repeat(context, len(unit), axis=0), 1.0,
+                                      language.cascade.context_weight)
+        return out
 
 
 @dataclass(frozen=True)

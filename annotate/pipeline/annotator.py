@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from annotate.features import WHISPER_CONTEXT_FRAMES, FeatureParams, whisper_context
+from annotate.features import FeatureParams
 from annotate.labels import EMOTIONS
 from annotate.modelling.inference import Classifier
 from annotate.modelling.model_set import ModelSet
@@ -164,28 +164,22 @@ class Annotator:
         return [smooth_language(p, spec.switch_probability, candidates) for p in per_recording]
 
     def _with_context(self, recording: RecordingFeatures, probs: np.ndarray) -> np.ndarray:
-        """A recording's segment probabilities, its unsure stretches fused with Whisper's context.
-
-        Each stretch the language source asks for
-        (:meth:`~annotate.modelling.language_source.CascadeLanguage.context_units`)
-        is joined into one padded 30 s window and put to Whisper's language step once.
-        """
+        """A recording's segment probabilities, its unsure stretches given Whisper's context."""
         spec, whisper = self.models.language, self.models.whisper_language
         bounds = recording.bounds[recording.speech]
         durations = bounds[:, 1] - bounds[:, 0]
         frames = spec.features.segment_frames(durations)
-        units = self.language.context_units(probs, durations, frames, spec,
-                                            WHISPER_CONTEXT_FRAMES)
-        if not units:
-            return probs
-        rows = [a for stack in recording.features[spec.features] for a in np.asarray(stack)]
-        out = np.array(probs)
-        for unit in units:
-            window = whisper_context([rows[i][: frames[i]] for i in unit])
-            logits = self.backbone(whisper.name).context_language(window)
-            context = self.language.whisper_probs(logits[None], whisper.language.temperature)[0]
-            out[unit] = self.language.with_context(probs[unit], context, spec)
-        return out
+        rows: list[np.ndarray] = []
+
+        def segment(i: int) -> np.ndarray:
+            if not rows:  # read (a spilled stack from disk) only when a stretch is asked
+                rows.extend(a for stack in recording.features[spec.features]
+                            for a in np.asarray(stack))
+            return rows[i][: frames[i]]
+
+        return self.language.with_context(
+            probs, durations, frames, segment, self.backbone(whisper.name).context_language,
+            spec, whisper.language.temperature)
 
     def _routes(self, probs: np.ndarray) -> list:
         """The emotion model of each speech segment of a recording (None: no model).

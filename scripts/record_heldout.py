@@ -24,7 +24,7 @@ from annotate.training.cards import head_card  # noqa: E402
 #: Which test sets of the benchmark measure which bundled head.
 SETS = {
     "language": ["language: commonvoice", "language: telephone", "language: emodb",
-                 "language: emovo", "language: ravdess"],
+                 "language: emovo", "language: ravdess", "language: speechocean762"],
     "emotion-de": ["emotion: emodb"],
     "emotion-it": ["emotion: emovo"],
     "emotion-en": ["emotion: ravdess"],

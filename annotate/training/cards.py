@@ -46,6 +46,19 @@ def head_card(spec: ModelSpec) -> str:
                    f"{c.validation.get('asked', float('nan')):.1%} of the validation segments. "
                    f"Chosen on {c.fitted_on} (`scripts/fit_language_cascade.py`). "
                    "`annotate run --language-id head` runs the head alone.\n")
+        if c.context_threshold is not None:
+            rows = {row["threshold"]: row for row in c.validation.get("context", [])}
+            chosen = rows.get(c.context_threshold, {})
+            cascade += (f"\n**Whisper's context.** Where a stretch of a recording (its "
+                        "segments of one language after the smoothing, up to 30 s of speech) "
+                        f"is still below {c.context_threshold} after the cascade, its speech "
+                        "is joined into one padded 30 s window and put to Whisper's language "
+                        "identification once; each segment's probabilities become "
+                        f"softmax(log p + {c.context_weight} log p_context) before the "
+                        f"smoothing: {chosen.get('asked', float('nan')):.1%} of the "
+                        "validation recordings, mean per-corpus accuracy "
+                        f"{rows.get(0.0, {}).get('mean_accuracy', float('nan')):.3f} -> "
+                        f"{chosen.get('mean_accuracy', float('nan')):.3f}.\n")
     if spec.speaker_adaptation is not None:
         a = spec.speaker_adaptation
         gains = "; ".join(f"{name} UAR {r['uar_plain']:.3f} -> {r['uar_adapted']:.3f}"

@@ -60,8 +60,10 @@ def relative_unparsed(corpus: Corpus) -> list[tuple[str, str]]:
 # --- the registry and the command-line argument --------------------------------------
 
 
-def test_registry_names_the_six_corpora():
-    assert set(CORPORA) == {"commonvoice", "cremad", "emodb", "emovo", "ravdess", "attack"}
+def test_registry_names_the_seven_corpora():
+    assert set(CORPORA) == {
+        "commonvoice", "cremad", "emodb", "emovo", "ravdess", "attack", "speechocean762",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -88,7 +90,8 @@ def test_parse_corpus_arg_rejects_unknown_name_listing_valid_ones():
     with pytest.raises(UsageError) as error:
         parse_corpus_arg("emodbx=/data")
     assert str(error.value) == (
-        "bad corpus 'emodbx', expected one of [attack, commonvoice, cremad, emodb, emovo, ravdess]"
+        "bad corpus 'emodbx', expected one of "
+        "[attack, commonvoice, cremad, emodb, emovo, ravdess, speechocean762]"
     )
 
 

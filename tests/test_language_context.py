@@ -19,7 +19,7 @@ from annotate.features import (
     whisper_context,
     whisper_log_mel,
 )
-from annotate.modelling.language_fusion import fit_context
+from annotate.modelling.language_fusion import choose_context, fit_context
 from annotate.modelling.model_folder import LanguageCascade, read_model_folder
 from annotate.modelling.model_set import ModelSet
 from annotate.modelling.posteriors import (
@@ -157,13 +157,30 @@ def test_the_fit_asks_where_the_context_pays_and_no_further():
     probs, truth, owner = np.array(probs), np.array(truth), np.array(owner)
     context = np.full((n, k), 0.1)
     context[np.arange(n), truth_rec] = 0.7  # the context is right, and fairly sure
-    fit = fit_context(probs, context, truth, owner, np.ones(len(owner)), np.array(["a"] * n))
+    fit = fit_context(probs, context, truth, owner, np.ones(len(owner)), np.array(["a"] * n),
+                      budget=1.0)
     rows = {row["threshold"]: row for row in fit.table}
     assert rows[0.0]["mean_accuracy"] < 0.8
     assert fit.weight > 0 and fit.table[-1]["mean_accuracy"] == 1.0
     # The cheapest threshold that asks every unsure recording (top 0.55) and none of the sure ones.
     assert rows[0.5]["mean_accuracy"] < 1.0
     assert fit.threshold == 0.6 and rows[0.6]["asked"] == rows[0.8]["asked"] == 0.5
+
+
+def test_the_choice_stays_within_the_budget_of_asked_recordings():
+    table = [{"threshold": t, "weight": w, "asked": a, "mean_accuracy": m}
+             for t, w, a, m in [(0.0, 0.0, 0.0, 0.970), (0.6, 2.0, 0.02, 0.975), (0.7, 2.0, 0.03, 0.980),
+                                (0.8, 2.5, 0.05, 0.986), (0.9, 2.5, 0.08, 0.987),
+                                (0.98, 2.5, 0.25, 0.989)]]
+    # Unbounded, the lowest threshold within 0.002 of the best (0.989).
+    assert choose_context(table, budget=1.0) == (0.9, 2.5)
+    # Within 5 % of recordings asked, the best of those that fit (0.986 at 0.8).
+    assert choose_context(table, budget=0.05) == (0.8, 2.5)
+    assert choose_context(table, budget=0.04) == (0.7, 2.0)
+    # Within the tolerance of the best affordable, the cheaper threshold.
+    assert choose_context(table, tolerance=0.006, budget=0.05) == (0.7, 2.0)
+    # Nothing affordable but asking no one.
+    assert choose_context(table, budget=0.0) == (0.0, 0.0)
 
 
 def test_the_context_settings_travel_in_model_json(backbone):

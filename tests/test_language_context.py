@@ -168,10 +168,15 @@ def test_the_fit_asks_where_the_context_pays_and_no_further():
 
 
 def test_the_choice_stays_within_the_budget_of_asked_recordings():
-    table = [{"threshold": t, "weight": w, "asked": a, "mean_accuracy": m}
-             for t, w, a, m in [(0.0, 0.0, 0.0, 0.970), (0.6, 2.0, 0.02, 0.975), (0.7, 2.0, 0.03, 0.980),
-                                (0.8, 2.5, 0.05, 0.986), (0.9, 2.5, 0.08, 0.987),
-                                (0.98, 2.5, 0.25, 0.989)]]
+    rows = [  # threshold, weight, share asked, mean accuracy
+        (0.0, 0.0, 0.0, 0.970),
+        (0.6, 2.0, 0.02, 0.975),
+        (0.7, 2.0, 0.03, 0.980),
+        (0.8, 2.5, 0.05, 0.986),
+        (0.9, 2.5, 0.08, 0.987),
+        (0.98, 2.5, 0.25, 0.989),
+    ]
+    table = [{"threshold": t, "weight": w, "asked": a, "mean_accuracy": m} for t, w, a, m in rows]
     # Unbounded, the lowest threshold within 0.002 of the best (0.989).
     assert choose_context(table, budget=1.0) == (0.9, 2.5)
     # Within 5 % of recordings asked, the best of those that fit (0.986 at 0.8).

@@ -18,7 +18,9 @@ search), with :func:`annotate.training.heads.train_head` -- the code behind
                    those labels (EMOVO's three training actors alone generalise less:
                    validation UAR 0.38 against 0.50 with the other corpora)
     emotion-multi  EmoDB + EMOVO + RAVDESS: the cross-lingual model for French and
-                   every other language without a model of its own
+                   every other language without a model of its own, each corpus
+                   centred on its own mean and chosen leaving one corpus out
+                   (annotate.training.transfer)
 
 Each recording is encoded once by the backbone's run-time export and cached
 (``$ANNOTATE_CACHE``, default ``~/.cache/annotate/backbone``).
@@ -69,15 +71,19 @@ def training_items(corpora: Path, names: list[str]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def training_recordings(corpora: Path, synthetic: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def training_recordings(corpora: Path, synthetic: Path, language: bool = True
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every bundled model's training recordings, and the language head's augmented copies.
 
     The originals: the training speakers of EmoDB, EMOVO, RAVDESS, Common
     Voice and speechocean762, and espeak-ng speech of Common Voice training sentences (written
     to ``synthetic``) when espeak-ng is installed. Each column ``corpus``
-    names where a recording comes from.
+    names where a recording comes from. Without ``language``, only what the
+    emotion heads train on: the emotion corpora, no copies.
     """
     emotion = training_items(corpora, ["emodb", "emovo", "ravdess"])
+    if not language:
+        return emotion, emotion.iloc[:0]
     speech = training_items(corpora, ["commonvoice"])
     accented = training_items(corpora, ["speechocean762"])
     parts = [emotion, speech, accented]
@@ -121,7 +127,8 @@ def main() -> None:
     backbone = read_backbone_folder(backbone_dir)
     backend = choose_backbone_backend(backbone, tuple(range(backbone.litert.n_layers + 1)))
 
-    originals, copies = training_recordings(args.corpora, args.synthetic)
+    originals, copies = training_recordings(args.corpora, args.synthetic,
+                                            language=only is None or "language" in only)
     encoded = encode_items(pd.concat([originals, copies], ignore_index=True), backbone, backend,
                            jobs=args.jobs)
     is_copy = copy_sources(encoded.meta) != ""
@@ -159,7 +166,8 @@ def main() -> None:
         "emotion-it": ("emotion", subset(["emovo", "emodb", "ravdess"], labels=emovo), emovo,
                        ("it",), "EMOVO + the EmoDB and RAVDESS recordings with EMOVO's labels"),
         "emotion-multi": ("emotion", subset(["emodb", "emovo", "ravdess"]), every, ("*",),
-                          "EmoDB + EMOVO + RAVDESS (cross-lingual)"),
+                          "EmoDB + EMOVO + RAVDESS (cross-lingual; each corpus centred on its "
+                          "own mean, chosen leaving one corpus out)"),
     }
     for name, (task, data, labels, languages, description) in plans.items():
         if only and name not in only:

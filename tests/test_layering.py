@@ -48,14 +48,15 @@ Inside ``pipeline``, one driver over two executors and one store:
 ==========================  ===================================================
 module                      may import, of the pipeline
 ==========================  ===================================================
-progress, speakers, spill   nothing of the pipeline
-workers                     nothing of the pipeline
+progress, spill, workers    nothing of the pipeline
+emotion_table               nothing of the pipeline
+centring, speakers          emotion_table
 plan                        speakers
 annotator                   plan
-store                       speakers (the final table adapts emotions)
+store                       centring, speakers (the final table adapts emotions)
 local (the local executor)  plan, annotator, progress, spill, store, workers
 cluster (the Dask one)      plan, annotator, progress, store
-run (the driver)            plan, progress, speakers, store, local, cluster
+run (the driver)            plan, progress, centring, speakers, store, local, cluster
 ==========================  ===================================================
 
 The executors never import the driver or each other, and only the driver
@@ -111,15 +112,18 @@ LIBRARIES: dict[str, set[str]] = {
 PIPELINE: dict[str, set[str]] = {
     "annotate.pipeline": set(),
     "annotate.pipeline.progress": set(),
-    "annotate.pipeline.speakers": set(),
+    "annotate.pipeline.emotion_table": set(),
+    "annotate.pipeline.centring": {"emotion_table"},
+    "annotate.pipeline.speakers": {"emotion_table"},
     "annotate.pipeline.spill": set(),
     "annotate.pipeline.workers": set(),
     "annotate.pipeline.plan": {"speakers"},
     "annotate.pipeline.annotator": {"plan"},
-    "annotate.pipeline.store": {"speakers"},
+    "annotate.pipeline.store": {"centring", "speakers"},
     "annotate.pipeline.local": {"plan", "annotator", "progress", "spill", "store", "workers"},
     "annotate.pipeline.cluster": {"plan", "annotator", "progress", "store"},
-    "annotate.pipeline.run": {"plan", "progress", "speakers", "store", "local", "cluster"},
+    "annotate.pipeline.run": {"plan", "progress", "centring", "speakers", "store", "local",
+                              "cluster"},
 }
 
 

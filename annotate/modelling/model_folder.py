@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,32 @@ class SpeakerAdaptation:
 
 
 @dataclass(frozen=True)
+class RunCentring:
+    """``model.json``'s ``run_centring`` entry: a head's probabilities centred on the run's.
+
+    A head trained on each corpus's states centred on its own mean
+    (:mod:`annotate.training.transfer`) hears a run the same way when the
+    table is written: its log-probabilities are centred on the run's mean,
+    shrunk towards the training mean by ``prior_s`` seconds of speech
+    (:func:`annotate.modelling.posteriors.centre_on_run`).
+
+    Attributes:
+        mean_logits: The head's mean logits over its (centred) training
+            segments, before the temperature: where a run's mean is moved to.
+        prior_s: Seconds of speech the training mean counts for.
+        fitted_on: What the mean was taken over.
+    """
+
+    mean_logits: tuple[float, ...]
+    prior_s: float
+    fitted_on: str = ""
+
+    def to_json(self) -> dict:
+        return {"mean_logits": list(self.mean_logits), "prior_s": self.prior_s,
+                "fitted_on": self.fitted_on}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model folder's description (``model.json``), validated.
 
@@ -183,6 +210,8 @@ class ModelSpec:
             the head alone.
         speaker_adaptation: For an emotion model, its temperature once
             centred per speaker (``annotate run --speakers``); None: 1.
+        run_centring: For a head trained for transfer, how its
+            probabilities are centred on the run's; None: they are not.
     """
 
     folder: Path
@@ -200,6 +229,7 @@ class ModelSpec:
     switch_probability: float | None = None
     cascade: LanguageCascade | None = None
     speaker_adaptation: SpeakerAdaptation | None = None
+    run_centring: RunCentring | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -246,6 +276,7 @@ class ModelSpec:
             **({"cascade": self.cascade.to_json()} if self.cascade else {}),
             **({"speaker_adaptation": self.speaker_adaptation.to_json()}
                if self.speaker_adaptation else {}),
+            **({"run_centring": self.run_centring.to_json()} if self.run_centring else {}),
         }
 
 
@@ -334,7 +365,24 @@ def read_model_folder(folder: str | Path) -> ModelSpec:
         cascade=_read_cascade(raw.get("cascade"), spec_path, raw["task"]),
         speaker_adaptation=_read_speaker_adaptation(raw.get("speaker_adaptation"), spec_path,
                                                     raw["task"]),
+        run_centring=_read_run_centring(raw.get("run_centring"), spec_path, raw["task"],
+                                        len(labels)),
     )
+
+
+def _read_run_centring(raw, spec_path: Path, task: str, n_labels: int) -> RunCentring | None:
+    if raw is None:
+        return None
+    means = raw.get("mean_logits") if isinstance(raw, dict) else None
+    prior = raw.get("prior_s") if isinstance(raw, dict) else None
+    if (task == "language" or not isinstance(means, list) or len(means) != n_labels
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in means)
+            or not isinstance(prior, (int, float)) or not 0 <= prior < math.inf):
+        raise ModelError(f"{spec_path}: run_centring must be an object with mean_logits (a "
+                         f"number per label) and prior_s (seconds), on an emotion or "
+                         "attitude model")
+    return RunCentring(tuple(float(v) for v in means), float(prior),
+                       str(raw.get("fitted_on", "")))
 
 
 def _read_speaker_adaptation(raw, spec_path: Path, task: str) -> SpeakerAdaptation | None:

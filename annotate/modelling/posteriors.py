@@ -55,6 +55,20 @@ The means are duration-weighted, per emotion model.
 It assumes that each speaker's recordings span their usual range of
 emotions, as in the acted corpora; a speaker heard in one emotion only is
 pulled towards the others'.
+
+**The run.** A head trained for transfer (the cross-lingual emotion model,
+:mod:`annotate.training.transfer`) learnt from each corpus centred on its
+own mean; a run is one more corpus to it. Its log-probabilities are centred
+on the run's duration-weighted mean, shrunk towards the training mean by
+the head's ``prior_s`` seconds, and moved to the training mean:
+
+    log p'(segment) = log p(segment) - mean_run(log p) + mean_logits / T
+
+For a linear head this is the head applied to the run's states centred on
+their mean. A run of a few seconds keeps its probabilities; a corpus's
+worth of speech is heard relative to itself. It assumes that the run spans
+a range of emotions, as the corpora did: a run of angry speech only is
+pulled towards the others.
 """
 
 from __future__ import annotations
@@ -288,3 +302,34 @@ def adapt_to_speakers(probs: np.ndarray, speakers: np.ndarray, durations: np.nda
     out[rows] = scores / scores.sum(axis=1, keepdims=True)
     adapted[rows] = True
     return out, adapted
+
+
+def centre_on_run(probs: np.ndarray, durations: np.ndarray, mean_logits: np.ndarray,
+                  temperature: float, prior_s: float) -> np.ndarray:
+    """A transfer head's segment probabilities, centred on the run's (see the module's "The run").
+
+    Args:
+        probs: np.ndarray [shape=(n, k)]: the head's calibrated probabilities
+            of every segment of the run.
+        durations: np.ndarray [shape=(n,)]: each segment's duration in seconds.
+        mean_logits: np.ndarray [shape=(k,)]: the head's training mean logits.
+        temperature: The head's temperature (the probabilities are ``softmax(logits / T)``).
+        prior_s: Seconds of speech the training mean counts for.
+
+    Returns:
+        np.ndarray [shape=(n, k), float64].
+    """
+    probs = np.asarray(probs, np.float64)
+    if not len(probs):
+        return probs.copy()
+    log_p = np.log(np.maximum(probs, _FLOOR))
+    weights = np.maximum(np.asarray(durations, np.float64), 1e-9)
+    target = np.asarray(mean_logits, np.float64) / temperature
+    seconds = float(weights.sum())
+    run_mean = np.average(log_p, axis=0, weights=weights)
+    # Log-probabilities and logits / T differ by a constant per row: softmax ignores it.
+    centre = (run_mean * seconds + target * prior_s) / (seconds + prior_s)
+    scores = log_p - centre + target
+    scores -= scores.max(axis=1, keepdims=True)
+    scores = np.exp(scores)
+    return scores / scores.sum(axis=1, keepdims=True)

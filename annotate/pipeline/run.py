@@ -24,6 +24,7 @@ from pathlib import Path
 from annotate.audio.discover import Failure, discover
 from annotate.errors import UsageError
 from annotate.modelling.model_set import ModelSet
+from annotate.pipeline.centring import Centring
 from annotate.pipeline.plan import plan_run
 from annotate.pipeline.progress import Progress
 from annotate.pipeline.speakers import Speakers
@@ -213,5 +214,6 @@ def run(
             store.write_part(Finished(plan.schema.empty_table()), tuple(held))
         progress.stop()
         result.failures = [*failures, *done.failures.values()]
-        store.finalize(plan.schema, plan.metadata, failures, adaptation)
+        store.finalize(plan.schema, plan.metadata, failures, Centring.of_models(models),
+                       adaptation)
     return result

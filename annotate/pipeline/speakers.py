@@ -20,8 +20,8 @@ import pyarrow as pa
 
 from annotate.audio.discover import Recording
 from annotate.errors import UsageError, expected_one_of
-from annotate.labels import EMOTIONS
 from annotate.modelling.posteriors import MIN_SPEECH_S, PRIOR_S, adapt_to_speakers
+from annotate.pipeline.emotion_table import EmotionColumns
 
 #: Where ``--speakers`` takes each recording's speaker from.
 SPEAKER_SOURCES = ("folder", "manifest")
@@ -80,38 +80,18 @@ def adapt_table(table: pa.Table, speaker_of: Mapping[str, str | None],
         The table (emotion, emotion_p and emo_* replaced on adapted rows; the
         rest as it was) and a summary for the run's metadata.
     """
-    columns = [f"emo_{label}" for label in EMOTIONS]
-    models = table.column("emotion_model").to_pylist()
-    paths = table.column("path").to_pylist()
-    starts = table.column("start_s").to_numpy()
-    ends = table.column("end_s").to_numpy()
-    values = {name: table.column(name).to_pylist() for name in columns}
-    emotion = table.column("emotion").to_pylist()
-    emotion_p = table.column("emotion_p").to_pylist()
+    columns = EmotionColumns(table)
     summary = {"speakers": len({s for s in speaker_of.values() if s is not None}),
                "prior_s": PRIOR_S, "min_speech_s": MIN_SPEECH_S, "models": {}}
-    for model in sorted({m for m in models if m is not None}):
-        rows = np.flatnonzero([m == model for m in models])
-        present = [c for c in columns if values[c][rows[0]] is not None]
-        probs = np.array([[values[c][r] for c in present] for r in rows], np.float64)
-        speakers = np.array([speaker_of.get(paths[r]) for r in rows], dtype=object)
+    for model in columns.model_names():
+        rows, present, probs = columns.probabilities(model)
+        speakers = np.array([speaker_of.get(columns.paths[r]) for r in rows], dtype=object)
         temperature = float(temperatures.get(model, 1.0))
-        new, adapted = adapt_to_speakers(probs, speakers, ends[rows] - starts[rows],
-                                         temperature)
-        for j, column in enumerate(present):
-            for i in np.flatnonzero(adapted):
-                values[column][rows[i]] = float(new[i, j])
-        for i in np.flatnonzero(adapted):
-            best = int(np.argmax(new[i]))
-            emotion[rows[i]] = present[best].removeprefix("emo_")
-            emotion_p[rows[i]] = float(new[i, best])
+        new, adapted = adapt_to_speakers(probs, speakers, columns.durations[rows], temperature)
+        columns.replace(rows[adapted], present, new[adapted])
         summary["models"][model] = {
             "temperature": temperature, "segments": len(rows),
             "adapted_segments": int(adapted.sum()),
             "speakers_adapted": len({s for s, a in zip(speakers, adapted, strict=True) if a})}
-    replaced = {"emotion": emotion, "emotion_p": emotion_p, **values}
-    for name, column in replaced.items():
-        index = table.schema.get_field_index(name)
-        table = table.set_column(index, table.schema.field(name),
-                                 pa.array(column, type=table.schema.field(name).type))
+    table = columns.to_table()
     return table, summary

@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 
 from annotate.audio.discover import Failure
 from annotate.errors import StateError, UsageError
+from annotate.pipeline.centring import Centring
 from annotate.pipeline.speakers import Speakers
 from annotate.schema import failures_schema
 
@@ -477,13 +478,14 @@ class Store:
         self.finished.add(finished.recordings, failures)
 
     def finalize(self, schema: pa.Schema, metadata: dict, failures: list[Failure],
-                 speakers: Speakers | None = None) -> None:
+                 centring: Centring | None = None, speakers: Speakers | None = None) -> None:
         """Write the failures table, then the output (sorted by path, start), then clean up.
 
         Args:
             schema: The segments table's schema.
             metadata: The output's metadata.
             failures: Failures of the run not in any part (discovery's).
+            centring: Centre the transfer heads' emotions on the run.
             speakers: Adapt the emotions to each speaker (``--speakers``).
 
         Raises:
@@ -493,7 +495,8 @@ class Store:
         everything = [*failures, *self.finished.failures.values()]
         write_table(self.fs, self.failures_path, failures_table(everything))
         tables = [self._read_back(name) for name in self._part_names]
-        write_table(self.fs, self.path, final_table(tables, schema, metadata, speakers))
+        write_table(self.fs, self.path, final_table(tables, schema, metadata, centring,
+                                                          speakers))
         # The fingerprint goes first: if the clean-up is cut short, the parts
         # left behind are never taken for a resume of other settings.
         self.fs.rm(self.folder + "/fingerprint.json")
@@ -529,16 +532,21 @@ def _take_lock(folder: str, output: str):
 
 
 def final_table(tables: list[pa.Table], schema: pa.Schema, metadata: dict,
-                speakers: Speakers | None = None) -> pa.Table:
+                centring: Centring | None = None, speakers: Speakers | None = None) -> pa.Table:
     """The output table from its parts: one schema, sorted by (path, start), with metadata.
 
-    With ``speakers`` (``annotate run --speakers``), its emotions are made
+    With ``centring``, the emotions of heads trained for transfer are centred
+    on the run (:mod:`annotate.pipeline.centring`); the metadata gains
+    ``run_centring``. Then, with ``speakers`` (``annotate run --speakers``), its emotions are made
     relative to each speaker (:mod:`annotate.pipeline.speakers`), over every
     recording of the run; the metadata gains ``speaker_adaptation``.
     """
     tables = [t.cast(schema) for t in tables]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     table = table.sort_by([("path", "ascending"), ("start_s", "ascending")])
+    if centring is not None:
+        table, summary = centring.adapt(table)
+        metadata = {**metadata, "run_centring": summary}
     if speakers is not None:
         table, summary = speakers.adapt(table)
         metadata = {**metadata, "speaker_adaptation": summary}

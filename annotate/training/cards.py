@@ -59,6 +59,24 @@ def head_card(spec: ModelSpec) -> str:
                         "validation recordings, mean per-corpus accuracy "
                         f"{rows.get(0.0, {}).get('mean_accuracy', float('nan')):.3f} -> "
                         f"{chosen.get('mean_accuracy', float('nan')):.3f}.\n")
+    loco = spec.metrics.get("leave_one_corpus_out")
+    if loco:
+        figures = "".join(
+            f"| {name} | {r['recordings']} | {r['uar']:.3f} | {r['accuracy']:.3f} | "
+            f"{r['ece']:.3f} |\n" for name, r in loco.get("corpora", {}).items())
+        cascade += (
+            "\n**Chosen for transfer.** Each training corpus's states were centred on their "
+            "own mean, and the settings were chosen leaving one corpus out: trained on the "
+            "others, scored on the one left out in its own language, over the emotions every "
+            f"corpus has ({', '.join(loco.get('labels', []))}). The temperature was fitted on "
+            "those left-out predictions. `annotate run` centres a run the same way: the "
+            "log-probabilities of this model's segments are centred on their mean over the "
+            "run, shrunk towards the training mean by "
+            f"{spec.run_centring.prior_s:g} s of speech, so a run of a few seconds keeps its "
+            "probabilities and a corpus is heard relative to itself. Left out in turn (UAR "
+            f"{loco.get('mean_uar', float('nan')):.3f} on average):\n\n"
+            "| corpus left out | recordings | UAR | accuracy | ECE |\n|---|---|---|---|---|\n"
+            f"{figures}" if spec.run_centring is not None else "")
     if spec.speaker_adaptation is not None:
         a = spec.speaker_adaptation
         gains = "; ".join(f"{name} UAR {r['uar_plain']:.3f} -> {r['uar_adapted']:.3f}"

@@ -23,10 +23,16 @@ import pandas as pd
 
 from annotate.errors import UsageError
 from annotate.modelling.backbone_folder import BackboneSpec
-from annotate.modelling.model_folder import BackboneInput, ModelSpec, write_model_folder
-from annotate.modelling.posteriors import recording_means, softmax, uar
+from annotate.modelling.model_folder import (
+    BackboneInput,
+    ModelSpec,
+    RunCentring,
+    write_model_folder,
+)
+from annotate.modelling.posteriors import PRIOR_S, recording_means, softmax, uar
 from annotate.training.calibration import (
     calibration_rows,
+    corpus_weights,
     fit_language_cascade,
     fit_speaker_adaptation,
     fit_switch_probability,
@@ -51,6 +57,15 @@ from annotate.training.search import (
     search_settings,
     speaker_folds,
     validation_score,
+)
+from annotate.training.transfer import (
+    centre_corpora,
+    corpus_folds,
+    has_corpora_to_leave_out,
+    learnable_elsewhere,
+    shared_labels,
+    transfer_metrics,
+    transfer_score,
 )
 
 
@@ -90,6 +105,9 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
     from annotate.training.metrics import expected_calibration_error
 
     data = data.subset(data.meta["label"].isin(labels).to_numpy())
+    transfer = task != "language" and "*" in languages and has_corpora_to_leave_out(data)
+    if transfer:
+        data, _ = centre_corpora(data)
     data, copy_data, copy_original = data.split_copies()
     copies = Copies(copy_data, copy_original) if len(copy_original) else None
     index = {label: i for i, label in enumerate(labels)}
@@ -104,13 +122,39 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
     report(f"{task} head on {backbone.name}: {len(data.meta)} recordings "
            f"(+ {len(copy_original)} augmented copies), {len(set(speakers))} speakers, "
            f"{len(folds)} speaker folds, {trials} search trials")
-    settings, history = search_settings(data, y_rec, len(labels), folds, trials, max_layer, seed,
-                                        report, copies)
+    search = {"folds": folds, "objective": None, "hidden": (0, 256),
+              "text": "per-recording UAR of each corpus on the out-of-fold predictions, "
+                      "averaged over corpora"}
+    if transfer:
+        corpus = corpus_codes(data)
+        shared = shared_labels(y_rec, corpus, len(labels))
+        search = {"folds": corpus_folds(data),
+                  "objective": lambda rec: transfer_score(y_rec, rec, corpus, shared),
+                  "hidden": (0,),
+                  "text": "leave one corpus out (each corpus centred on its own mean): per-"
+                          "recording UAR over the emotions every corpus has ("
+                          + ", ".join(labels[k] for k in shared) + "), averaged over the "
+                          "corpora left out; linear heads only (run centring is exact for them)"}
+        report(f"chosen for transfer: {len(search['folds'])} corpora, each left out in turn, "
+               f"scored on {', '.join(labels[k] for k in shared)}")
+    settings, history = search_settings(data, y_rec, len(labels), search["folds"], trials,
+                                        max_layer, seed, report, copies, search["objective"],
+                                        search["hidden"])
     logits = out_of_fold_logits(data, y_rec, len(labels), settings, folds, seed, copies)
     x, owner, durations = data.segments(tuple(settings["layers"]))
-    fitted = calibration_rows(data, languages)
-    served = fitted[owner]
-    temperature = fit_temperature(logits[served], y_rec[owner][served])
+    served = calibration_rows(data, languages)
+    fitted = served
+    if transfer:
+        # Calibrated where it is used, on corpora it never heard: the left-out corpus's logits.
+        transfer_logits = out_of_fold_logits(data, y_rec, len(labels), settings,
+                                             search["folds"], seed, copies)
+        fitted = learnable_elsewhere(y_rec, corpus)
+        temperature = fit_temperature(transfer_logits[fitted[owner]], y_rec[owner][fitted[owner]])
+    elif task == "language":
+        temperature = fit_temperature(logits, y_rec[owner])
+    else:  # every corpus it trained on, each weighing the same
+        fitted = np.ones(len(data.meta), bool)
+        temperature = fit_temperature(logits, y_rec[owner], corpus_weights(data)[owner])
     rec = recording_means(softmax(logits, temperature), owner, durations, len(data.meta))
     metrics = {
         "split": f"out-of-fold over {len(folds)} speaker-disjoint folds of the training speakers",
@@ -123,10 +167,21 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         "segment_ece": float(expected_calibration_error(softmax(logits, temperature),
                                                         y_rec[owner])),
         "temperature_fitted_on": int(fitted.sum()),
-        "ece_where_fitted": float(expected_calibration_error(rec[fitted], y_rec[fitted])),
+        "ece_where_fitted": float(expected_calibration_error(rec[served], y_rec[served])),
     }
+    if "corpus" in data.meta:
+        corpora = data.meta["corpus"].astype(str).to_numpy()
+        metrics["ece_per_corpus"] = {
+            c: float(expected_calibration_error(rec[corpora == c], y_rec[corpora == c]))
+            for c in sorted(set(corpora))}
     report(f"validation: UAR {metrics['uar']:.3f}, accuracy {metrics['accuracy']:.3f}, "
            f"ECE {metrics['ece']:.3f}, temperature {temperature:.2f}")
+    loco = None
+    if transfer:
+        loco = transfer_metrics(data, y_rec, labels, shared, softmax(transfer_logits, temperature),
+                                owner, durations)
+        report(f"leave one corpus out: UAR {loco['mean_uar']:.3f} ("
+               + ", ".join(f"{c} {r['uar']:.3f}" for c, r in loco["corpora"].items()) + ")")
     switch = None
     if smooth_language:
         switch, switch_table = fit_switch_probability(
@@ -143,13 +198,21 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         corpus = data.meta.get("corpus", pd.Series([""] * len(data.meta))).astype(str)
         speaker_fit = fit_speaker_adaptation(
             softmax(logits, temperature), owner, durations, y_rec, speakers,
-            corpus.to_numpy(), fitted, len(labels),
+            corpus.to_numpy(), served, len(labels),
             f"the training recordings it serves, out of fold over {len(folds)} speaker folds, "
             "each corpus adapted as one run", report)
     x, owner, durations, _ = training_rows(data, copies, tuple(settings["layers"]))
     y = y_rec[owner]
     weights = balanced_weights(y, len(labels), corpus_codes(data)[owner]) * durations / 3.0
     model = fit_head(x, y, weights, len(labels), settings, seed)
+    run_centring = None
+    if transfer:
+        x, owner, durations = data.segments(tuple(settings["layers"]))
+        mean_logits = np.average(model.predict(x, batch_size=256, verbose=0), axis=0,
+                                 weights=durations)
+        run_centring = RunCentring(
+            tuple(float(v) for v in mean_logits), PRIOR_S,
+            "the training recordings, each corpus centred on its own mean")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save(output_dir / "model.keras")
@@ -164,17 +227,18 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
             "augmented_copies": int(len(copy_original)),
             "settings": jsonable(settings),
             "search": {"trials": trials, "sampler": "optuna TPE" if trials else None,
-                       "objective": "per-recording UAR of each corpus on the out-of-fold "
-                                    "predictions, averaged over corpora",
+                       "objective": search["text"],
                        "history": history},
             "seed": seed,
         },
-        metrics={"validation": metrics},
+        metrics={"validation": metrics,
+                 **({"leave_one_corpus_out": loco} if loco is not None else {})},
         backbone=BackboneInput(backbone.name, tuple(settings["layers"]), "stats",
                                backbone.pooled_width),
         switch_probability=switch,
         cascade=fitted_cascade,
         speaker_adaptation=speaker_fit,
+        run_centring=run_centring,
     )
     spec = convert_to_litert(spec, required=False)
     write_model_folder(spec, head_card(spec))

@@ -60,12 +60,13 @@ def unweighted_average_recall(true: np.ndarray, scores: np.ndarray) -> float:
     return uar(true, scores.argmax(axis=1), scores.shape[1])
 
 
-def negative_log_likelihood(logits: np.ndarray, true: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true labels under ``softmax(logits)``."""
+def negative_log_likelihood(logits: np.ndarray, true: np.ndarray,
+                            weights: np.ndarray | None = None) -> float:
+    """Mean negative log-likelihood of the true labels under ``softmax(logits)`` (weighted)."""
     logits = np.asarray(logits, np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-log_probs[np.arange(len(true)), true].mean())
+    return float(-np.average(log_probs[np.arange(len(true)), true], weights=weights))
 
 
 def classification_metrics(true: np.ndarray, probs: np.ndarray, labels) -> dict:

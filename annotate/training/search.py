@@ -10,6 +10,8 @@ never seen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from annotate.errors import UsageError
@@ -120,17 +122,29 @@ def validation_score(true: np.ndarray, predicted: np.ndarray, corpus: np.ndarray
 
 def search_settings(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int,
                     folds: list[np.ndarray], trials: int, max_layer: int, seed: int,
-                    report: Report, copies: Copies | None = None) -> tuple[dict, list[dict]]:
-    """The settings with the best mean validation UAR over ``trials`` TPE trials."""
+                    report: Report, copies: Copies | None = None,
+                    objective: Callable[[np.ndarray], float] | None = None,
+                    hidden: tuple[int, ...] = (0, 256)) -> tuple[dict, list[dict]]:
+    """The settings with the best validation score over ``trials`` TPE trials.
+
+    Args:
+        objective: Scores the recordings' out-of-fold probabilities
+            [shape=(n_recordings, n_labels)]; default: :func:`validation_score`.
+        hidden: The hidden widths the search may choose (0: a linear head).
+    """
     choices = [c for c in LAYER_CHOICES if max(c) <= max_layer] or [(max_layer,)]
     _, owner, durations = data.segments(choices[0])
 
     corpus = corpus_codes(data)
 
+    def judge(rec: np.ndarray) -> float:
+        if objective is not None:
+            return objective(rec)
+        return validation_score(y_rec, rec.argmax(axis=1), corpus, n_labels)
+
     def score(settings: dict) -> float:
         logits = out_of_fold_logits(data, y_rec, n_labels, settings, folds, seed, copies)
-        rec = recording_means(softmax(logits), owner, durations, len(y_rec))
-        return validation_score(y_rec, rec.argmax(axis=1), corpus, n_labels)
+        return judge(recording_means(softmax(logits), owner, durations, len(y_rec)))
 
     if trials <= 0:
         settings = dict(DEFAULT_SETTINGS, layers=choices[-1] if max_layer < 4 else (3, 4))
@@ -140,10 +154,10 @@ def search_settings(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     history: list[dict] = []
 
-    def objective(trial) -> float:
+    def trial_score(trial) -> float:
         settings = {
             "layers": choices[trial.suggest_categorical("layers", list(range(len(choices))))],
-            "hidden": trial.suggest_categorical("hidden", [0, 256]),
+            "hidden": trial.suggest_categorical("hidden", list(hidden)),
             "l2": trial.suggest_float("l2", 1e-5, 1e-1, log=True),
             "dropout": trial.suggest_float("dropout", 0.0, 0.6),
             "learning_rate": trial.suggest_float("learning_rate", 2e-4, 3e-3, log=True),
@@ -160,7 +174,7 @@ def search_settings(data: EncodedRecordings, y_rec: np.ndarray, n_labels: int,
     study.enqueue_trial({"layers": choices.index((3, 4)) if (3, 4) in choices else 0,
                          "hidden": 0, "l2": 1e-3, "dropout": 0.2, "learning_rate": 1e-3,
                          "epochs": 40})
-    study.optimize(objective, n_trials=trials)
+    study.optimize(trial_score, n_trials=trials)
     best = max(history, key=lambda h: h["validation_uar"])["settings"]
     return dict(best, layers=tuple(best["layers"])), history
 

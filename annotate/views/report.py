@@ -326,6 +326,13 @@ def _emotions(data: ReportData) -> str:
             for lang in counts.index]
     header = ["language", "segments", *(_swatch(plots.emotion_colour(e)) + _e(e) for e in labels)]
     table = _table(header, rows, numeric=set(range(1, len(header))), raw_header=True)
+    centred = (data.metadata.get("run_centring") or {}).get("models")
+    per_run = ""
+    if centred:
+        per_run = (" The cross-lingual model's emotions are relative to this run ("
+                   + _e(", ".join(f"{name}: {m['speech_s']:.0f} s of speech"
+                                  for name, m in centred.items()))
+                   + "), as it learnt each corpus relative to itself.")
     adapted = data.metadata.get("speaker_adaptation")
     per_speaker = ""
     if adapted:
@@ -336,7 +343,7 @@ def _emotions(data: ReportData) -> str:
                                       for name, n in done.items()))
                        + "; speakers with too little speech keep the model's own).")
     return (head + '<p class="lede">Emotion of each speech segment, by the segment\'s '
-            "language. Labels an emotion model does not have stay empty." + per_speaker
+            "language. Labels an emotion model does not have stay empty." + per_run + per_speaker
             + "</p>" + _figure(figure, "Emotion distribution per language (share of speech segments)")
             + table + "</section>")
 

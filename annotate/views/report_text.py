@@ -54,6 +54,10 @@ def print_report(console: Console, report: dict) -> None:
     models = report["run"]["models"]
     if models:
         console.print("models: " + ", ".join(f"{m['name']} ({m['task']})" for m in models))
+    centred = (report["run"].get("run_centring") or {}).get("models")
+    if centred:
+        console.print("emotions relative to the run: " + ", ".join(
+            f"{name} ({m['speech_s']:.0f} s of speech)" for name, m in centred.items()))
     adapted = report["run"].get("speaker_adaptation")
     if adapted:
         done = sum(m["speakers_adapted"] > 0 for m in adapted["models"].values())

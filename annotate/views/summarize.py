@@ -142,7 +142,7 @@ def summarize(path: str | Path) -> dict:
         report["failures"] = {"count": None, "by_error": {}, "examples": []}
     metadata = read_metadata(path)
     report["run"] = {k: metadata.get(k) for k in ("version", "settings", "fingerprint",
-                                                  "speaker_adaptation")}
+                                                  "run_centring", "speaker_adaptation")}
     report["run"]["models"] = [
         {k: m.get(k) for k in ("name", "task", "languages", "hash")}
         for m in metadata.get("models", [])

@@ -210,13 +210,36 @@ def test_fit_weights_and_threshold_on_validation_segments():
     whisper /= whisper.sum(axis=1, keepdims=True)
     owner = np.arange(n)
     group = np.where(np.arange(n) % 2 == 0, "a", "b")
-    fit = fit_cascade(head, whisper, truth, owner, np.ones(n), group)
+    fit = fit_cascade(head, whisper, truth, owner, np.ones(n), group, budget=1.0)
     assert fit.whisper_weight > 0  # (the head says the same on every unsure segment)
     assert 0.4 < fit.threshold <= 0.7  # ... so only the unsure segments go to it
     chosen = next(row for row in fit.table if row["threshold"] == fit.threshold)
     assert chosen["mean_accuracy"] == 1.0
     assert abs(chosen["asked"] - (~sure).mean()) < 1e-9
     assert fit_weights(head, head, truth)[0] > 0
+
+
+def test_the_cascade_asks_no_more_segments_than_its_budget():
+    """Whisper helps on every unsure segment, but 30 % of them cost more than the 20 % allowed."""
+    rng = np.random.default_rng(1)
+    n = 400
+    truth = rng.integers(0, 4, n)
+    unsure = np.arange(n) < 120  # 30 %, their top probability 0.3-0.6: the lower half first
+    head = np.full((n, 4), 0.02)
+    head[np.arange(n), truth] = 0.94
+    level = np.linspace(0.3, 0.6, 120)
+    head[:120] = ((1 - level) / 3)[:, None]
+    head[np.arange(120), (truth[:120] + 1) % 4] = level  # unsure and wrong
+    whisper = np.full((n, 4), 0.05)
+    whisper[np.arange(n), truth] = 0.85
+    owner, group = np.arange(n), np.where(np.arange(n) % 2 == 0, "a", "b")
+    free = fit_cascade(head, whisper, truth, owner, np.ones(n), group, budget=1.0)
+    assert next(r for r in free.table if r["threshold"] == free.threshold)["asked"] >= 0.3
+    bounded = fit_cascade(head, whisper, truth, owner, np.ones(n), group)
+    chosen = next(r for r in bounded.table if r["threshold"] == bounded.threshold)
+    assert 0 < chosen["asked"] <= 0.2 and bounded.whisper_weight > 0
+    assert bounded.table == free.table  # the same validation table, another choice
+    assert unsure.mean() == pytest.approx(0.3)
 
 
 def test_a_bad_cascade_entry_is_refused(backbone):

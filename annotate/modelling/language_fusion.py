@@ -29,6 +29,13 @@ from annotate.modelling.posteriors import apply_cascade, fuse_language
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
 #: Each fusion weight the fit tries.
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(26))
+#: The largest share of validation segments the chosen threshold may send to
+#: Whisper's language step. Each ask is Whisper's last two blocks and its
+#: decoder's first step, about what the encoder's first four cost: 0.2 is
+#: what the cascade asked when it was made the default (0.175 of the
+#: segments, about 5 % of the run, docs/benchmarks.md), so the step's cost
+#: does not grow past that when a retrained head is less sure of itself.
+CASCADE_BUDGET = 0.2
 
 
 def fit_weights(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
@@ -65,7 +72,7 @@ class CascadeFit:
 def fit_cascade(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
                 owner: np.ndarray, durations: np.ndarray, group: np.ndarray,
                 tolerance: float = 0.002, thresholds=THRESHOLDS,
-                min_asked: int = 20) -> CascadeFit:
+                min_asked: int = 20, budget: float = CASCADE_BUDGET) -> CascadeFit:
     """Fusion weights and threshold on validation segments.
 
     For each threshold, the weights are fitted on the segments it sends to
@@ -85,6 +92,7 @@ def fit_cascade(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
         thresholds: The thresholds tried, ascending.
         min_asked: Fewer segments sent than this: no fusion weights are fitted
             (the head's answer stands).
+        budget: The largest share of segments the chosen threshold may send.
     """
     group = np.asarray(group)
     n_recordings = int(owner.max()) + 1 if len(owner) else 0
@@ -106,8 +114,9 @@ def fit_cascade(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
         table.append({"threshold": float(threshold), "head_weight": a, "whisper_weight": b,
                       "asked": float(asked.mean()),
                       "mean_accuracy": float(np.mean(list(accuracy.values()))), **accuracy})
-    best = max(row["mean_accuracy"] for row in table)
-    chosen = next(row for row in table if row["mean_accuracy"] >= best - tolerance)
+    affordable = [row for row in table if row["asked"] <= budget] or table[:1]
+    best = max(row["mean_accuracy"] for row in affordable)
+    chosen = next(row for row in affordable if row["mean_accuracy"] >= best - tolerance)
     return CascadeFit(chosen["threshold"], chosen["head_weight"], chosen["whisper_weight"], table)
 
 

@@ -245,6 +245,80 @@ def network_ms_per_segment(models, results: list) -> float:
     return cost
 
 
+def encoders_alone(models, results: list, work: Path, threads: int,
+                   candidates: list[Path] = ()) -> dict:
+    """The encoder alone on the corpus's own speech segments: each runtime, and the anchor.
+
+    The anchor is CTranslate2's int8 Whisper base encoder (what
+    faster-whisper runs; all 6 blocks) on the same log-mels, at their real
+    length, in batches of 16 (a batch padded to its longest segment), on
+    ``threads`` threads. The candidates are the bundled backbone's LiteRT
+    export as the run loads it (its lanes, one segment a call), the same
+    blocks with float16 weights (built once under ``work``) when the bundled
+    ones are not, and any other backbone folder in ``candidates`` (such as
+    a dynamic-range int8 export). Each figure is seconds of speech per second.
+    """
+    from annotate.backbone.runtime import Backbone
+    from annotate.modelling.backbone_folder import read_backbone_folder
+
+    out: dict[str, dict] = {}
+    if not models.backbones:
+        return out
+    name, bundled = next(iter(models.backbones.items()))
+    params = next(s.features for s in models.specs
+                  if s.backbone is not None and s.backbone.name == name)
+    stacks = [r.features[params] for r in results if r.features]
+    frames = np.concatenate([_speech_frames(r, params) for r in results if r.features])
+    speech_s = float(frames.sum()) * params.hop_s
+    candidates_extra = list(candidates)
+    candidates = {f"LiteRT, {bundled.litert.quantization} (bundled)": bundled.folder}
+    if bundled.litert.quantization != "float16":
+        float16 = work / "whisper-base-float16"
+        if not (float16 / "backbone.json").is_file():
+            subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "scripts"
+                                                / "build_backbone.py"), "--out", str(float16),
+                            "--quantization", "float16"], check=True, capture_output=True)
+        candidates["LiteRT, float16"] = float16
+    for folder in candidates_extra:
+        quantization = read_backbone_folder(folder).litert.quantization
+        candidates[f"LiteRT, {quantization} ({folder})"] = folder
+    layers = models.backbone_layers(name)
+    for label, folder in candidates.items():
+        runner = Backbone(read_backbone_folder(folder), layers, "litert", params.n_frames).load()
+        runner.pooled(stacks[:1], frames[: len(stacks[0])])  # first call
+        start = time.perf_counter()
+        runner.pooled(stacks, frames)
+        wall = time.perf_counter() - start
+        out[label] = {"wall_s": wall, "x_real_time": speech_s / wall, "blocks": layers[-1]}
+    try:
+        import ctranslate2
+    except ImportError:
+        return out
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from accuracy import whisper_model_dir
+
+    model = ctranslate2.models.Whisper(str(whisper_model_dir(work / "whisper-base-ct2")),
+                                       device="cpu", compute_type="int8",
+                                       intra_threads=threads)
+    rows = [np.asarray(stack)[i, : int(frames[k])].T
+            for k, (stack, i) in enumerate((s, i) for s in stacks for i in range(len(s)))]
+    batches = []
+    for first in range(0, len(rows), 16):
+        part = rows[first : first + 16]
+        batch = np.zeros((len(part), part[0].shape[0], max(r.shape[1] for r in part)), np.float32)
+        for j, r in enumerate(part):
+            batch[j, :, : r.shape[1]] = r
+        batches.append(batch)
+    model.encode(ctranslate2.StorageView.from_array(batches[0]))  # first call
+    start = time.perf_counter()
+    for batch in batches:
+        model.encode(ctranslate2.StorageView.from_array(batch))
+    wall = time.perf_counter() - start
+    out["anchor: CTranslate2 int8, all 6 blocks, batches of 16"] = {
+        "wall_s": wall, "x_real_time": speech_s / wall, "blocks": 6}
+    return out
+
+
 def _speech_frames(result, params) -> np.ndarray:
     """Log-mel frames of each speech segment of a chunk result at its real length."""
     bounds = result.bounds[result.speech]
@@ -342,6 +416,8 @@ def main() -> None:
     parser.add_argument("--language-model", type=Path)
     parser.add_argument("--emotion-model", action="append", default=[])
     parser.add_argument("--quick", action="store_true", help="only the 30 min WAV corpus")
+    parser.add_argument("--backbone-candidate", type=Path, action="append", default=[],
+                        help="another backbone folder to time the encoder alone on")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--whisper-compute-type", default="int8",
                         help="CTranslate2 compute type for Whisper's detect_language")
@@ -376,6 +452,7 @@ def main() -> None:
     rows: dict[str, dict] = {}
     failed: dict[str, str] = {}
     network_ms = None
+    encoders: dict[str, dict] = {}
     for name, (folder, samples, file_s, rate, fmt) in corpora.items():
         duration = build_corpus(folder, samples, file_s, rate, fmt)
         result = run_annotate(folder, args.work / f"{name}.parquet", model_args)
@@ -390,6 +467,9 @@ def main() -> None:
         result["run_over_floor"] = result["wall_s"] / result["floor_s"]
         if network_ms is None:
             network_ms = network_ms_per_segment(models, chunk_results)
+        if name == "wav16k_30min":
+            encoders = encoders_alone(models, chunk_results, args.work, jobs,
+                                      args.backbone_candidate)
         segments = sum(len(r.speech) for r in chunk_results)
         speech = sum(int(r.speech.sum()) for r in chunk_results)
         del chunk_results
@@ -427,7 +507,7 @@ def main() -> None:
         f"{s.name} ({'head on ' + s.backbone.name if s.backbone else 'log-mel network'})"
         for s in models.specs)
     print(f"models: {described}")
-    print(f"machine: {platform.processor() or platform.machine()}, {jobs} cores, "
+    print(f"machine: {cpu_name()} ({', '.join(cpu_flags()) or 'flags unknown'}), {jobs} cores, "
           f"python {platform.python_version()}; feature workers: {resolve_workers('auto', jobs)}; "
           f"networks: {network_ms:.2f} ms per speech segment "
           f"({'backbone + ' if models.backbones else ''}language + emotion); "
@@ -465,6 +545,14 @@ def main() -> None:
     elif args.whisper_minutes > 0:
         print("note: Whisper per segment skipped: faster-whisper is not installed "
               "(pip install '.[bench]')")
+    if encoders and "wav16k_30min" in rows:
+        print(f"the encoder alone on wav16k_30min's speech segments ({jobs} threads in all):")
+        anchor = next((r for k, r in encoders.items() if k.startswith("anchor")), None)
+        for label, r in encoders.items():
+            print(f"  {label}: {r['x_real_time']:.0f}x real time (blocks 1-{r['blocks']})")
+        if anchor:
+            print(f"default run / anchor: {run_x:.0f}x / {anchor['x_real_time']:.0f}x = "
+                  f"{run_x / anchor['x_real_time']:.2f}")
     print()
     print_targets(rows, failed, naive_x)
     if args.json:
@@ -473,8 +561,32 @@ def main() -> None:
                                          "network_ms_per_segment": network_ms,
                                          "start_up_s": start_s, "whisper_per_segment": whisper,
                                          "whisper_language_id": whisper_id,
-                                         "head_language_id": sources.get("head")},
+                                         "head_language_id": sources.get("head"),
+                                         "encoders_alone": encoders},
                                         indent=2))
+
+
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features the encoder's kernels may use, of those ``/proc/cpuinfo`` lists."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return [f for f in wanted if f in flags]
 
 
 def print_targets(rows: dict, failed: dict, naive_x: float) -> None:

@@ -137,6 +137,23 @@ def test_context_on_litert_and_keras_agree(backbone):
     np.testing.assert_allclose(litert, keras, atol=0.05)
 
 
+def test_the_context_step_borrows_the_lanes_interpreters_and_leaves_them_as_they_were(backbone):
+    """With the language step shared (the cascade), the window runs on the lanes' own
+    interpreters, resized for it and back: the bits of a separate pair, the lanes unchanged."""
+    rng = np.random.default_rng(5)
+    window = (rng.standard_normal((WHISPER_CONTEXT_FRAMES, 16)) * 0.3).astype(np.float32)
+    segment = (rng.standard_normal((1, 100, 16)) * 0.3).astype(np.float32)
+    shared = Backbone(backbone, (0, 1), "litert", 100, language=True, share_language=True)
+    before = shared.encode([segment], np.array([100]))
+    borrowed = shared.context_language(window)
+    assert shared._shared_language is not None and len(shared._encoders) >= 1
+    own = Backbone(backbone, (0, 1), "litert", 100, language=True).context_language(window)
+    np.testing.assert_array_equal(borrowed, own)
+    after = shared.encode([segment], np.array([100]))
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+
+
 def test_the_fit_asks_where_the_context_pays_and_no_further():
     rng = np.random.default_rng(0)
     n, k = 60, 4

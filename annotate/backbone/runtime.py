@@ -71,6 +71,10 @@ class Backbone:
         self._context_lock = threading.Lock()
         self._context: tuple | None = None  # (frames, step) of context_language
         self._lanes: list | None = None
+        # LiteRT: the lanes' encoder interpreters, and the language step's when
+        # it is shared (the context step borrows them rather than hold its own).
+        self._encoders: list = []
+        self._shared_language = None
         self._pool: ThreadPoolExecutor | None = None
         self.batch = spec.litert.batch if backend == "litert" and spec.litert else BATCH
 
@@ -111,6 +115,8 @@ class Backbone:
         inputs = _inputs_by_rank(interpreter)
         logits = interpreter.get_output_details()[0]["index"]
         turn = threading.Lock()
+        if self.share_language:
+            self._shared_language = interpreter
 
         def step(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
             with turn:
@@ -127,6 +133,7 @@ class Backbone:
         width = self.spec.width
         encoder = self._interpreter(interpreter_class, self.spec.litert.file,
                                     [self.batch, self.n_frames, self.spec.features.n_mels])
+        self._encoders.append(encoder)
         outputs = {d["shape_signature"][-1]: d["index"] for d in encoder.get_output_details()}
         if 2 * width not in outputs or (self.language and width not in outputs):
             raise ModelError(f"{self.spec.folder / self.spec.litert.file} lacks the outputs "
@@ -249,6 +256,9 @@ class Backbone:
         block = np.zeros((self.batch, n_frames, mels), np.float32)
         valid = np.ones((self.batch, n_frames), np.float32)
         if self.backend == "litert":
+            self.load()
+            if self._encoders and self._shared_language is not None:
+                return self._borrowed_context_step(n_frames)
             from annotate.modelling.inference import LITERT_THREADS
 
             # One window at a time, while the lanes wait: a 30 s window's
@@ -260,22 +270,7 @@ class Backbone:
             language = self._interpreter(interpreter_class, self.spec.language.file,
                                          [self.batch, (n_frames + 1) // 2, self.spec.width],
                                          n_frames, threads)
-            frames_out = next(d["index"] for d in encoder.get_output_details()
-                              if d["shape_signature"][-1] == self.spec.width)
-            encoder_in, language_in = _inputs_by_rank(encoder), _inputs_by_rank(language)
-            logits_out = language.get_output_details()[0]["index"]
-
-            def step(window: np.ndarray) -> np.ndarray:
-                block[0] = window
-                encoder.set_tensor(encoder_in[3], block)
-                encoder.set_tensor(encoder_in[2], valid)
-                encoder.invoke()
-                language.set_tensor(language_in[3], encoder.get_tensor(frames_out))
-                language.set_tensor(language_in[2], valid)
-                language.invoke()
-                return language.get_tensor(logits_out)[0]
-
-            return step
+            return _window_step(encoder, language, self.spec.width, block, valid)
         keras_step = self._keras_step(True, n_frames)
 
         def step(window: np.ndarray) -> np.ndarray:
@@ -283,6 +278,33 @@ class Backbone:
             return keras_step(block, valid)[1].numpy()[0]
 
         return step
+
+    def _borrowed_context_step(self, n_frames: int):
+        """The context step on the first lane's encoder and the shared language step.
+
+        While the lanes are idle (``encode`` holds the same lock while they
+        run), both interpreters are resized for the window, run, and resized
+        back: their weights are not held twice (a second pair held about
+        630 MB more).
+        """
+        mels, width = self.spec.features.n_mels, self.spec.width
+        encoder, language = self._encoders[0], self._shared_language
+        block = np.zeros((self.batch, n_frames, mels), np.float32)
+        valid = np.ones((self.batch, n_frames), np.float32)
+        step = _window_step(encoder, language, width, block, valid)
+
+        def borrowed(window: np.ndarray) -> np.ndarray:
+            with self._lock:
+                _resize(encoder, [self.batch, n_frames, mels], n_frames)
+                _resize(language, [self.batch, (n_frames + 1) // 2, width], n_frames)
+                try:
+                    return step(window)
+                finally:
+                    _resize(encoder, [self.batch, self.n_frames, mels], self.n_frames)
+                    _resize(language, [self.batch, (self.n_frames + 1) // 2, width],
+                            self.n_frames)
+
+        return borrowed
 
     def pooled(self, stacks: list[np.ndarray], frames: np.ndarray) -> np.ndarray:
         """Pooled hidden states of every segment (:meth:`encode` without the language)."""
@@ -369,6 +391,37 @@ class Backbone:
                 finally:
                     abandoned.set()
         return out, logits
+
+
+def _window_step(encoder, language, width: int, block: np.ndarray, valid: np.ndarray):
+    """A window [shape=(frames, n_mels)] through ``encoder`` then ``language``: its logits."""
+    frames_out = next(d["index"] for d in encoder.get_output_details()
+                      if d["shape_signature"][-1] == width)
+    encoder_in, language_in = _inputs_by_rank(encoder), _inputs_by_rank(language)
+    logits_out = language.get_output_details()[0]["index"]
+
+    def step(window: np.ndarray) -> np.ndarray:
+        block[0] = window
+        encoder.set_tensor(encoder_in[3], block)
+        encoder.set_tensor(encoder_in[2], valid)
+        encoder.invoke()
+        language.set_tensor(language_in[3], encoder.get_tensor(frames_out))
+        language.set_tensor(language_in[2], valid)
+        language.invoke()
+        return language.get_tensor(logits_out)[0]
+
+    return step
+
+
+def _resize(interpreter, shape3: list[int], n_frames: int) -> None:
+    """Resize an interpreter's inputs (rank 3 and its valid mask) and allocate again."""
+    from annotate.c_stderr import muted
+
+    inputs = _inputs_by_rank(interpreter)
+    interpreter.resize_tensor_input(inputs[3], shape3)
+    interpreter.resize_tensor_input(inputs[2], [shape3[0], n_frames])
+    with muted():
+        interpreter.allocate_tensors()
 
 
 def _inputs_by_rank(interpreter) -> dict[int, int]:

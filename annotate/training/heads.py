@@ -12,6 +12,10 @@ temperature is fitted on the out-of-fold logits of the chosen settings
 cascade and the per-speaker temperature), which also give the validation
 metrics written to ``model.json``; the final head is then trained on every
 training speaker, and its card written (:mod:`annotate.training.cards`).
+An emotion head's temperature weighs every corpus it trains on the same. A
+cross-lingual emotion head (``*``) on several corpora is chosen for transfer
+instead (:mod:`annotate.training.transfer`): each corpus centred, one left
+out at a time, its temperature fitted on the left-out predictions.
 """
 
 from __future__ import annotations

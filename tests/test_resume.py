@@ -26,6 +26,16 @@ class StopAfter(Progress):
             raise KeyboardInterrupt
 
 
+class Handovers(Progress):
+    """Records how many recordings each hand-over to the store brings."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def advance(self, recordings: int, audio_s: float) -> None:
+        self.sizes.append(recordings)
+
+
 @pytest.fixture
 def corpus(tmp_path):
     root = tmp_path / "corpus"
@@ -49,6 +59,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_table(corpus, tmp_path, mo
     assert result.skipped >= 2 and result.skipped + result.annotated == 6
     assert not (tmp_path / "out.parquet.partial").exists()
     pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(reference))
+
+
+def test_the_first_recording_is_written_alone_and_the_rest_in_batches(corpus, tmp_path,
+                                                                      model_args):
+    seen = Handovers()
+    annotate.run([corpus], tmp_path / "out.parquet", jobs=1, progress=seen, **model_args)
+    assert seen.sizes[0] == 1 and sum(seen.sizes) == 6
+    assert max(seen.sizes[1:]) > 1  # the others wait for a batch (256 segments, or 5 s)
 
 
 def test_other_settings_against_partial_state_stop_unless_overwrite(corpus, tmp_path, model_args):

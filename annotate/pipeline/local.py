@@ -83,7 +83,9 @@ class LocalExecutor:
         A recording that cannot be annotated comes as a :class:`Finished`
         of its failure alone, at once; annotated recordings come in batches
         of at least ``plan.batch_size`` speech segments, or after
-        :data:`FLUSH_INTERVAL_S`.
+        :data:`FLUSH_INTERVAL_S`, but the first recording comes alone, as
+        soon as it is annotated: the first rows are written within seconds,
+        not after a batch (the table does not depend on how it is batched).
 
         Args:
             todo: The recordings, in discovery order.
@@ -124,12 +126,14 @@ class LocalExecutor:
         pending: list[RecordingFeatures] = []
         pending_segments = 0
         last_flush = time.monotonic()
+        first = True  # the first recording is handed over alone
         open_recording: list[ChunkResult] = []
         spill = SpillFolder(scratch, SPILL_BUDGET_BYTES)
         held_bytes = 0  # of the open recording's features, in memory
 
         def flush() -> Finished:
-            nonlocal pending, pending_segments, last_flush
+            nonlocal pending, pending_segments, last_flush, first
+            first = False
             done = Finished(annotator.annotate(pending),
                             tuple((r.key, r.duration_s) for r in pending))
             for recording in pending:
@@ -168,7 +172,7 @@ class LocalExecutor:
                         continue
                     pending.append(done)
                     pending_segments += int(done.speech.sum())
-                    if (pending_segments >= batch_size
+                    if (first or pending_segments >= batch_size
                             or time.monotonic() - last_flush > FLUSH_INTERVAL_S):
                         yield flush()
                 while planning_failures:

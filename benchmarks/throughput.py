@@ -270,20 +270,19 @@ def encoders_alone(models, results: list, work: Path, threads: int,
     stacks = [r.features[params] for r in results if r.features]
     frames = np.concatenate([_speech_frames(r, params) for r in results if r.features])
     speech_s = float(frames.sum()) * params.hop_s
-    candidates_extra = list(candidates)
-    candidates = {f"LiteRT, {bundled.litert.quantization} (bundled)": bundled.folder}
+    timed = {f"LiteRT, {bundled.litert.quantization} (bundled)": bundled.folder}
     if bundled.litert.quantization != "float16":
         float16 = work / "whisper-base-float16"
         if not (float16 / "backbone.json").is_file():
             subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "scripts"
                                                 / "build_backbone.py"), "--out", str(float16),
                             "--quantization", "float16"], check=True, capture_output=True)
-        candidates["LiteRT, float16"] = float16
-    for folder in candidates_extra:
+        timed["LiteRT, float16"] = float16
+    for folder in candidates:
         quantization = read_backbone_folder(folder).litert.quantization
-        candidates[f"LiteRT, {quantization} ({folder})"] = folder
+        timed[f"LiteRT, {quantization} ({folder})"] = folder
     layers = models.backbone_layers(name)
-    for label, folder in candidates.items():
+    for label, folder in timed.items():
         runner = Backbone(read_backbone_folder(folder), layers, "litert", params.n_frames).load()
         runner.pooled(stacks[:1], frames[: len(stacks[0])])  # first call
         start = time.perf_counter()

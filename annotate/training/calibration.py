@@ -23,7 +23,7 @@ import pandas as pd
 from annotate.errors import InputError
 from annotate.modelling.backbone_folder import BackboneSpec
 from annotate.modelling.posteriors import recording_means, softmax, uar
-from annotate.training.encoding import EncodedRecordings, Report
+from annotate.training.encoding import EncodedRecordings, Report, corpus_codes
 from annotate.training.metrics import negative_log_likelihood
 
 #: Temperatures searched when calibrating (log-spaced), then refined. Bounded,
@@ -93,9 +93,7 @@ def corpus_weights(data: EncodedRecordings) -> np.ndarray:
     the held-out actor); over the three corpora, each weighing the same, it
     is 2.1 (docs/accuracy.md).
     """
-    if "corpus" not in data.meta:
-        return np.ones(len(data.meta))
-    codes = pd.factorize(data.meta["corpus"].astype(str))[0]
+    codes = corpus_codes(data)
     counts = np.bincount(codes)
     return len(codes) / (len(counts) * counts[codes])
 

@@ -130,10 +130,10 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
               "text": "per-recording UAR of each corpus on the out-of-fold predictions, "
                       "averaged over corpora"}
     if transfer:
-        corpus = corpus_codes(data)
-        shared = shared_labels(y_rec, corpus, len(labels))
+        corpus_code = corpus_codes(data)
+        shared = shared_labels(y_rec, corpus_code, len(labels))
         search = {"folds": corpus_folds(data),
-                  "objective": lambda rec: transfer_score(y_rec, rec, corpus, shared),
+                  "objective": lambda rec: transfer_score(y_rec, rec, corpus_code, shared),
                   "hidden": (0,),
                   "text": "leave one corpus out (each corpus centred on its own mean): per-"
                           "recording UAR over the emotions every corpus has ("
@@ -152,7 +152,7 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         # Calibrated where it is used, on corpora it never heard: the left-out corpus's logits.
         transfer_logits = out_of_fold_logits(data, y_rec, len(labels), settings,
                                              search["folds"], seed, copies)
-        fitted = learnable_elsewhere(y_rec, corpus)
+        fitted = learnable_elsewhere(y_rec, corpus_code)
         temperature = fit_temperature(transfer_logits[fitted[owner]], y_rec[owner][fitted[owner]])
     elif task == "language":
         temperature = fit_temperature(logits, y_rec[owner])

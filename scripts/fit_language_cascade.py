@@ -62,6 +62,7 @@ from annotate.training.calibration import whisper_language_logits  # noqa: E402
 from annotate.training.cards import head_card  # noqa: E402
 from annotate.training.encoding import Copies, default_cache_dir, encode_items  # noqa: E402
 from annotate.training.metrics import expected_calibration_error  # noqa: E402
+from annotate.training.reference import reference_backbone  # noqa: E402
 from annotate.training.search import fold_heads, speaker_folds  # noqa: E402
 
 #: Corpora whose recordings Whisper scores (espeak's synthetic voices train the head only).
@@ -141,7 +142,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int)
     args = parser.parse_args()
     head = read_model_folder(args.models / "language")
-    backbone = read_backbone_folder(args.models / head.backbone.name)
+    # Fitted on the float states, as the heads are (annotate.training.reference).
+    backbone = reference_backbone(read_backbone_folder(args.models / head.backbone.name))
     if backbone.language is None:
         raise SystemExit(f"{backbone.folder} has no language export (scripts/build_backbone.py)")
     labels = list(head.labels)

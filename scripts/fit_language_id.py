@@ -35,6 +35,7 @@ from annotate.training import heldout  # noqa: E402
 from annotate.training.calibration import fit_temperature, whisper_language_logits  # noqa: E402
 from annotate.training.corpora import read_corpus  # noqa: E402
 from annotate.training.metrics import expected_calibration_error  # noqa: E402
+from annotate.training.reference import reference_backbone  # noqa: E402
 
 CANDIDATES = ("de", "en", "fr", "it")
 CORPORA = ("commonvoice", "emodb", "emovo", "ravdess")
@@ -58,7 +59,8 @@ def main() -> None:
                         help="recordings drawn from each corpus' training speakers")
     parser.add_argument("--jobs", type=int)
     args = parser.parse_args()
-    spec = read_backbone_folder(args.backbone)
+    # Fitted on the float states, as the heads are (annotate.training.reference).
+    spec = reference_backbone(read_backbone_folder(args.backbone))
     if spec.language is None:
         raise SystemExit(f"{args.backbone} has no language export (scripts/build_backbone.py)")
     columns = [LANGUAGE_CODES.index(code) for code in CANDIDATES]

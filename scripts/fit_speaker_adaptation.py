@@ -40,6 +40,7 @@ from annotate.training.calibration import (  # noqa: E402
 )
 from annotate.training.cards import head_card  # noqa: E402
 from annotate.training.encoding import encode_items  # noqa: E402
+from annotate.training.reference import reference_backbone  # noqa: E402
 from annotate.training.search import out_of_fold_logits, speaker_folds  # noqa: E402
 
 #: Per head: the corpora it trains on, as train_bundled_models.py gives them.
@@ -85,7 +86,7 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated head names")
     parser.add_argument("--folds", type=int, default=4)
     args = parser.parse_args()
-    backbone = read_backbone_folder(args.models / "whisper-base")
+    backbone = reference_backbone(read_backbone_folder(args.models / "whisper-base"))
     backend = choose_backbone_backend(backbone, tuple(range(backbone.litert.n_layers + 1)))
     for name in (args.only.split(",") if args.only else HEADS):
         refit(name, args.models, args.corpora, backbone, backend, args.folds)

@@ -22,8 +22,10 @@ search), with :func:`annotate.training.heads.train_head` -- the code behind
                    centred on its own mean and chosen leaving one corpus out
                    (annotate.training.transfer)
 
-Each recording is encoded once by the backbone's run-time export and cached
-(``$ANNOTATE_CACHE``, default ``~/.cache/annotate/backbone``).
+Each recording is encoded once by the backbone's float reference (the same
+blocks with float16 weights, :mod:`annotate.training.reference`; a run reads
+the int8 export) and cached (``$ANNOTATE_CACHE``, default
+``~/.cache/annotate/backbone``).
 
 Usage: python scripts/train_bundled_models.py --corpora ../shared/corpora [--out models]
        [--only language,emotion-de] [--search 24]
@@ -51,6 +53,7 @@ from annotate.training.copies import DEFAULT_COPIES, augmented_copies, copy_sour
 from annotate.training.corpora import read_corpus  # noqa: E402
 from annotate.training.encoding import default_cache_dir, encode_items  # noqa: E402
 from annotate.training.heads import train_head  # noqa: E402
+from annotate.training.reference import reference_backbone  # noqa: E402
 
 SEED = 20261201
 SYNTHETIC_PER_LANGUAGE = 100
@@ -124,7 +127,8 @@ def main() -> None:
     if not (backbone_dir / "backbone.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "scripts" / "build_backbone.py"),
                         "--out", str(backbone_dir)], check=True)
-    backbone = read_backbone_folder(backbone_dir)
+    # The heads learn from the backbone's float states (annotate.training.reference).
+    backbone = reference_backbone(read_backbone_folder(backbone_dir))
     backend = choose_backbone_backend(backbone, tuple(range(backbone.litert.n_layers + 1)))
 
     originals, copies = training_recordings(args.corpora, args.synthetic,

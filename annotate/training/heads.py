@@ -278,6 +278,7 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
     from annotate.modelling.inference import choose_backbone_backend
     from annotate.modelling.model_folder import bundled_models_dir
     from annotate.training.copies import DEFAULT_COPIES, augmented_copies
+    from annotate.training.reference import reference_backbone
     from annotate.training.train import check_output_dir, model_languages
 
     if task not in TASKS:
@@ -287,7 +288,8 @@ def train_on_corpora(task: str, corpora: list, output_dir: str | Path, *,
     folder = Path(backbone)
     if not (folder / "backbone.json").is_file():
         folder = bundled_models_dir() / str(backbone)
-    spec = read_backbone_folder(folder)
+    # Heads learn from the backbone's float states, whatever export a run reads.
+    spec = reference_backbone(read_backbone_folder(folder), cache_dir)
     n_states = spec.litert.n_layers if spec.litert else spec.n_layers
     backend = choose_backbone_backend(spec, tuple(range(n_states + 1)), backend)
     frames = []

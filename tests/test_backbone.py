@@ -260,6 +260,9 @@ def test_shipped_language_path_equals_ctranslate2s_detect_language(shipped, back
         [features], frames)
     probs = np.exp(logits[0] - logits[0].max())
     probs /= probs.sum()
-    # Measured: 1.9e-4 on LiteRT (float16 weights as published, float32 sums), 6e-6 on Keras.
-    assert np.abs(probs - golden["language_p"]).max() < 2e-3
+    # Measured: 1.9e-4 on LiteRT with float16 weights (as published, float32
+    # sums), 6e-6 on Keras; 0.051 with int8 weights (blocks 1-4 and the
+    # language step), where CTranslate2's own int8 model moves them by 0.056.
+    int8 = backend == "litert" and shipped.litert.quantization != "float16"
+    assert np.abs(probs - golden["language_p"]).max() < (0.06 if int8 else 2e-3)
     assert probs.argmax() == golden["language_p"].argmax()

@@ -44,7 +44,7 @@ def convert_encoder(weights: dict[str, np.ndarray], n_layers: int, n_mels: int,
 
 def convert_language_path(encoder_weights: dict[str, np.ndarray],
                           decoder_weights: dict[str, np.ndarray], first_block: int,
-                          float16: bool = False) -> bytes:
+                          float16: bool = False, quantize: bool = False) -> bytes:
     """Whisper's language identification after block ``first_block``, as a ``.tflite``.
 
     Inputs ``frames`` [BATCH, frames // 2, width] (``convert_encoder``'s
@@ -63,7 +63,7 @@ def convert_language_path(encoder_weights: dict[str, np.ndarray],
     def logits(frames, valid):
         return {"logits": model([frames, valid], training=False)}
 
-    return _convert(tf, logits, model, False, float16)
+    return _convert(tf, logits, model, quantize, float16)
 
 
 def _convert(tf, function, model, quantize: bool, float16: bool) -> bytes:

@@ -57,7 +57,7 @@ class BackboneExport:
         file: The ``.tflite`` file inside the folder.
         weights_sha256: SHA-256 of the weights it was converted from.
         n_layers: Transformer blocks kept (the export may stop early).
-        quantization: ``"float32"`` or ``"dynamic-range-int8"``.
+        quantization: ``"float32"``, ``"float16"`` or ``"dynamic-range-int8"``.
         batch: Segments per call (the input's fixed first dimension).
     """
 
@@ -81,7 +81,7 @@ class LanguageExport:
             and the decoder's first step, and outputs the logits of
             Whisper's language tokens (``whisper_language.LANGUAGE_CODES``).
         weights_sha256: SHA-256 of the weights it was converted from.
-        quantization: ``"float32"`` or ``"float16"``.
+        quantization: ``"float32"``, ``"float16"`` or ``"dynamic-range-int8"``.
         temperature: Divides the logits; fitted on validation speakers'
             segments (1.0: not fitted).
         fitted_on: What the temperature was fitted on (free text).

@@ -289,10 +289,29 @@ def encoders_alone(models, results: list, work: Path, threads: int,
         runner.pooled(stacks, frames)
         wall = time.perf_counter() - start
         out[label] = {"wall_s": wall, "x_real_time": speech_s / wall, "blocks": layers[-1]}
+    anchor = anchor_encoder(stacks, frames, work, threads)
+    if anchor is not None:
+        wall = anchor()
+        out[ANCHOR] = {"wall_s": wall, "x_real_time": speech_s / wall, "blocks": 6,
+                       "timer": anchor, "speech_s": speech_s}
+    return out
+
+
+ANCHOR = "anchor: CTranslate2 int8, all 6 blocks, batches of 16"
+#: Rounds of (default run, anchor) for the ratio: the medians of each.
+RATIO_ROUNDS = 3
+
+
+def anchor_encoder(stacks: list, frames: np.ndarray, work: Path, threads: int):
+    """A function timing CTranslate2's int8 encoder once on the segments (None without it).
+
+    The segments at their real length, in batches of 16 (a batch padded to its
+    longest segment), on ``threads`` threads; it returns the wall time in seconds.
+    """
     try:
         import ctranslate2
     except ImportError:
-        return out
+        return None
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from accuracy import whisper_model_dir
 
@@ -309,13 +328,34 @@ def encoders_alone(models, results: list, work: Path, threads: int,
             batch[j, :, : r.shape[1]] = r
         batches.append(batch)
     model.encode(ctranslate2.StorageView.from_array(batches[0]))  # first call
-    start = time.perf_counter()
-    for batch in batches:
-        model.encode(ctranslate2.StorageView.from_array(batch))
-    wall = time.perf_counter() - start
-    out["anchor: CTranslate2 int8, all 6 blocks, batches of 16"] = {
-        "wall_s": wall, "x_real_time": speech_s / wall, "blocks": 6}
-    return out
+
+    def once() -> float:
+        start = time.perf_counter()
+        for batch in batches:
+            model.encode(ctranslate2.StorageView.from_array(batch))
+        return time.perf_counter() - start
+
+    return once
+
+
+def anchor_ratio(corpus: Path, out: Path, model_args: list[str], audio_s: float,
+                 anchor: dict) -> dict:
+    """The default run against the anchor in alternating rounds: medians and their ratio.
+
+    One run of each is too noisy here (the anchor alone has varied by 20 %
+    between runs on one machine); alternating them exposes both to the same
+    drift.
+    """
+    runs, anchors = [], []
+    for _ in range(RATIO_ROUNDS):
+        done = run_annotate(corpus, out, model_args)
+        if "error" in done:
+            return done
+        runs.append(audio_s / done["wall_s"])
+        anchors.append(anchor["speech_s"] / anchor["timer"]())
+    run_x, anchor_x = float(np.median(runs)), float(np.median(anchors))
+    return {"run_x_real_time": runs, "anchor_x_real_time": anchors, "run_median": run_x,
+            "anchor_median": anchor_x, "ratio": run_x / anchor_x}
 
 
 def _speech_frames(result, params) -> np.ndarray:
@@ -491,6 +531,12 @@ def main() -> None:
             print(f"wav16k_30min, --language-id {source}: {json.dumps(done)}", flush=True)
             sources[source] = done
     whisper_id = sources.get("whisper")
+    ratio = None
+    anchor = encoders.get(ANCHOR)
+    if anchor is not None:
+        ratio = anchor_ratio(corpora["wav16k_30min"][0], args.work / "wav16k_30min_ratio.parquet",
+                             model_args, rows["wav16k_30min"]["audio_s"], anchor)
+        anchor.pop("timer")
     start_s = start_up_s()
     naive_s, naive_audio = naive(corpora["wav16k_30min"][0], language_dir, budget_s=60.0)
     naive_x = naive_audio / naive_s
@@ -549,7 +595,14 @@ def main() -> None:
         anchor = next((r for k, r in encoders.items() if k.startswith("anchor")), None)
         for label, r in encoders.items():
             print(f"  {label}: {r['x_real_time']:.0f}x real time (blocks 1-{r['blocks']})")
-        if anchor:
+        if ratio and "ratio" in ratio:
+            rounds = ", ".join(f"{r:.0f}x / {a:.0f}x" for r, a in
+                               zip(ratio["run_x_real_time"], ratio["anchor_x_real_time"],
+                                   strict=True))
+            print(f"default run / anchor, medians of {RATIO_ROUNDS} alternating rounds "
+                  f"({rounds}): {ratio['run_median']:.0f}x / {ratio['anchor_median']:.0f}x = "
+                  f"{ratio['ratio']:.2f}")
+        elif anchor:
             print(f"default run / anchor: {run_x:.0f}x / {anchor['x_real_time']:.0f}x = "
                   f"{run_x / anchor['x_real_time']:.2f}")
     print()
@@ -561,7 +614,8 @@ def main() -> None:
                                          "start_up_s": start_s, "whisper_per_segment": whisper,
                                          "whisper_language_id": whisper_id,
                                          "head_language_id": sources.get("head"),
-                                         "encoders_alone": encoders},
+                                         "encoders_alone": encoders,
+                                         "run_over_anchor": ratio},
                                         indent=2))
 
 

@@ -9,9 +9,9 @@ Keras float32 encoder's to about 3e-6 of each state's range. So one set of
 heads serves every backend (LiteRT int8, Keras on a GPU), and a quantized
 export is judged by what it changes in the labels, held out, not by a
 retraining's luck: measured in ``docs/accuracy.md``, the bundled heads on
-the int8 export move no held-out row by more than 0.01, where heads
-retrained on int8 states moved four rows by more (one to three recordings
-each).
+the int8 exports move no held-out row of the default run by more than
+0.01, where heads retrained on int8 states moved four rows by more (one to
+three recordings each).
 
 The float16 exports are built here on first use (with TensorFlow, which
 training needs anyway) into the cache beside the encoded states, and kept

@@ -40,9 +40,8 @@ def reference_backbone(spec: BackboneSpec, cache_dir: Path | None = None) -> Bac
     A backbone whose export is float already (or has none: Keras) is its own
     reference. Otherwise a folder with the same ``backbone.json`` (but for
     the exports' precision) and float16 exports of the same blocks and
-    language step, in ``reference/`` of the encoded
-    states' cache ``cache_dir`` (default:
-    :func:`annotate.training.encoding.default_cache_dir`).
+    language step, in ``reference/`` of the encoded states' cache
+    ``cache_dir`` (default: :func:`annotate.training.encoding.default_cache_dir`).
     """
     if spec.litert is None or not _quantized(spec):
         return spec

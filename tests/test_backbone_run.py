@@ -153,3 +153,63 @@ def test_features_spilled_to_disk_give_the_same_table(corpus, heads, tmp_path, m
     annotate.run([corpus], tmp_path / "disk.parquet", **head_args(heads), jobs=1)
     pd.testing.assert_frame_equal(table(tmp_path / "memory.parquet"),
                                   table(tmp_path / "disk.parquet"))
+
+
+def tiny_speech_head(bias: float, unsure_p: float = 1e-6):
+    """A second stage on the tiny backbone's state 2 that says yes (or no) to every segment."""
+    from annotate.modelling.speech_head import SpeechHead
+
+    return SpeechHead(backbone="tiny-whisper", width=64, layer=2, weights=np.zeros(64),
+                      bias=bias, threshold=0.5, unsure_p=unsure_p, sha256=f"test{bias}")
+
+
+@pytest.mark.parametrize("bias", [50.0, -50.0])
+def test_the_second_stage_decides_the_segments_silero_is_unsure_of(corpus, heads, tmp_path,
+                                                                   monkeypatch, bias):
+    """A floor of almost zero makes every non-speech segment unsure: the head decides them."""
+    annotate.run([corpus], tmp_path / "alone.parquet", **head_args(heads), jobs=1,
+                 speech_detector="silero-only")
+    alone = table(tmp_path / "alone.parquet")
+    monkeypatch.setattr("annotate.pipeline.plan.bundled_speech_head",
+                        lambda: tiny_speech_head(bias))
+    out = tmp_path / "two.parquet"
+    annotate.run([corpus], out, **head_args(heads), jobs=1)
+    rows = table(out)
+    metadata = json.loads(pq.read_schema(out).metadata[b"annotate"])
+    assert metadata["speech_detector"]["second_stage"]["sha256"] == f"test{bias}"
+    assert metadata["settings"]["unsure_p"] == 1e-6
+    checked = ~alone["speech"] & (alone["speech_p"] >= 1e-6)
+    assert checked.sum() >= 3  # the silence, the tone, the silent file
+    pd.testing.assert_series_equal(rows["speech"], alone["speech"] | (checked & (bias > 0)),
+                                   check_names=False)
+    np.testing.assert_allclose(rows.loc[checked, "speech_p"], 1.0 if bias > 0 else 0.0,
+                               atol=1e-12)
+    assert (rows.loc[rows["speech"], "lang"].notna().all()
+            and rows.loc[~rows["speech"], "lang"].isna().all())
+    if bias < 0:  # nothing found: the labels of Silero alone, the checked segments unlabelled
+        same = [c for c in rows.columns if c != "speech_p"]
+        pd.testing.assert_frame_equal(rows[same], alone[same])
+    else:  # found: their speech is the seconds of frames at the floor or above
+        assert (rows.loc[checked, "speech_s"] > 0).all()
+        assert rows.loc[checked, "emotion"].notna().all()
+
+
+def test_the_second_stage_keeps_the_table_independent_of_batch_size_and_jobs(
+        corpus, heads, tmp_path, monkeypatch):
+    monkeypatch.setattr("annotate.pipeline.plan.bundled_speech_head",
+                        lambda: tiny_speech_head(50.0))
+    annotate.run([corpus], tmp_path / "a.parquet", **head_args(heads), jobs=1, batch_size=1)
+    annotate.run([corpus], tmp_path / "b.parquet", **head_args(heads), jobs=2, batch_size=512)
+    pd.testing.assert_frame_equal(table(tmp_path / "a.parquet"), table(tmp_path / "b.parquet"))
+
+
+def test_a_second_stage_on_another_backbone_is_left_off(corpus, heads, tmp_path, monkeypatch):
+    import dataclasses
+
+    other = dataclasses.replace(tiny_speech_head(50.0), backbone="whisper-base")
+    monkeypatch.setattr("annotate.pipeline.plan.bundled_speech_head", lambda: other)
+    out = tmp_path / "out.parquet"
+    annotate.run([corpus], out, **head_args(heads), jobs=1)
+    metadata = json.loads(pq.read_schema(out).metadata[b"annotate"])
+    assert metadata["speech_detector"]["second_stage"] is None
+    assert metadata["settings"]["unsure_p"] is None

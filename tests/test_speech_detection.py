@@ -18,6 +18,7 @@ import pytest
 from conftest import write_audio
 
 import annotate
+from annotate.audio.decode import probe, read_span
 from annotate.audio.discover import Recording
 from annotate.errors import ModelError
 from annotate.prepare import speech as detection
@@ -173,3 +174,52 @@ def test_a_threshold_must_fit_its_detector():
         detection.check_threshold("energy", 0.5)
     detection.check_threshold("silero", 0.3)
     detection.check_threshold("energy", -60.0)
+
+
+def test_segments_silero_is_unsure_of_are_marked_for_the_second_stage():
+    frame = 512
+    starts = frame * np.arange(3 * 94)  # three segments of 94 frames (3.008 s each)
+    probs = np.full(len(starts), 0.02)
+    probs[10:40] = 0.9  # segment 0: speech
+    probs[100:104] = 0.3  # segment 1: frames in the band, none above the threshold
+    probs[200:203] = 0.6  # segment 2: above the threshold, but 0.096 s of it only
+    bounds = np.array([[0, 94], [94, 188], [188, 282]]) * frame
+    decided = detection.decide_segments(probs, starts, frame, bounds, SR, 0.5, unsure_p=0.15)
+    assert decided.speech.tolist() == [True, False, False]
+    assert decided.unsure.tolist() == [False, True, True]
+    np.testing.assert_allclose(decided.unsure_s, np.array([30, 4, 3]) * frame / SR)
+    np.testing.assert_allclose(decided.probability, [0.9, 0.3, 0.6])
+    alone = detection.decide_segments(probs, starts, frame, bounds, SR, 0.5)
+    assert not alone.unsure.any() and alone.speech.tolist() == [True, False, False]
+    np.testing.assert_array_equal(alone.seconds, decided.seconds)
+    quiet = detection.decide_segments(np.full(len(starts), 0.1), starts, frame, bounds, SR,
+                                      0.5, unsure_p=0.15)
+    assert not quiet.unsure.any()
+
+
+def test_the_bundled_speech_head_hears_speech_and_not_music_or_noise():
+    """The shipped second stage, on the states of the shipped backbone."""
+    from annotate.backbone.runtime import Backbone
+    from annotate.features import features_of_segments
+    from annotate.modelling.backbone_folder import read_backbone_folder
+    from annotate.modelling.speech_head import bundled_speech_head
+    from annotate.resources import resource_dir
+
+    head = bundled_speech_head()
+    spec = read_backbone_folder(resource_dir("models") / head.backbone)
+    assert spec.pooled_width == head.width and head.threshold >= 0.5
+    params = spec.features
+    # Real speech only: the synthetic voices of annotate.testing fool Silero, not Whisper.
+    speech = []
+    for path in sorted(EXAMPLES.rglob("*.*")):
+        if path.name != "silence.wav":  # the example corpus's speech, its first 3 s
+            info = probe(path)
+            first = read_span(path, info, 0.0, min(3.0, info.duration_s), SR)
+            speech.append(np.pad(first, (0, 3 * SR - len(first))))
+    other = [chord(3.0), drums(3.0), noise(3.0, "white"), noise(3.0, "pink"), tone(3.0)]
+    stacks = [features_of_segments(np.stack(speech + other), (params,))[0]]
+    frames = np.full(len(speech) + len(other), params.n_frames)
+    runner = Backbone(spec, (head.layer,), "litert", params.n_frames).load()
+    p = head.probability(runner.pooled(stacks, frames)[:, 0])
+    assert (p[: len(speech)] >= head.threshold).all(), p
+    assert (p[len(speech):] < head.threshold).all(), p

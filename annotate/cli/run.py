@@ -45,12 +45,14 @@ def run(
     hop: Annotated[Optional[float], typer.Option(help="Segment hop, seconds [default: the window].")] = None,
     speech_detector: Annotated[str, typer.Option(
         help="Which segments hold speech: silero (Silero VAD, shipped with the package: "
-             "speech apart from music and noise) or energy (the loudness gate of earlier "
-             "versions: sound apart from silence).")] = "silero",
+             "speech apart from music and noise; the segments it is unsure of are decided "
+             "by a speech head on the backbone's states), silero-only (Silero VAD alone) or "
+             "energy (the loudness gate of earlier versions: sound apart from silence)."
+    )] = "silero",
     speech_threshold: Annotated[Optional[float], typer.Option(
-        help="silero: the probability above which a 32 ms frame is speech (a segment needs "
-             "0.25 s of them) [default: 0.5]; energy: the level in dBFS above which a 25 ms "
-             "frame is loud (a segment needs 0.15 s of them) [default: -45].",
+        help="silero, silero-only: the probability above which a 32 ms frame is speech "
+             "(a segment needs 0.25 s of them) [default: 0.5]; energy: the level in dBFS "
+             "above which a 25 ms frame is loud (a segment needs 0.15 s of them) [default: -45].",
         show_default=False)] = None,
     languages: Annotated[Optional[str], typer.Option(
         help="Candidate languages, comma-separated (e.g. de,fr); one code means the language is known. "

@@ -11,6 +11,11 @@ the backbone), fused with Whisper's own language identification where the
 head is unsure (the cascade), or from Whisper's alone when the candidates
 go beyond the head's languages: the plan's language source
 (:mod:`annotate.modelling.language_source`) owns those branches.
+
+The segments Silero VAD was unsure of are encoded with the speech segments,
+and the speech head on the backbone's states (the detector's second stage,
+:mod:`annotate.modelling.speech_head`) decides them first: those it finds
+speech are labelled like the others, the rest are not.
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ class Annotator:
     def annotate(self, recordings: list[RecordingFeatures]) -> pa.Table:
         """Label every segment of ``recordings`` (one inference call per model)."""
         encoded, whisper_logits = self._encode(recordings)
+        recordings, encoded, whisper_logits = self._second_stage(recordings, encoded,
+                                                                 whisper_logits)
         language_probs = self._language_probs(recordings, encoded, whisper_logits)
         routes = [self._routes(p) for p in language_probs]
         emotion_probs = self._emotion_probs(recordings, routes, encoded)
@@ -103,10 +110,10 @@ class Annotator:
         )
 
     def _encode(self, recordings: list[RecordingFeatures]):
-        """Per backbone, each recording's pooled hidden states [shape=(n_speech, layers, width)].
+        """Per backbone, each recording's pooled hidden states [shape=(n_encoded, layers, width)].
 
-        Also returns Whisper's language logits of every speech segment
-        [shape=(n_speech_total, 99)] (NaN rows where it was not asked), or
+        Also returns Whisper's language logits of every encoded segment
+        [shape=(n_encoded_total, 99)] (NaN rows where it was not asked), or
         None when the run does not use them.
         """
         encoded, whisper_logits = {}, None
@@ -116,19 +123,42 @@ class Annotator:
             params = reader.features
             stacks = [a for r in recordings for a in r.features[params]]
             frames = np.concatenate(
-                [_speech_frames(r, params) for r in recordings]) if recordings else np.zeros(0)
+                [_encoded_frames(r, params) for r in recordings]) if recordings else np.zeros(0)
             unsure = (self._head_unsure if self.language.asks_some
                       and self.models.identifies_language(name, self.language) else None)
             pooled, logits = self.backbone(name).encode(stacks, frames, unsure)
-            encoded[name] = _split(pooled, [r.speech.sum() for r in recordings])
+            encoded[name] = _split(pooled, [r.encoded.sum() for r in recordings])
             if logits is not None:
                 whisper_logits = logits
         return encoded, whisper_logits
 
+    def _second_stage(self, recordings: list[RecordingFeatures], encoded, whisper_logits):
+        """The recordings once the speech head has decided their unsure segments.
+
+        Returns the recordings, and the encoded states and Whisper's logits
+        of their speech segments only.
+        """
+        head = self.plan.speech_head
+        if head is None or not any(r.unsure is not None and r.unsure.any() for r in recordings):
+            return recordings, encoded, whisper_logits
+        order = self.models.backbone_layers(head.backbone)
+        decided = []
+        for r, pooled in zip(recordings, encoded[head.backbone], strict=True):
+            probability = np.zeros(len(r.bounds))
+            held = np.flatnonzero(r.encoded)
+            probability[held] = head.probability(pooled[:, order.index(head.layer)])
+            decided.append(r.with_second_stage(probability >= head.threshold, probability))
+        kept = [d.speech[r.encoded] for r, d in zip(recordings, decided, strict=True)]
+        encoded = {name: [states[k] for states, k in zip(per, kept, strict=True)]
+                   for name, per in encoded.items()}
+        if whisper_logits is not None:
+            whisper_logits = whisper_logits[np.concatenate(kept)]
+        return decided, encoded, whisper_logits
+
     def _inputs(self, spec, members: list[RecordingFeatures], encoded) -> list:
         """What ``spec``'s network reads for the speech segments of ``members``."""
         if spec.backbone is None:
-            return [a for r in members for a in r.features[spec.features]]
+            return [a for r in members for a in r.speech_features(spec.features)]
         return [self._head_rows(spec, a) for a in encoded[spec.backbone.name]]
 
     def _head_rows(self, spec, pooled: np.ndarray) -> np.ndarray:
@@ -170,12 +200,13 @@ class Annotator:
         durations = bounds[:, 1] - bounds[:, 0]
         frames = spec.features.segment_frames(durations)
         rows: list[np.ndarray] = []
+        held = recording.speech_rows()
 
         def segment(i: int) -> np.ndarray:
             if not rows:  # read (a spilled stack from disk) only when a stretch is asked
                 rows.extend(a for stack in recording.features[spec.features]
                             for a in np.asarray(stack))
-            return rows[i][: frames[i]]
+            return rows[held[i]][: frames[i]]
 
         return self.language.with_context(
             probs, durations, frames, segment, self.backbone(whisper.name).context_language,
@@ -214,7 +245,7 @@ class Annotator:
         """What ``spec``'s network reads for the ``chosen`` speech segments of a recording."""
         if spec.backbone is not None:
             return [self._head_rows(spec, encoded[spec.backbone.name][index][chosen])]
-        stacks = recording.features[spec.features]
+        stacks = recording.speech_features(spec.features)
         if chosen.all():  # the whole recording: stacks spilled to disk are read in turn
             return list(stacks)
         return [np.concatenate([np.asarray(a) for a in stacks])[chosen]]
@@ -266,9 +297,9 @@ def _probability(values: np.ndarray | None, i: int) -> float | None:
     return float(values[i])
 
 
-def _speech_frames(recording: RecordingFeatures, params: FeatureParams) -> np.ndarray:
-    """Log-mel frames of each speech segment at its real length."""
-    bounds = recording.bounds[recording.speech]
+def _encoded_frames(recording: RecordingFeatures, params: FeatureParams) -> np.ndarray:
+    """Log-mel frames of each encoded segment at its real length."""
+    bounds = recording.bounds[recording.encoded]
     return params.segment_frames(bounds[:, 1] - bounds[:, 0])
 
 

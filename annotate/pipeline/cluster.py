@@ -212,7 +212,7 @@ def annotate_shard(task: ShardTask, models: ModelPayload) -> Finished:
             failures.append(done)
             continue
         pending.append(done)
-        pending_segments += int(done.speech.sum())
+        pending_segments += int(done.encoded.sum())
         annotated.append((done.key, done.duration_s))
         if pending_segments >= plan.batch_size:  # bounds the features held at once
             tables.append(annotator.annotate(pending))

@@ -171,7 +171,7 @@ class LocalExecutor:
                         yield Finished(empty, failures=(done,))
                         continue
                     pending.append(done)
-                    pending_segments += int(done.speech.sum())
+                    pending_segments += int(done.encoded.sum())
                     if (first or pending_segments >= batch_size
                             or time.monotonic() - last_flush > FLUSH_INTERVAL_S):
                         yield flush()

@@ -25,6 +25,7 @@ from annotate.errors import ModelError, UsageError, expected_one_of
 from annotate.modelling.language_source import LanguageSource, choose_language_source
 from annotate.modelling.model_folder import folder_hash
 from annotate.modelling.model_set import ModelSet
+from annotate.modelling.speech_head import SpeechHead, bundled_speech_head
 from annotate.pipeline.speakers import SPEAKER_SOURCES
 from annotate.prepare.featurize import CHUNK_S, SegmentSettings
 from annotate.prepare.speech import (
@@ -49,6 +50,7 @@ class RunPlan:
             does not depend on it).
         chunk_s: Seconds of a recording per feature task.
         speakers: The speakers option (``"folder"``, ``"manifest"`` or None).
+        speech_head: The speech detector's second stage (None: off).
         metadata: The output's metadata, with its ``fingerprint``.
     """
 
@@ -59,6 +61,7 @@ class RunPlan:
     batch_size: int = 256
     chunk_s: float = CHUNK_S
     speakers: str | None = None
+    speech_head: SpeechHead | None = None
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -137,9 +140,13 @@ def plan_run(
     models = models.with_window(window_s)
     source = choose_language_source(models, languages, language_id)
     asked = source.candidates if languages else ()
+    # silero-only is Silero VAD without its second stage.
+    head = second_stage(models) if speech_detector == "silero" else None
+    detector = "silero" if speech_detector == "silero-only" else speech_detector
     segments = SegmentSettings(
         window_s=window_s, hop_s=hop_s, sampling_rate=models.feature_params[0].sampling_rate,
-        speech_detector=speech_detector, speech_threshold=float(speech_threshold),
+        speech_detector=detector, speech_threshold=float(speech_threshold),
+        unsure_p=head.unsure_p if head is not None else None,
     )
     backends = models.choose_backends(backend)
     backbone_backends = models.choose_backbone_backends(backend, source)
@@ -152,8 +159,10 @@ def plan_run(
                      "language_id": source.name, "speakers": speakers},
         "models": described,
         "backbones": described_backbones,
-        "speech_detector": detector_description(speech_detector),
+        "speech_detector": detector_description(detector),
     }
+    if detector == "silero":
+        metadata["speech_detector"]["second_stage"] = head.describe() if head else None
     metadata["fingerprint"] = fingerprint(metadata)
     return RunPlan(
         segments=segments,
@@ -164,8 +173,23 @@ def plan_run(
         batch_size=batch_size,
         chunk_s=chunk_s,
         speakers=speakers,
+        speech_head=head,
         metadata=metadata,
     )
+
+
+def second_stage(models: ModelSet) -> SpeechHead | None:
+    """The bundled speech head, where the run encodes the states it reads (else None).
+
+    The head reads one hidden state of one backbone; a model set without that
+    backbone, or whose heads do not read that state, runs Silero VAD alone.
+    """
+    head = bundled_speech_head()
+    if head is None or head.backbone not in models.backbones:
+        return None
+    if models.backbones[head.backbone].pooled_width != head.width:
+        return None
+    return head if head.layer in models.backbone_layers(head.backbone) else None
 
 
 def fingerprint(metadata: dict) -> str:

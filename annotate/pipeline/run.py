@@ -128,10 +128,11 @@ def run(
             identification for codes beyond the head's).
         window_s: Segment length in seconds.
         hop_s: Segment hop in seconds (default: ``window_s``).
-        speech_detector: Which segments hold speech: ``"silero"`` (Silero VAD,
-            the default) or ``"energy"`` (the loudness gate of earlier
-            versions; :mod:`annotate.prepare.speech`).
-        speech_threshold: For ``silero``, the frame probability above which a
+        speech_detector: Which segments hold speech: ``"silero"`` (Silero VAD
+            and, where it is unsure, the speech head on the backbone's states:
+            the default), ``"silero-only"`` (Silero VAD alone) or ``"energy"``
+            (the loudness gate of earlier versions; :mod:`annotate.prepare.speech`).
+        speech_threshold: For the Silero detectors, the frame probability above which a
             32 ms frame is speech (default 0.5; a segment needs 0.25 s of such
             frames); for ``energy``, a frame level in dBFS (default -45).
         jobs: Parallel decoding and feature jobs (default: all cores).

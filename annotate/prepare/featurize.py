@@ -7,6 +7,7 @@ TensorFlow). Every failure comes back as data.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -33,6 +34,9 @@ class SegmentSettings:
         speech_detector: ``"silero"`` or ``"energy"`` (:mod:`annotate.prepare.speech`).
         speech_threshold: The detector's threshold: a frame probability
             (``silero``) or a frame level in dBFS (``energy``).
+        unsure_p: ``silero`` with its second stage: the frame probability
+            from which a segment that is not speech is unsure, and gets its
+            features too, for the speech head to decide (None: no second stage).
     """
 
     window_s: float = 3.0
@@ -40,6 +44,7 @@ class SegmentSettings:
     sampling_rate: int = 16000
     speech_detector: str = "silero"
     speech_threshold: float = 0.5
+    unsure_p: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,10 +71,13 @@ class ChunkResult:
         bounds: np.ndarray [shape=(n, 2), float64] segment start/end seconds.
         speech: np.ndarray [shape=(n,), bool].
         features: One array per feature setting, each
-            [shape=(n_speech, frames, n_mels), float32], speech segments only.
+            [shape=(n_encoded, frames, n_mels), float32], of the speech and
+            the unsure segments, in order.
         speech_p: np.ndarray [shape=(n,), float64]: the detector's probability
             of speech (NaN where it gives none).
         speech_s: np.ndarray [shape=(n,), float64]: seconds of speech.
+        unsure: np.ndarray [shape=(n,), bool]: segments for the second stage.
+        unsure_s: np.ndarray [shape=(n,), float64]: their seconds of speech if it finds speech.
     """
 
     index: int
@@ -80,6 +88,8 @@ class ChunkResult:
     features: dict[FeatureParams, np.ndarray]
     speech_p: np.ndarray | None = None
     speech_s: np.ndarray | None = None
+    unsure: np.ndarray | None = None
+    unsure_s: np.ndarray | None = None
     failure: Failure | None = None
 
 
@@ -91,13 +101,19 @@ class RecordingFeatures:
         key: The ``path`` of the output.
         bounds: np.ndarray [shape=(n, 2), float64] segment start/end in seconds.
         speech: np.ndarray [shape=(n,), bool].
-        features: Per feature setting, the speech segments' features as one
-            array per chunk, each [shape=(n_chunk_speech, frames, n_mels)]
-            (kept apart: joining a long recording's chunks would copy them).
+        features: Per feature setting, the encoded segments' features (the
+            speech and the unsure ones, in order) as one array per chunk, each
+            [shape=(n_chunk_encoded, frames, n_mels)] (kept apart: joining a
+            long recording's chunks would copy them).
         speech_p: np.ndarray [shape=(n,), float64]: the speech detector's
             probability of speech (NaN where it gives none; None: not known).
         speech_s: np.ndarray [shape=(n,), float64]: seconds of speech in each
             segment (None: a speech segment's whole duration).
+        unsure: np.ndarray [shape=(n,), bool]: the segments left to the
+            detector's second stage (None: none). They stay unsure after it
+            decided; the ones it found speech are then also ``speech``.
+        unsure_s: np.ndarray [shape=(n,), float64]: an unsure segment's
+            seconds of speech, should the second stage find speech there.
     """
 
     key: str
@@ -106,10 +122,48 @@ class RecordingFeatures:
     features: dict[FeatureParams, list[np.ndarray]]
     speech_p: np.ndarray | None = None
     speech_s: np.ndarray | None = None
+    unsure: np.ndarray | None = None
+    unsure_s: np.ndarray | None = None
 
     @property
     def duration_s(self) -> float:
         return float(self.bounds[-1, 1]) if len(self.bounds) else 0.0
+
+    @property
+    def encoded(self) -> np.ndarray:
+        """The segments whose features are held: speech, and unsure ones."""
+        return self.speech if self.unsure is None else self.speech | self.unsure
+
+    def speech_rows(self) -> np.ndarray:
+        """Where each speech segment's features lie among the held rows."""
+        return np.flatnonzero(self.speech[self.encoded])
+
+    def speech_features(self, params: FeatureParams) -> list[np.ndarray]:
+        """The speech segments' features, as arrays to take in order.
+
+        The held arrays themselves where every held row is speech (a stack
+        spilled to disk is then read in its turn), else the rows picked out.
+        """
+        stacks = self.features[params]
+        if self.unsure is None or not (self.unsure & ~self.speech).any():
+            return list(stacks)
+        return [np.concatenate([np.asarray(a) for a in stacks])[self.speech_rows()]]
+
+    def with_second_stage(self, found: np.ndarray, probability: np.ndarray) -> RecordingFeatures:
+        """The recording once the second stage has decided its unsure segments.
+
+        Args:
+            found: np.ndarray [shape=(n,), bool]: unsure segments found speech.
+            probability: np.ndarray [shape=(n,), float64]: the second stage's
+                probability of speech, read where a segment is unsure.
+        """
+        unsure = self.unsure if self.unsure is not None else np.zeros(len(self.speech), bool)
+        found = found & unsure
+        speech_p = None if self.speech_p is None else np.where(unsure, probability, self.speech_p)
+        speech_s = (None if self.speech_s is None
+                    else np.where(found, self.unsure_s, self.speech_s))
+        return dataclasses.replace(self, speech=self.speech | found, speech_p=speech_p,
+                                   speech_s=speech_s)
 
 
 def assemble_recording(chunks: list[ChunkResult]) -> RecordingFeatures | Failure:
@@ -125,6 +179,8 @@ def assemble_recording(chunks: list[ChunkResult]) -> RecordingFeatures | Failure
         {p: [c.features[p] for c in chunks] for p in first.features},
         np.concatenate([c.speech_p for c in chunks]),
         np.concatenate([c.speech_s for c in chunks]),
+        np.concatenate([c.unsure for c in chunks]),
+        np.concatenate([c.unsure_s for c in chunks]),
     )
 
 
@@ -186,10 +242,11 @@ def featurize_chunk(
                              span_start, rate)[-warm:]
             heard = np.concatenate([np.zeros(warm - len(head), np.float32), head, audio])
         decisions = detect_speech(heard, first - warm, np.stack([starts, ends], axis=1) + first,
-                                  rate, settings.speech_detector, settings.speech_threshold)
+                                  rate, settings.speech_detector, settings.speech_threshold,
+                                  settings.unsure_p)
         speech = decisions.speech
         parts: dict[FeatureParams, list[np.ndarray]] = {p: [] for p in params}
-        for group in equal_length_runs(pieces, np.flatnonzero(speech)):
+        for group in equal_length_runs(pieces, np.flatnonzero(speech | decisions.unsure)):
             stacked = features_of_segments(np.stack([pieces[i] for i in group]), params)
             for p, part in zip(params, stacked, strict=True):
                 parts[p].append(part)
@@ -206,7 +263,8 @@ def featurize_chunk(
         message = f"{type(error).__name__}: {error}"
         return _failed(chunk, Failure(chunk.recording.key, "error", message))
     return ChunkResult(chunk.index, chunk.recording, chunk.last, bounds, speech, features,
-                       decisions.probability, decisions.seconds)
+                       decisions.probability, decisions.seconds, decisions.unsure,
+                       decisions.unsure_s)
 
 
 def _failed(chunk: Chunk, failure: Failure) -> ChunkResult:

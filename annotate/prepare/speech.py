@@ -1,8 +1,10 @@
 """Which segments hold speech, and how much: the run's speech detectors.
 
-Two detectors, chosen by ``annotate run --speech-detector``:
+Three detectors, chosen by ``annotate run --speech-detector``:
 
-- ``silero`` (the default): Silero VAD v6 (MIT), shipped in the package
+- ``silero`` (the default): Silero VAD, then, for the segments it is unsure
+  of, a second stage on the backbone's states (below).
+- ``silero-only``: Silero VAD v6 (MIT), shipped in the package
   (``models/silero-vad``, built by ``scripts/build_speech_detector.py`` from
   its PyPI wheel) and run on ONNX Runtime, one thread per feature job. It
   gives each 32 ms frame a probability of speech. A chunk of a recording is
@@ -21,6 +23,12 @@ probability above the threshold; for the energy gate, loud frames),
 highest frame probability; none for the energy gate), and ``speech``: at
 least :data:`MIN_SPEECH_S` seconds of speech (or half the segment, for a
 shorter last segment).
+
+Silero's second stage: asked with ``unsure_p``, :func:`detect_speech` also
+marks the segments it is unsure of (not speech, but a frame at ``unsure_p``
+or above). The run encodes those too and lets the speech head on the
+backbone's states decide (:mod:`annotate.modelling.speech_head`,
+:meth:`annotate.pipeline.annotator.Annotator.annotate`).
 """
 
 from __future__ import annotations
@@ -39,9 +47,9 @@ from annotate.prepare.segment import equal_length_runs, speech_mask
 from annotate.resources import resource_dir
 
 #: ``--speech-detector`` choices, the default first.
-SPEECH_DETECTORS = ("silero", "energy")
+SPEECH_DETECTORS = ("silero", "silero-only", "energy")
 #: Each detector's default ``--speech-threshold``: a frame probability, or a level in dBFS.
-DEFAULT_THRESHOLDS = {"silero": 0.5, "energy": -45.0}
+DEFAULT_THRESHOLDS = {"silero": 0.5, "silero-only": 0.5, "energy": -45.0}
 #: Seconds of speech frames that make a segment speech. With the frame
 #: threshold, chosen on validation clips, tracks and speakers (docs/accuracy.md).
 MIN_SPEECH_S = 0.25
@@ -62,11 +70,19 @@ class SpeechDecisions:
         probability: np.ndarray [shape=(n,), float64]: the probability that
             the segment holds speech (NaN for the energy gate, which has none).
         seconds: np.ndarray [shape=(n,), float64]: seconds of speech inside it.
+        unsure: np.ndarray [shape=(n,), bool]: not speech, but a frame at
+            ``unsure_p`` or above: for the second stage to decide (all false
+            without ``unsure_p``).
+        unsure_s: np.ndarray [shape=(n,), float64]: seconds of frames at
+            ``unsure_p`` or above: a segment's speech should the second stage
+            find speech there.
     """
 
     speech: np.ndarray
     probability: np.ndarray
     seconds: np.ndarray
+    unsure: np.ndarray
+    unsure_s: np.ndarray
 
 
 def check_threshold(detector: str, threshold: float) -> None:
@@ -75,10 +91,10 @@ def check_threshold(detector: str, threshold: float) -> None:
     Raises:
         ValueError: With what the threshold means for that detector.
     """
-    if detector == "silero" and not 0.0 < threshold < 1.0:
+    if detector.startswith("silero") and not 0.0 < threshold < 1.0:
         hint = (" (a negative value is a dBFS level, the energy gate's: add "
                 "--speech-detector energy for it)" if threshold < 0 else "")
-        raise ValueError(f"--speech-threshold for the silero detector is a frame probability "
+        raise ValueError(f"--speech-threshold for the {detector} detector is a frame probability "
                          f"in (0, 1), got {threshold}{hint}")
     if detector == "energy" and not -120.0 <= threshold < 0.0:
         raise ValueError(f"--speech-threshold for the energy detector is a level in "
@@ -91,7 +107,8 @@ def warmup_samples(detector: str, sampling_rate: int) -> int:
 
 
 def detect_speech(audio: np.ndarray, first_sample: int, bounds: np.ndarray, sampling_rate: int,
-                  detector: str, threshold: float) -> SpeechDecisions:
+                  detector: str, threshold: float,
+                  unsure_p: float | None = None) -> SpeechDecisions:
     """Decide which segments of a span hold speech.
 
     Args:
@@ -103,6 +120,8 @@ def detect_speech(audio: np.ndarray, first_sample: int, bounds: np.ndarray, samp
         sampling_rate: In Hz (16 kHz for ``silero``).
         detector: One of :data:`SPEECH_DETECTORS`.
         threshold: A frame probability (``silero``) or a level in dBFS (``energy``).
+        unsure_p: ``silero`` only: the frame probability from which a segment
+            that is not speech is marked unsure (None: none is).
     """
     bounds = np.asarray(bounds, np.int64)
     if detector == "energy":
@@ -114,17 +133,41 @@ def detect_speech(audio: np.ndarray, first_sample: int, bounds: np.ndarray, samp
     skip = (-first_sample) % frame
     probs = _silero().probabilities(audio[skip:])
     starts = first_sample + skip + frame * np.arange(len(probs))
+    return decide_segments(probs, starts, frame, bounds, sampling_rate, threshold, unsure_p)
+
+
+def decide_segments(probs: np.ndarray, starts: np.ndarray, frame: int, bounds: np.ndarray,
+                    sampling_rate: int, threshold: float,
+                    unsure_p: float | None = None) -> SpeechDecisions:
+    """Each segment's decision from frame probabilities.
+
+    Args:
+        probs: np.ndarray [shape=(k,)]: each frame's probability of speech.
+        starts: np.ndarray [shape=(k,)]: each frame's first sample, in order.
+        frame: Samples a frame.
+        bounds: np.ndarray [shape=(m, 2)]: segments, in samples; a segment
+            holds the frames that start inside it.
+        sampling_rate: In Hz.
+        threshold: Frame probability above which a frame is speech.
+        unsure_p: Frame probability from which a segment that is not speech
+            is unsure (None: none is).
+    """
     frame_s = frame / sampling_rate
     durations = (bounds[:, 1] - bounds[:, 0]) / sampling_rate
     probability = np.zeros(len(bounds))
     seconds = np.zeros(len(bounds))
+    loose = np.zeros(len(bounds))
     for i, (lo, hi) in enumerate(bounds):
         mine = probs[np.searchsorted(starts, lo) : np.searchsorted(starts, hi)]
         if len(mine):
             probability[i] = float(mine.max())
             seconds[i] = min(float((mine > threshold).sum()) * frame_s, durations[i])
-    speech = seconds >= np.minimum(MIN_SPEECH_S, durations / 2) - 1e-9
-    return SpeechDecisions(speech & (seconds > 0), probability, seconds)
+            if unsure_p is not None:
+                loose[i] = min(float((mine >= unsure_p).sum()) * frame_s, durations[i])
+    speech = (seconds >= np.minimum(MIN_SPEECH_S, durations / 2) - 1e-9) & (seconds > 0)
+    unsure = (~speech & (probability >= unsure_p) if unsure_p is not None
+              else np.zeros(len(bounds), bool))
+    return SpeechDecisions(speech, probability, seconds, unsure, loose)
 
 
 def _energy(audio, first_sample, bounds, sampling_rate, threshold) -> SpeechDecisions:
@@ -135,7 +178,8 @@ def _energy(audio, first_sample, bounds, sampling_rate, threshold) -> SpeechDeci
         mask, active = speech_mask(np.stack([pieces[i] for i in group]), sampling_rate,
                                    threshold, return_active_s=True)
         speech[group], seconds[group] = mask, active
-    return SpeechDecisions(speech, np.full(len(pieces), np.nan), seconds)
+    return SpeechDecisions(speech, np.full(len(pieces), np.nan), seconds,
+                           np.zeros(len(pieces), bool), np.zeros(len(pieces)))
 
 
 class SileroVAD:

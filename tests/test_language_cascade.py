@@ -105,9 +105,10 @@ def test_the_language_step_runs_only_for_segments_that_ask(backbone):
     pooled, every = runner.encode([stack], frames)
     seen = []
 
-    def odd_rows(block):
+    def odd_rows(block, first):
         seen.append(block.copy())
         index = int(np.flatnonzero((pooled == block[0]).all(axis=(1, 2)))[0])
+        assert first == index  # the block's place among all segments
         return np.array([index % 2 == 1])
 
     again, some = runner.encode([stack], frames, odd_rows)
@@ -115,7 +116,7 @@ def test_the_language_step_runs_only_for_segments_that_ask(backbone):
     assert len(seen) == 5
     np.testing.assert_array_equal(some[1::2], every[1::2])
     assert np.isnan(some[0::2]).all()
-    _, none = runner.encode([stack], frames, lambda block: np.zeros(len(block), bool))
+    _, none = runner.encode([stack], frames, lambda block, first: np.zeros(len(block), bool))
     assert np.isnan(none).all()
 
 
@@ -129,7 +130,7 @@ def test_lanes_sharing_one_language_step_give_the_same_bits(backbone, monkeypatc
     params = backbone.features
     stack = (rng.standard_normal((9, params.n_frames, params.n_mels)) * 0.3).astype(np.float32)
     frames = rng.integers(20, params.n_frames + 1, 9)
-    some = lambda block: block[:, 0, 0] > np.median(block[:, 0, 0]) - 1.0  # noqa: E731
+    some = lambda block, first: block[:, 0, 0] > np.median(block[:, 0, 0]) - 1.0  # noqa: E731
     out = {}
     for shared in (False, True):
         runner = Backbone(backbone, (0, 1, 2), "litert", params.n_frames, language=True,

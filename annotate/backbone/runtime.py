@@ -311,7 +311,7 @@ class Backbone:
         return self.encode(stacks, frames)[0]
 
     def encode(self, stacks: list[np.ndarray], frames: np.ndarray,
-               needs_language: Callable[[np.ndarray], np.ndarray] | None = None,
+               needs_language: Callable[[np.ndarray, int], np.ndarray] | None = None,
                ) -> tuple[np.ndarray, np.ndarray | None]:
         """Pooled hidden states of every segment, and Whisper's language logits if asked for.
 
@@ -322,7 +322,8 @@ class Backbone:
             frames: np.ndarray [shape=(sum n_i,)]: each segment's real frame count.
             needs_language: With ``language``, which segments need Whisper's
                 language logits, from their pooled states [shape=(k,
-                len(layers), 2 * width)] (a boolean array [shape=(k,)]); the
+                len(layers), 2 * width)] and the index of the first of them
+                among all segments (a boolean array [shape=(k,)]); the
                 others skip the language step. Called from the lanes'
                 threads, one block at a time. None: every segment.
 
@@ -349,10 +350,10 @@ class Backbone:
         taking = threading.Lock()
         taken = [0]
 
-        def wanted(pooled: np.ndarray) -> np.ndarray:
+        def wanted(pooled: np.ndarray, first: int) -> np.ndarray:
             if needs_language is None:
                 return np.ones(len(pooled), bool)
-            return np.asarray(needs_language(pooled), bool).reshape(len(pooled))
+            return np.asarray(needs_language(pooled, first), bool).reshape(len(pooled))
 
         abandoned = threading.Event()  # the caller left (Ctrl-C, an error): lanes stop
 
@@ -375,7 +376,8 @@ class Backbone:
                         block[j, :real] = array[i, :real]
                         valid[j, :real] = 1.0
                     taken[0] = start + count
-                pooled, language, asked = run(block, valid, count, wanted)
+                pooled, language, asked = run(block, valid, count,
+                                              lambda states, first=start: wanted(states, first))
                 out[start : start + count] = pooled[:count]
                 if language is not None:
                     logits[start : start + count][asked] = language[:count][asked]

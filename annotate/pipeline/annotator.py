@@ -21,6 +21,7 @@ speech are labelled like the others, the rest are not.
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -124,9 +125,12 @@ class Annotator:
             stacks = [a for r in recordings for a in r.features[params]]
             frames = np.concatenate(
                 [_encoded_frames(r, params) for r in recordings]) if recordings else np.zeros(0)
-            unsure = (self._head_unsure if self.language.asks_some
-                      and self.models.identifies_language(name, self.language) else None)
-            pooled, logits = self.backbone(name).encode(stacks, frames, unsure)
+            checked = np.concatenate([np.zeros(0, bool)] + [
+                r.unsure[r.encoded] if r.unsure is not None else np.zeros(r.encoded.sum(), bool)
+                for r in recordings])
+            asks = (partial(self._asks_whisper, name, checked) if self.language.asks_some
+                    and self.models.identifies_language(name, self.language) else None)
+            pooled, logits = self.backbone(name).encode(stacks, frames, asks)
             encoded[name] = _split(pooled, [r.encoded.sum() for r in recordings])
             if logits is not None:
                 whisper_logits = logits
@@ -167,12 +171,23 @@ class Annotator:
         keep = [order.index(layer) for layer in spec.backbone.layers]
         return pooled[:, keep].reshape(len(pooled), spec.backbone.input_size)
 
-    def _head_unsure(self, pooled: np.ndarray) -> np.ndarray:
-        """Which segments (pooled states, from a backbone lane) go on to Whisper's step."""
+    def _asks_whisper(self, name: str, checked: np.ndarray, pooled: np.ndarray,
+                      first: int) -> np.ndarray:
+        """Which segments (pooled states, from a backbone lane) go on to Whisper's step.
+
+        Those the language head is unsure of, but not the segments the speech
+        head will find hold no speech (``checked``: the rows it decides).
+        """
         spec = self.models.language
         with self._head_lock:  # the lanes ask from their threads; a classifier is not shared
             logits = self.classifier(spec).logits(self._head_rows(spec, pooled))
-        return self.language.unsure(self.language.head_probs(logits, spec), spec)
+        asks = self.language.unsure(self.language.head_probs(logits, spec), spec)
+        mine = checked[first : first + len(pooled)]
+        head = self.plan.speech_head
+        if head is not None and head.backbone == name and mine.any():
+            layer = self.models.backbone_layers(name).index(head.layer)
+            asks &= ~mine | (head.probability(pooled[:, layer]) >= head.threshold)
+        return asks
 
     def _language_probs(self, recordings: list[RecordingFeatures], encoded,
                         whisper_logits: np.ndarray | None) -> list[np.ndarray]:

@@ -47,6 +47,7 @@ test: install browser speech
 # identification, then the heads on the corpora's training speakers (fixed seeds;
 # each emotion head with its temperature for --speakers), then the language cascade.
 models: install
+	$(BIN)/python -m pip install --quiet '.[models]'
 	$(BIN)/python scripts/build_speech_detector.py --out models/silero-vad
 	$(BIN)/python scripts/build_backbone.py --out models/whisper-base
 	$(BIN)/python scripts/fit_speech_head.py --corpora $(CORPORA) --backbone models/whisper-base --out models/speech-head

@@ -23,7 +23,8 @@ from annotate.audio.discover import Recording
 from annotate.errors import ModelError
 from annotate.prepare import speech as detection
 from annotate.prepare.featurize import SegmentSettings, featurize_recording
-from annotate.prepare.speech import SileroVAD, detect_speech
+from annotate.prepare.silero import SileroVAD
+from annotate.prepare.speech import detect_speech
 from annotate.schema import load_schema
 from annotate.testing import TEST_FEATURES, speech_like, tone, voice
 
@@ -157,14 +158,43 @@ def test_a_run_writes_the_detector_columns_and_skips_non_speech(tmp_path, model_
     assert metadata["speech_detector"]["sha256"] == detection._silero().spec["sha256"]
 
 
-def test_a_tampered_detector_is_refused(tmp_path):
+@pytest.mark.parametrize("part", ["encoder", "recurrent"])
+def test_a_tampered_detector_is_refused(tmp_path, part):
     folder = tmp_path / "silero-vad"
     shutil.copytree(detection._silero().path.parent, folder)
     SileroVAD(folder)  # the copy is intact
-    model = folder / json.loads((folder / "detector.json").read_text())["file"]
+    model = folder / json.loads((folder / "detector.json").read_text())[part]
     model.write_bytes(model.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ModelError, match="SHA-256"):
         SileroVAD(folder)
+
+
+def published_export(audio: np.ndarray) -> np.ndarray:
+    """Silero's frame probabilities from its published export, one ONNX Runtime call."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(detection._silero().path),
+                                   providers=["CPUExecutionProvider"])
+    count = -(-len(audio) // 512)
+    frames = np.zeros((count, 512), np.float32)
+    frames.reshape(-1)[: len(audio)] = audio
+    rows = np.concatenate([np.zeros((count, 64), np.float32), frames], axis=1)
+    rows[1:, :64] = frames[:-1, -64:]
+    state = np.zeros((1, 1, 128), np.float32)
+    probs, _, _ = session.run(None, {"input": rows, "h": state, "c": state})
+    return probs.reshape(-1)
+
+
+def test_the_detector_computes_what_the_published_export_does():
+    # Long enough for several blocks; speech, music, noise and silence, and a
+    # length that is not a whole number of frames.
+    audio = np.concatenate([speech_like(20.0, seed=3), chord(15.0), noise(10.0, "pink"),
+                            np.zeros(SR, np.float32), speech_like(25.3, seed=4)])
+    ours = detection._silero().probabilities(audio)
+    theirs = published_export(audio)
+    assert ours.shape == theirs.shape == (-(-len(audio) // 512),)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert 0.01 < (theirs > 0.5).mean() < 0.99  # the comparison covers both decisions
 
 
 def test_a_threshold_must_fit_its_detector():

@@ -6,8 +6,8 @@ Three detectors, chosen by ``annotate run --speech-detector``:
   of, a second stage on the backbone's states (below).
 - ``silero-only``: Silero VAD v6 (MIT), shipped in the package
   (``models/silero-vad``, built by ``scripts/build_speech_detector.py`` from
-  its PyPI wheel) and run on ONNX Runtime, one thread per feature job. It
-  gives each 32 ms frame a probability of speech. A chunk of a recording is
+  its PyPI wheel) and run by :mod:`annotate.prepare.silero`, one thread per
+  feature job. It gives each 32 ms frame a probability of speech. A chunk of a recording is
   scored as one stream, from :data:`WARMUP_S` before its first segment, so
   every segment is heard in its context; the frames lie on one grid of the
   whole recording (512 samples from its start), so the decisions do not depend
@@ -33,17 +33,13 @@ backbone's states decide (:mod:`annotate.modelling.speech_head`,
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 
-from annotate.errors import ModelError
 from annotate.prepare.segment import equal_length_runs, speech_mask
+from annotate.prepare.silero import SileroVAD
 from annotate.resources import resource_dir
 
 #: ``--speech-detector`` choices, the default first.
@@ -57,8 +53,6 @@ MIN_SPEECH_S = 0.25
 WARMUP_S = 0.5
 #: The bundled detector's folder, inside the package's models.
 FOLDER = "silero-vad"
-#: Frames scored per ONNX Runtime call (8 s of audio: bounded memory, and as fast as longer calls).
-_FRAMES_PER_CALL = 256
 
 
 @dataclass(frozen=True)
@@ -182,76 +176,6 @@ def _energy(audio, first_sample, bounds, sampling_rate, threshold) -> SpeechDeci
                            np.zeros(len(pieces), bool), np.zeros(len(pieces)))
 
 
-class SileroVAD:
-    """Silero VAD's streaming-sequence export on ONNX Runtime (one thread a call).
-
-    Args:
-        folder: The detector folder (``detector.json``, the ONNX file, licence, card).
-
-    Raises:
-        ModelError: The folder is missing or its file does not match its SHA-256.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        try:
-            self.spec = json.loads((folder / "detector.json").read_text())
-            self.path = folder / self.spec["file"]
-            content = self.path.read_bytes()
-        except (OSError, ValueError, KeyError) as error:
-            raise ModelError(f"the speech detector in {folder} cannot be read ({error}); "
-                             "reinstall annotate, or pass --speech-detector energy") from None
-        if hashlib.sha256(content).hexdigest() != self.spec["sha256"]:
-            raise ModelError(f"{self.path} does not match its SHA-256 in detector.json")
-        self.frame_samples = int(self.spec["frame_samples"])
-        self.context = int(self.spec["context_samples"])
-        self._content = content
-        self._session = None
-        self._lock = threading.Lock()
-
-    def session(self):
-        """The ONNX Runtime session, made on first use (one per process)."""
-        with self._lock:
-            if self._session is None:
-                import onnxruntime as ort
-
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = 1
-                options.inter_op_num_threads = 1
-                options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                options.log_severity_level = 3
-                self._session = ort.InferenceSession(self._content, sess_options=options,
-                                                     providers=["CPUExecutionProvider"])
-            return self._session
-
-    def probabilities(self, audio: np.ndarray) -> np.ndarray:
-        """Speech probability of each 32 ms frame of one stream [shape=(ceil(n / 512),)].
-
-        Frame j covers samples ``[512 j, 512 j + 512)`` (the last one
-        zero-padded) and hears, besides them, the 64 samples before them and
-        the stream's memory of every earlier frame.
-        """
-        audio = np.asarray(audio, np.float32)
-        n, size = len(audio), self.frame_samples
-        count = -(-n // size)
-        if count == 0:
-            return np.zeros(0, np.float32)
-        frames = np.zeros((count, size), np.float32)
-        frames.reshape(-1)[:n] = audio
-        rows = np.empty((count, self.context + size), np.float32)
-        rows[:, self.context:] = frames
-        rows[0, : self.context] = 0.0
-        rows[1:, : self.context] = frames[:-1, -self.context:]
-        h = np.zeros((1, 1, 128), np.float32)
-        c = np.zeros((1, 1, 128), np.float32)
-        session = self.session()
-        out = []
-        for first in range(0, count, _FRAMES_PER_CALL):
-            p, h, c = session.run(None, {"input": rows[first : first + _FRAMES_PER_CALL],
-                                         "h": h, "c": c})
-            out.append(np.asarray(p, np.float32).reshape(-1))
-        return np.concatenate(out)
-
-
 @cache
 def _silero() -> SileroVAD:
     return SileroVAD(resource_dir("models") / FOLDER)
@@ -267,4 +191,5 @@ def detector_description(detector: str) -> dict:
         return {"name": "energy"}
     spec = _silero().spec
     return {"name": spec["name"], "file": spec["file"], "sha256": spec["sha256"],
-            "source": spec["source"]}
+            "source": spec["source"], "encoder_sha256": spec["encoder_sha256"],
+            "recurrent_sha256": spec["recurrent_sha256"]}

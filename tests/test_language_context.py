@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -20,6 +21,11 @@ from annotate.features import (
     whisper_log_mel,
 )
 from annotate.modelling.language_fusion import choose_context, fit_context
+from annotate.modelling.language_source import (
+    CONTEXT_WINDOWS_A_CALL,
+    CascadeLanguage,
+    ContextInput,
+)
 from annotate.modelling.model_folder import LanguageCascade, read_model_folder
 from annotate.modelling.model_set import ModelSet
 from annotate.modelling.posteriors import (
@@ -152,6 +158,76 @@ def test_the_context_step_borrows_the_lanes_interpreters_and_leaves_them_as_they
     after = shared.encode([segment], np.array([100]))
     np.testing.assert_array_equal(before[0], after[0])
     np.testing.assert_array_equal(before[1], after[1])
+
+
+def test_windows_are_shared_out_among_the_lanes_with_the_bits_of_one_at_a_time(
+        backbone, monkeypatch):
+    """Several windows at once run on both lanes' encoders, the language step in turn:
+    each window's logits are those it gets alone, and the lanes are left as they were."""
+    from annotate.backbone import runtime
+    from annotate.modelling import inference
+
+    monkeypatch.setattr(inference, "LITERT_THREADS", 2)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    threads = set()
+    window_step = runtime._window_step
+
+    def watched(*args, **kwargs):
+        step = window_step(*args, **kwargs)
+
+        def run(window):
+            threads.add(threading.get_ident())
+            return step(window)
+
+        return run
+
+    monkeypatch.setattr(runtime, "_window_step", watched)
+    rng = np.random.default_rng(6)
+    windows = [(rng.standard_normal((WHISPER_CONTEXT_FRAMES, 16)) * 0.3).astype(np.float32)
+               for _ in range(5)]
+    segment = (rng.standard_normal((1, 100, 16)) * 0.3).astype(np.float32)
+    shared = Backbone(backbone, (0, 1), "litert", 100, language=True, share_language=True)
+    before = shared.encode([segment], np.array([100]))
+    together = shared.context_languages(windows)
+    assert together.shape == (5, 99) and len(shared._encoders) == 2
+    assert len(threads) == 2  # both lanes took windows
+    alone = np.stack([shared.context_language(w) for w in windows])
+    np.testing.assert_array_equal(together, alone)
+    own = Backbone(backbone, (0, 1), "litert", 100, language=True).context_languages(windows)
+    np.testing.assert_array_equal(together, own)
+    after = shared.encode([segment], np.array([100]))
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    assert shared.context_languages([]).shape == (0, 99)
+    with pytest.raises(ValueError, match="lengths"):
+        shared.context_languages([windows[0], windows[1][:2000]])
+
+
+def test_the_windows_of_many_recordings_go_in_bounded_calls_each_recording_as_alone(backbone):
+    spec = models_with(backbone, "always", 1.0).language
+    language = CascadeLanguage(tuple(LANGUAGES), tuple(LANGUAGES))
+    rng = np.random.default_rng(8)
+    recordings = []
+    for _ in range(7):  # three stretches each: 21 windows
+        labels = np.repeat([0, 1, 2], 2)
+        probs = np.full((6, 4), 0.1)
+        probs[np.arange(6), labels] = 0.7
+        frames = np.full(6, 100)
+        rows = [rng.standard_normal((100, 80)).astype(np.float32) for _ in range(6)]
+        recordings.append(ContextInput(probs / probs.sum(1, keepdims=True), np.full(6, 1.0),
+                                       frames, rows.__getitem__))
+    calls = []
+
+    def ask(windows):
+        calls.append(len(windows))
+        return np.stack([np.sin(np.arange(99) * float(w.mean())) * 3 for w in windows])
+
+    together = language.with_context(recordings, ask, spec, 1.3)
+    assert sum(calls) == 21 and max(calls) == CONTEXT_WINDOWS_A_CALL
+    for recording, got in zip(recordings, together, strict=True):
+        alone = language.with_context([recording], ask, spec, 1.3)[0]
+        np.testing.assert_array_equal(got, alone)
+        assert np.abs(got - recording.probs).max() > 1e-3
 
 
 def test_the_fit_asks_where_the_context_pays_and_no_further():

@@ -28,9 +28,10 @@ encoder gives them, so no frames are kept.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -229,29 +230,44 @@ class Backbone:
         return step
 
     def context_language(self, window: np.ndarray) -> np.ndarray:
-        """Whisper's language logits for one whole window, every frame real.
+        """Whisper's language logits for one window [shape=(99,)] (:meth:`context_languages`)."""
+        return self.context_languages([window])[0]
+
+    def context_languages(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """Whisper's language logits for whole windows, every frame real.
 
         The recording-level question of the cascade
         (:meth:`annotate.modelling.language_source.CascadeLanguage.context_units`):
         Whisper's language step as Whisper itself asks it, on 30 s of padded
         log-mel (:func:`annotate.features.whisper_context`), not on one masked
         segment. Its encoder and language step are loaded on the first call
-        (about 1 s a window on one core) and kept.
+        (about 1 s a window on one core) and kept. Where the run's lanes lend
+        their interpreters (LiteRT, the language step shared), the windows are
+        spread over the lanes' encoders and take the language step in turn;
+        each window is computed alone, so its logits are the same bits
+        whatever the number of lanes or windows.
 
         Args:
-            window: np.ndarray [shape=(frames, n_mels)].
+            windows: Each np.ndarray [shape=(frames, n_mels)], all as long.
 
         Returns:
-            np.ndarray [shape=(99,), dtype=float32].
+            np.ndarray [shape=(len(windows), 99), dtype=float32].
         """
-        window = np.asarray(window, np.float32)
+        windows = [np.asarray(w, np.float32) for w in windows]
+        if not windows:
+            from annotate.labels import WHISPER_LANGUAGES
+
+            return np.zeros((0, len(WHISPER_LANGUAGES)), np.float32)
+        n_frames = len(windows[0])
+        if any(len(w) != n_frames for w in windows):
+            raise ValueError("context windows of different lengths")
         with self._context_lock:
-            if self._context is None or self._context[0] != len(window):
-                self._context = (len(window), self._context_step(len(window)))
-            return self._context[1](window)
+            if self._context is None or self._context[0] != n_frames:
+                self._context = (n_frames, self._context_step(n_frames))
+            return np.stack(self._context[1](windows))
 
     def _context_step(self, n_frames: int):
-        """A function from one window [shape=(n_frames, n_mels)] to Whisper's language logits."""
+        """A function from windows [each shape=(n_frames, n_mels)] to their language logits."""
         mels = self.spec.features.n_mels
         block = np.zeros((self.batch, n_frames, mels), np.float32)
         valid = np.ones((self.batch, n_frames), np.float32)
@@ -270,39 +286,75 @@ class Backbone:
             language = self._interpreter(interpreter_class, self.spec.language.file,
                                          [self.batch, (n_frames + 1) // 2, self.spec.width],
                                          n_frames, threads)
-            return _window_step(encoder, language, self.spec.width, block, valid)
+            step = _window_step(encoder, language, self.spec.width, block, valid)
+            return lambda windows: [step(w) for w in windows]
         keras_step = self._keras_step(True, n_frames)
 
         def step(window: np.ndarray) -> np.ndarray:
             block[0] = window
             return keras_step(block, valid)[1].numpy()[0]
 
-        return step
+        return lambda windows: [step(w) for w in windows]
 
     def _borrowed_context_step(self, n_frames: int):
-        """The context step on the first lane's encoder and the shared language step.
+        """The context step on the lanes' encoders and the shared language step.
 
         While the lanes are idle (``encode`` holds the same lock while they
-        run), both interpreters are resized for the window, run, and resized
+        run), the interpreters are resized for the window, run, and resized
         back: their weights are not held twice (a second pair held about
-        630 MB more).
+        630 MB more). Each lane's encoder takes the next window, and the
+        language step, shared, takes one window at a time: on two cores a
+        window costs 0.6 of its time alone (docs/benchmarks.md).
         """
         mels, width = self.spec.features.n_mels, self.spec.width
-        encoder, language = self._encoders[0], self._shared_language
-        block = np.zeros((self.batch, n_frames, mels), np.float32)
-        valid = np.ones((self.batch, n_frames), np.float32)
-        step = _window_step(encoder, language, width, block, valid)
+        language = self._shared_language
+        turn = threading.Lock()
+        steps = [_window_step(encoder, language, width,
+                              np.zeros((self.batch, n_frames, mels), np.float32),
+                              np.ones((self.batch, n_frames), np.float32), turn)
+                 for encoder in self._encoders]
 
-        def borrowed(window: np.ndarray) -> np.ndarray:
+        def shapes(frames: int) -> tuple[list[int], list[int]]:
+            # The encoders' input, then the language step's.
+            return [self.batch, frames, mels], [self.batch, (frames + 1) // 2, width]
+
+        def borrowed(windows: list[np.ndarray]) -> list[np.ndarray]:
+            lanes = min(len(steps), len(windows))
+            out: list = [None] * len(windows)
+            order = iter(range(len(windows)))
+            taking = threading.Lock()
+            abandoned = threading.Event()
+
+            def lane(step) -> None:
+                while not abandoned.is_set():
+                    with taking:
+                        i = next(order, None)
+                    if i is None:
+                        return
+                    try:
+                        out[i] = step(windows[i])
+                    except BaseException:
+                        abandoned.set()
+                        raise
+
             with self._lock:
-                _resize(encoder, [self.batch, n_frames, mels], n_frames)
-                _resize(language, [self.batch, (n_frames + 1) // 2, width], n_frames)
+                interpreters = [(language, 1)] + [(e, 0) for e in self._encoders[:lanes]]
+                resized = []
                 try:
-                    return step(window)
+                    for interpreter, which in interpreters:
+                        _resize(interpreter, shapes(n_frames)[which], n_frames)
+                        resized.append((interpreter, which))
+                    if lanes == 1:
+                        lane(steps[0])
+                    else:
+                        jobs = [self._pool.submit(lane, step) for step in steps[:lanes]]
+                        for job in jobs:
+                            job.result()
                 finally:
-                    _resize(encoder, [self.batch, self.n_frames, mels], self.n_frames)
-                    _resize(language, [self.batch, (self.n_frames + 1) // 2, width],
-                            self.n_frames)
+                    abandoned.set()
+                    for interpreter, which in resized:
+                        _resize(interpreter, shapes(self.n_frames)[which], self.n_frames)
+            return out
 
         return borrowed
 
@@ -395,22 +447,29 @@ class Backbone:
         return out, logits
 
 
-def _window_step(encoder, language, width: int, block: np.ndarray, valid: np.ndarray):
-    """A window [shape=(frames, n_mels)] through ``encoder`` then ``language``: its logits."""
+def _window_step(encoder, language, width: int, block: np.ndarray, valid: np.ndarray,
+                 turn: threading.Lock | None = None):
+    """A window [shape=(frames, n_mels)] through ``encoder`` then ``language``: its logits.
+
+    ``turn``: held around the language step, where several encoders share it.
+    """
     frames_out = next(d["index"] for d in encoder.get_output_details()
                       if d["shape_signature"][-1] == width)
     encoder_in, language_in = _inputs_by_rank(encoder), _inputs_by_rank(language)
     logits_out = language.get_output_details()[0]["index"]
+    turn = turn or contextlib.nullcontext()
 
     def step(window: np.ndarray) -> np.ndarray:
         block[0] = window
         encoder.set_tensor(encoder_in[3], block)
         encoder.set_tensor(encoder_in[2], valid)
         encoder.invoke()
-        language.set_tensor(language_in[3], encoder.get_tensor(frames_out))
-        language.set_tensor(language_in[2], valid)
-        language.invoke()
-        return language.get_tensor(logits_out)[0]
+        frames = encoder.get_tensor(frames_out)
+        with turn:
+            language.set_tensor(language_in[3], frames)
+            language.set_tensor(language_in[2], valid)
+            language.invoke()
+            return language.get_tensor(logits_out)[0]
 
     return step
 

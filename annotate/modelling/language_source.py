@@ -214,35 +214,67 @@ class CascadeLanguage(HeadLanguage):
         threshold = language.cascade.context_threshold
         return [s for s in stretches if recording_mean(probs[s], durations[s]).max() < threshold]
 
-    def with_context(self, probs: np.ndarray, durations: np.ndarray, frames: np.ndarray,
-                     segment: Callable[[int], np.ndarray], ask: Callable[[np.ndarray], np.ndarray],
-                     language: ModelSpec, temperature: float) -> np.ndarray:
-        """One recording's segment probabilities, its unsure stretches fused with Whisper's context.
+    def with_context(self, recordings: Sequence[ContextInput],
+                     ask: Callable[[list[np.ndarray]], np.ndarray],
+                     language: ModelSpec, temperature: float) -> list[np.ndarray]:
+        """Recordings' segment probabilities, their unsure stretches fused with Whisper's context.
 
         Each stretch :meth:`context_units` picks is joined into one padded 30 s
         window (:func:`annotate.features.whisper_context`) and put to Whisper
         once; each of its segments' probabilities become
-        ``softmax(log p + context_weight * log p_context)``. The annotator and
-        ``annotate evaluate`` both label through here.
+        ``softmax(log p + context_weight * log p_context)``. The windows of
+        all the recordings go to ``ask`` :data:`CONTEXT_WINDOWS_A_CALL` at a
+        time, so a backbone can share them out among its lanes while no
+        more than those are held. The annotator and ``annotate evaluate``
+        both label through here.
 
         Args:
-            probs: The recording's segment probabilities [shape=(n, k)]
-                (:meth:`segment_probs`).
-            durations, frames: Each segment's seconds and log-mel frames [shape=(n,)].
-            segment: The ``i``-th segment's normalised log-mel at its real
-                length [shape=(frames[i], n_mels)].
-            ask: Whisper's language logits [shape=(99,)] for one window.
+            recordings: Each recording's segment probabilities
+                (:meth:`segment_probs`), seconds and log-mel frames, and its
+                segments' log-mels (:class:`ContextInput`).
+            ask: Whisper's language logits [shape=(m, 99)] for m windows.
             language: The language model.
             temperature: Whisper's language temperature.
+
+        Returns:
+            Each recording's probabilities [shape=(n, k)].
         """
-        units = self.context_units(probs, durations, frames, language, WHISPER_CONTEXT_FRAMES)
-        out = np.array(probs, dtype=np.float64)
-        for unit in units:
-            logits = ask(whisper_context([segment(i) for i in unit]))
-            context = self.whisper_probs(np.asarray(logits)[None], temperature)
-            out[unit] = fuse_language(out[unit], np.repeat(context, len(unit), axis=0), 1.0,
-                                      language.cascade.context_weight)
+        out = [np.array(r.probs, dtype=np.float64) for r in recordings]
+        asked = [(r, unit) for r, rec in enumerate(recordings)
+                 for unit in self.context_units(rec.probs, rec.durations, rec.frames, language,
+                                                WHISPER_CONTEXT_FRAMES)]
+        for first in range(0, len(asked), CONTEXT_WINDOWS_A_CALL):
+            group = asked[first : first + CONTEXT_WINDOWS_A_CALL]
+            logits = ask([whisper_context([recordings[r].segment(i) for i in unit])
+                          for r, unit in group])
+            context = self.whisper_probs(np.asarray(logits), temperature)
+            for (r, unit), p in zip(group, context, strict=True):
+                out[r][unit] = fuse_language(out[r][unit], np.repeat(p[None], len(unit), axis=0),
+                                             1.0, language.cascade.context_weight)
         return out
+
+
+#: Context windows put to Whisper in one call: enough for every lane of a
+#: backbone, few enough to hold (about 1 MB a window).
+CONTEXT_WINDOWS_A_CALL = 8
+
+
+@dataclass(frozen=True)
+class ContextInput:
+    """One recording, as :meth:`CascadeLanguage.with_context` reads it.
+
+    Attributes:
+        probs: Its segment probabilities [shape=(n, k)].
+        durations: Each segment's seconds [shape=(n,)].
+        frames: Each segment's log-mel frames [shape=(n,)].
+        segment: The ``i``-th segment's normalised log-mel at its real
+            length [shape=(frames[i], n_mels)], read when a stretch is asked.
+    """
+
+    probs: np.ndarray
+    durations: np.ndarray
+    frames: np.ndarray
+    segment: Callable[[int], np.ndarray]
 
 
 @dataclass(frozen=True)

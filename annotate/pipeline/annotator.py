@@ -30,6 +30,7 @@ import pyarrow as pa
 from annotate.features import FeatureParams
 from annotate.labels import EMOTIONS
 from annotate.modelling.inference import Classifier
+from annotate.modelling.language_source import ContextInput
 from annotate.modelling.model_set import ModelSet
 from annotate.modelling.posteriors import smooth_language
 from annotate.pipeline.plan import RunPlan
@@ -200,32 +201,27 @@ class Annotator:
             whisper.language.temperature if whisper is not None else None)
         per_recording = _split(probs, [r.speech.sum() for r in recordings])
         if self.language.asks_context(spec):
-            per_recording = [self._with_context(r, p) for r, p in zip(recordings, per_recording,
-                                                                       strict=True)]
+            per_recording = self._with_context(recordings, per_recording)
         if not self.language.smoothed(spec):
             return per_recording
         # Along each recording: a language rarely changes between neighbouring segments.
         candidates = self.language.candidate_mask
         return [smooth_language(p, spec.switch_probability, candidates) for p in per_recording]
 
-    def _with_context(self, recording: RecordingFeatures, probs: np.ndarray) -> np.ndarray:
-        """A recording's segment probabilities, its unsure stretches given Whisper's context."""
+    def _with_context(self, recordings: list[RecordingFeatures],
+                      per_recording: list[np.ndarray]) -> list[np.ndarray]:
+        """The recordings' segment probabilities, unsure stretches given Whisper's context."""
         spec, whisper = self.models.language, self.models.whisper_language
-        bounds = recording.bounds[recording.speech]
-        durations = bounds[:, 1] - bounds[:, 0]
-        frames = spec.features.segment_frames(durations)
-        rows: list[np.ndarray] = []
-        held = recording.speech_rows()
-
-        def segment(i: int) -> np.ndarray:
-            if not rows:  # read (a spilled stack from disk) only when a stretch is asked
-                rows.extend(a for stack in recording.features[spec.features]
-                            for a in np.asarray(stack))
-            return rows[held[i]][: frames[i]]
-
+        inputs = []
+        for recording, probs in zip(recordings, per_recording, strict=True):
+            bounds = recording.bounds[recording.speech]
+            durations = bounds[:, 1] - bounds[:, 0]
+            frames = spec.features.segment_frames(durations)
+            inputs.append(ContextInput(probs, durations, frames,
+                                       _speech_segment(recording, spec.features, frames)))
         return self.language.with_context(
-            probs, durations, frames, segment, self.backbone(whisper.name).context_language,
-            spec, whisper.language.temperature)
+            inputs, self.backbone(whisper.name).context_languages, spec,
+            whisper.language.temperature)
 
     def _routes(self, probs: np.ndarray) -> list:
         """The emotion model of each speech segment of a recording (None: no model).
@@ -316,6 +312,22 @@ def _encoded_frames(recording: RecordingFeatures, params: FeatureParams) -> np.n
     """Log-mel frames of each encoded segment at its real length."""
     bounds = recording.bounds[recording.encoded]
     return params.segment_frames(bounds[:, 1] - bounds[:, 0])
+
+
+def _speech_segment(recording: RecordingFeatures, params: FeatureParams, frames: np.ndarray):
+    """The ``i``-th speech segment's log-mel at its real length, the stacks read on first use.
+
+    A spilled stack is read from disk only when a stretch of its recording is asked.
+    """
+    rows: list[np.ndarray] = []
+    held = recording.speech_rows()
+
+    def segment(i: int) -> np.ndarray:
+        if not rows:
+            rows.extend(a for stack in recording.features[params] for a in np.asarray(stack))
+        return rows[held[i]][: frames[i]]
+
+    return segment
 
 
 def _split(rows: np.ndarray, counts: list[int]) -> list[np.ndarray]:

@@ -126,7 +126,7 @@ def with_context(spec: ModelSpec, probs: np.ndarray, owner: np.ndarray, duration
     from annotate.features import WHISPER_CONTEXT_FRAMES
     from annotate.modelling.backbone_folder import backbone_of
     from annotate.modelling.inference import choose_backbone_backend
-    from annotate.modelling.language_source import CascadeLanguage
+    from annotate.modelling.language_source import CascadeLanguage, ContextInput
     from annotate.training.training_data import load_recordings
 
     language = CascadeLanguage(tuple(spec.labels), tuple(spec.labels))
@@ -145,7 +145,7 @@ def with_context(spec: ModelSpec, probs: np.ndarray, owner: np.ndarray, duration
     runner = Backbone(backbone, (0,), choose_backbone_backend(backbone, (0,)),
                       spec.features.n_frames)
     recordings, failures = load_recordings(data.meta.iloc[asked], spec.features, jobs)
-    out = np.array(probs, dtype=np.float64)
+    inputs = []
     for k, r in enumerate(asked):
         at = rows[r]
         if failures or not np.allclose(recordings.speech_durations(k), durations[at]):
@@ -153,9 +153,12 @@ def with_context(spec: ModelSpec, probs: np.ndarray, owner: np.ndarray, duration
         def segment(i: int, stack=recordings.features[k], n=frames[at]) -> np.ndarray:
             return stack[i][: n[i]]
 
-        out[at] = language.with_context(probs[at], durations[at], frames[at], segment,
-                                        runner.context_language, spec,
-                                        backbone.language.temperature)
+        inputs.append(ContextInput(probs[at], durations[at], frames[at], segment))
+    out = np.array(probs, dtype=np.float64)
+    fused = language.with_context(inputs, runner.context_languages, spec,
+                                  backbone.language.temperature)
+    for r, p in zip(asked, fused, strict=True):
+        out[rows[r]] = p
     return out
 
 

@@ -30,6 +30,14 @@ what the cascade costs) and ``--language-id whisper`` (Whisper's own
 language identification, the encoder's last blocks and the decoder's first
 step, on every segment: what ``--languages`` beyond en/de/fr/it costs).
 
+The speech detector: on the 30-minute corpus and on the non-speech audio
+of ``--corpora`` (``nonspeech/``: ESC-10 clips and music excerpts), the
+default run and ``--speech-detector energy`` (the loudness gate of earlier
+versions) in ``--detector-rounds`` alternating rounds, median wall and CPU
+time; with ``--compare-with DIR`` (another checkout of annotate, say the
+one an issue was filed against), that checkout's default run joins the
+rounds.
+
 Usage: python benchmarks/throughput.py [--corpora ../shared/corpora] [--work /tmp/annotate-bench]
        [--language-model DIR --emotion-model LANG=DIR ...] [--quick]
 """
@@ -124,20 +132,26 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_annotate(corpus: Path, out: Path, model_args: list[str]) -> dict:
+def run_annotate(corpus: Path, out: Path, model_args: list[str],
+                 checkout: Path | None = None) -> dict:
     """``annotate run`` in a subprocess: wall and CPU time, peak tree RSS, first part.
 
-    A run that fails gives ``{"error": its last line of stderr}`` instead.
+    ``checkout``: run the annotate package of that source tree instead of
+    the installed one. A run that fails gives ``{"error": its last line of
+    stderr}`` instead.
     """
     for stale in (out, out.with_name(out.stem + ".failures.parquet")):
         stale.unlink(missing_ok=True)
     shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
-    cmd = [sys.executable, "-m", "annotate", "run", str(corpus), "-o", str(out), "-q", *model_args]
+    cmd = [sys.executable, "-m", "annotate", "run", str(corpus.resolve()), "-o", str(out.resolve()),
+           "-q", *model_args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     errors = out.with_name(out.stem + ".stderr.txt")
+    # From the checkout's folder: ``python -m`` puts the working directory first on the path.
+    where = checkout.resolve() if checkout else None
     with open(errors, "w") as sink:
-        proc = subprocess.Popen(cmd, stderr=sink)
+        proc = subprocess.Popen(cmd, stderr=sink, cwd=where)
     peak, first = 0, None
     parts = out.with_name(out.name + ".partial") / "parts"
     while proc.poll() is None:
@@ -362,6 +376,41 @@ def anchor_ratio(corpus: Path, out: Path, model_args: list[str], audio_s: float,
             "anchor_median": anchor_median, "ratio": run_median / anchor_median}
 
 
+def nonspeech_corpus(corpora: Path, folder: Path) -> int:
+    """A folder of links to every recording under ``corpora/nonspeech``: how many."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    found = sorted(p for p in (corpora / "nonspeech").rglob("*")
+                   if p.suffix.lower() in {".wav", ".flac", ".ogg", ".mp3"})
+    for path in found:
+        (folder / path.name).symlink_to(path.resolve())
+    return len(found)
+
+
+def detector_rounds(corpus: Path, out: Path, model_args: list[str], rounds: int,
+                    compare_with: Path | None) -> dict:
+    """The default detector against the energy gate (and another checkout) in alternating rounds.
+
+    Returns each system's wall and CPU seconds per round and their medians,
+    or ``{"error": ...}`` when a run fails.
+    """
+    systems = {"default": ([], None), "energy": (["--speech-detector", "energy"], None)}
+    if compare_with is not None:
+        systems["compared"] = ([], compare_with)
+    done: dict[str, dict] = {name: {"wall_s": [], "cpu_s": []} for name in systems}
+    for _ in range(rounds):
+        for name, (extra, checkout) in systems.items():
+            result = run_annotate(corpus, out, [*model_args, *extra], checkout)
+            if "error" in result:
+                return {"error": f"{name}: {result['error']}"}
+            done[name]["wall_s"].append(result["wall_s"])
+            done[name]["cpu_s"].append(result["cpu_s"])
+    for figures in done.values():
+        figures["wall_median_s"] = float(np.median(figures["wall_s"]))
+        figures["cpu_median_s"] = float(np.median(figures["cpu_s"]))
+    return done
+
+
 def _speech_frames(result, params) -> np.ndarray:
     """Log-mel frames of each speech segment of a chunk result at its real length."""
     bounds = result.bounds[result.speech]
@@ -466,13 +515,20 @@ def main() -> None:
                         help="CTranslate2 compute type for Whisper's detect_language")
     parser.add_argument("--whisper-minutes", type=float, default=5.0,
                         help="minutes of the 30 min corpus that Whisper labels (0: skip)")
+    parser.add_argument("--detector-rounds", type=int, default=3,
+                        help="alternating rounds of the default detector against the energy "
+                             "gate, on speech and on non-speech (0: skip)")
+    parser.add_argument("--compare-with", type=Path,
+                        help="another source checkout of annotate (git worktree add DIR "
+                             "COMMIT) whose default run joins those rounds")
     args = parser.parse_args()
 
     model_args = []
     if args.language_model:
-        model_args += ["--language-model", str(args.language_model)]
-    for item in args.emotion_model:
-        model_args += ["--emotion-model", item]
+        model_args += ["--language-model", str(args.language_model.resolve())]
+    for item in args.emotion_model:  # LANG=DIR, absolute: a compared checkout runs elsewhere
+        code, folder = item.split("=", 1)
+        model_args += ["--emotion-model", f"{code}={Path(folder).resolve()}"]
     from annotate.modelling.model_folder import bundled_models_dir
     from annotate.modelling.model_set import ModelSet
 
@@ -540,6 +596,16 @@ def main() -> None:
     if anchor_x is not None:
         ratio = anchor_ratio(corpora["wav16k_30min"][0], args.work / "wav16k_30min_ratio.parquet",
                              model_args, rows["wav16k_30min"]["audio_s"], anchor_x)
+    detectors = {}
+    if args.detector_rounds > 0 and "wav16k_30min" in rows:
+        detector_corpora = {"wav16k_30min": corpora["wav16k_30min"][0]}
+        if nonspeech_corpus(args.corpora, args.work / "nonspeech"):
+            detector_corpora["nonspeech"] = args.work / "nonspeech"
+        for name, folder in detector_corpora.items():
+            detectors[name] = detector_rounds(folder, args.work / f"{name}_detectors.parquet",
+                                              model_args, args.detector_rounds,
+                                              args.compare_with)
+            print(f"{name}, speech detectors: {json.dumps(detectors[name])}", flush=True)
     start_s = start_up_s()
     naive_s, naive_audio = naive(corpora["wav16k_30min"][0], language_dir, budget_s=60.0)
     naive_x = naive_audio / naive_s
@@ -608,6 +674,7 @@ def main() -> None:
         elif anchor:
             print(f"default run / anchor: {run_x:.0f}x / {anchor['x_real_time']:.0f}x = "
                   f"{run_x / anchor['x_real_time']:.2f}")
+    print_detectors(detectors, args.detector_rounds, args.compare_with)
     print()
     print_targets(rows, failed, naive_x)
     if args.json:
@@ -618,8 +685,30 @@ def main() -> None:
                                          "whisper_language_id": whisper_id,
                                          "head_language_id": sources.get("head"),
                                          "encoders_alone": encoders,
-                                         "run_over_anchor": ratio},
+                                         "run_over_anchor": ratio,
+                                         "speech_detectors": detectors},
                                         indent=2))
+
+
+def print_detectors(detectors: dict, rounds: int, compare_with: Path | None) -> None:
+    """The speech detector's rounds: medians and the ratios that judge its cost."""
+    if not detectors:
+        return
+    print(f"speech detector, medians of {rounds} alternating rounds (wall s / CPU s):")
+    for name, done in detectors.items():
+        if "error" in done:
+            print(f"  {name}: failed: {done['error']}")
+            continue
+        default = done["default"]
+        line = (f"  {name}: default {default['wall_median_s']:.2f} / "
+                f"{default['cpu_median_s']:.1f}, energy gate {done['energy']['wall_median_s']:.2f}"
+                f" / {done['energy']['cpu_median_s']:.1f}; default / energy "
+                f"{default['wall_median_s'] / done['energy']['wall_median_s']:.2f}")
+        if "compared" in done:
+            line += (f"; {compare_with}: {done['compared']['wall_median_s']:.2f} / "
+                     f"{done['compared']['cpu_median_s']:.1f}, default / it "
+                     f"{default['wall_median_s'] / done['compared']['wall_median_s']:.2f}")
+        print(line)
 
 
 def cpu_name() -> str:

@@ -106,6 +106,17 @@ def test_partial_failure_exit_code_is_1(corpus, tmp_path, model_cli_args):
     assert failures["path"].tolist() == ["junk.mp3"]
 
 
+def test_a_folder_without_audio_writes_an_empty_table_and_says_so(tmp_path, model_cli_args):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "notes.txt").write_text("not audio")
+    out = tmp_path / "o.parquet"
+    result = runner.invoke(app, ["run", str(tmp_path / "corpus"), "-o", str(out), "-q",
+                                 *model_cli_args])
+    assert result.exit_code == 0
+    assert "no recordings found" in result.output
+    assert len(pd.read_parquet(out)) == 0
+
+
 def test_usage_errors_exit_2_before_any_work(corpus, tmp_path, model_cli_args):
     missing_folder = tmp_path / "no" / "such" / "out.parquet"
     result = runner.invoke(app, ["run", str(corpus), "-o", str(missing_folder), *model_cli_args])

@@ -143,6 +143,12 @@ def run(
             + (f", {result.skipped} resumed" if result.skipped else "")
             + f", {result.failed} failed (see {escape(str(result.failures_output))})",
             highlight=False, soft_wrap=True)
+    if not (result.annotated or result.skipped or result.failed or result.already_complete):
+        # Said even with --quiet: an empty table is rarely what was meant.
+        console.print("[yellow]warning[/]: no recordings found in "
+                      f"{escape(', '.join(str(i) for i in inputs))}: a folder is searched for "
+                      "audio files (.wav, .flac, .mp3, .ogg, ...), a manifest lists them",
+                      highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(EXIT_PARTIAL)
 

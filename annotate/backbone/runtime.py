@@ -314,9 +314,10 @@ class Backbone:
                               np.ones((self.batch, n_frames), np.float32), turn)
                  for encoder in self._encoders]
 
-        def shapes(frames: int) -> tuple[list[int], list[int]]:
-            # The encoders' input, then the language step's.
-            return [self.batch, frames, mels], [self.batch, (frames + 1) // 2, width]
+        def sized(lanes: int, frames: int) -> list[tuple]:
+            # The interpreters a call uses, each with its input shape for ``frames``.
+            return ([(language, [self.batch, (frames + 1) // 2, width])]
+                    + [(e, [self.batch, frames, mels]) for e in self._encoders[:lanes]])
 
         def borrowed(windows: list[np.ndarray]) -> list[np.ndarray]:
             lanes = min(len(steps), len(windows))
@@ -338,22 +339,15 @@ class Backbone:
                         raise
 
             with self._lock:
-                interpreters = [(language, 1)] + [(e, 0) for e in self._encoders[:lanes]]
-                resized = []
+                resized = 0
                 try:
-                    for interpreter, which in interpreters:
-                        _resize(interpreter, shapes(n_frames)[which], n_frames)
-                        resized.append((interpreter, which))
-                    if lanes == 1:
-                        lane(steps[0])
-                    else:
-                        jobs = [self._pool.submit(lane, step) for step in steps[:lanes]]
-                        for job in jobs:
-                            job.result()
+                    for interpreter, shape in sized(lanes, n_frames):
+                        _resize(interpreter, shape, n_frames)
+                        resized += 1
+                    self._on_lanes(lane, steps[:lanes], abandoned)
                 finally:
-                    abandoned.set()
-                    for interpreter, which in resized:
-                        _resize(interpreter, shapes(self.n_frames)[which], self.n_frames)
+                    for interpreter, shape in sized(lanes, self.n_frames)[:resized]:
+                        _resize(interpreter, shape, self.n_frames)
             return out
 
         return borrowed
@@ -435,16 +429,24 @@ class Backbone:
                     logits[start : start + count][asked] = language[:count][asked]
 
         with self._lock:
-            if self._pool is None or n <= batch:
-                lane(self._lanes[0])
-            else:
-                jobs = [self._pool.submit(lane, run) for run in self._lanes]
-                try:
-                    for job in jobs:
-                        job.result()
-                finally:
-                    abandoned.set()
+            self._on_lanes(lane, self._lanes if n > batch else self._lanes[:1], abandoned)
         return out, logits
+
+    def _on_lanes(self, lane: Callable, runs: list, abandoned: threading.Event) -> None:
+        """``lane(run)`` for each of ``runs`` on the lanes' threads (the caller's for one).
+
+        Waits for every lane; ``abandoned`` is set when they are done or one
+        failed, so that the others stop taking work.
+        """
+        if self._pool is None or len(runs) == 1:
+            lane(runs[0])
+            return
+        jobs = [self._pool.submit(lane, run) for run in runs]
+        try:
+            for job in jobs:
+                job.result()
+        finally:
+            abandoned.set()
 
 
 def _window_step(encoder, language, width: int, block: np.ndarray, valid: np.ndarray,

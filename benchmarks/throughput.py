@@ -380,8 +380,10 @@ def nonspeech_corpus(corpora: Path, folder: Path) -> int:
     """A folder of links to every recording under ``corpora/nonspeech``: how many."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    from annotate.audio.discover import AUDIO_EXTENSIONS
+
     found = sorted(p for p in (corpora / "nonspeech").rglob("*")
-                   if p.suffix.lower() in {".wav", ".flac", ".ogg", ".mp3"})
+                   if p.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS)
     for path in found:
         (folder / path.name).symlink_to(path.resolve())
     return len(found)

@@ -30,6 +30,7 @@ Usage: python scripts/build_backbone.py --out models/whisper-base
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import sys
 from pathlib import Path
@@ -136,7 +137,10 @@ run's candidate languages go beyond the language head's (or with
 (`backbone.json`, `language.fitted_on`). Whisper's language identification
 was trained on 30 s windows; on segments of a few seconds it is less sure
 (`docs/accuracy.md`), and its quality varies by language with Whisper's
-training data.
+training data. So a stretch of a recording that stays unsure (its
+duration-weighted top probability below `language.context_threshold`,
+chosen on validation speakers with `language.context_validation`) is asked
+once more on its speech joined into one padded 30 s window, as Whisper asks.
 """
 
 
@@ -189,10 +193,11 @@ def main() -> None:
                 "format": "CTranslate2 WhisperSpec"},
         litert=BackboneExport("model.tflite", MODEL_BIN_SHA256, args.blocks,
                               args.quantization, BATCH),
-        # A temperature fitted before (scripts/fit_language_id.py) holds for the same weights.
-        language=LanguageExport(LANGUAGE_FILE, MODEL_BIN_SHA256, args.quantization,
-                                previous.temperature if previous else 1.0,
-                                previous.fitted_on if previous else ""),
+        # What scripts/fit_language_id.py fitted before (the temperature, the
+        # context step) holds for the same weights.
+        language=(dataclasses.replace(previous, file=LANGUAGE_FILE, quantization=args.quantization)
+                  if previous else
+                  LanguageExport(LANGUAGE_FILE, MODEL_BIN_SHA256, args.quantization)),
         weights=INSTALLED,
     )
     sizes = {name: (out / name).stat().st_size for name in ("model.tflite", LANGUAGE_FILE)}

@@ -1,4 +1,4 @@
-"""Whisper's 30 s context for the stretches of a recording the cascade stays unsure of."""
+"""Whisper's 30 s context for the stretches of a recording a run stays unsure of."""
 
 from __future__ import annotations
 
@@ -20,11 +20,14 @@ from annotate.features import (
     whisper_context,
     whisper_log_mel,
 )
+from annotate.modelling.backbone_folder import read_backbone_folder
 from annotate.modelling.language_fusion import choose_context, fit_context
 from annotate.modelling.language_source import (
     CONTEXT_WINDOWS_A_CALL,
     CascadeLanguage,
     ContextInput,
+    ContextStep,
+    WhisperLanguage,
 )
 from annotate.modelling.model_folder import LanguageCascade, read_model_folder
 from annotate.modelling.model_set import ModelSet
@@ -153,7 +156,7 @@ def test_the_context_step_borrows_the_lanes_interpreters_and_leaves_them_as_they
     before = shared.encode([segment], np.array([100]))
     borrowed = shared.context_language(window)
     assert shared._shared_language is not None and len(shared._encoders) >= 1
-    own = Backbone(backbone, (0, 1), "litert", 100, language=True).context_language(window)
+    own = Backbone(backbone, (0, 1), "litert", 100).context_language(window)  # its own pair
     np.testing.assert_array_equal(borrowed, own)
     after = shared.encode([segment], np.array([100]))
     np.testing.assert_array_equal(before[0], after[0])
@@ -193,12 +196,23 @@ def test_windows_are_shared_out_among_the_lanes_with_the_bits_of_one_at_a_time(
     assert len(threads) == 2  # both lanes took windows
     alone = np.stack([shared.context_language(w) for w in windows])
     np.testing.assert_array_equal(together, alone)
-    own = Backbone(backbone, (0, 1), "litert", 100, language=True).context_languages(windows)
+    own = Backbone(backbone, (0, 1), "litert", 100).context_languages(windows)  # its own pair
     np.testing.assert_array_equal(together, own)
     after = shared.encode([segment], np.array([100]))
     np.testing.assert_array_equal(before[0], after[0])
     np.testing.assert_array_equal(before[1], after[1])
     assert shared.context_languages([]).shape == (0, 99)
+
+    # Lanes with a language step each (--language-id whisper) run windows side by side.
+    threads.clear()
+    lanes = Backbone(backbone, (0, 1), "litert", 100, language=True)
+    before = lanes.encode([segment], np.array([100]))
+    np.testing.assert_array_equal(lanes.context_languages(windows), own)
+    assert len(lanes._lane_languages) == 2 and lanes._shared_language is None
+    assert len(threads) == 2
+    after = lanes.encode([segment], np.array([100]))
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
     with pytest.raises(ValueError, match="lengths"):
         shared.context_languages([windows[0], windows[1][:2000]])
 
@@ -222,10 +236,12 @@ def test_the_windows_of_many_recordings_go_in_bounded_calls_each_recording_as_al
         calls.append(len(windows))
         return np.stack([np.sin(np.arange(99) * float(w.mean())) * 3 for w in windows])
 
-    together = language.with_context(recordings, ask, spec, 1.3)
+    step = language.context_step(spec, None)
+    assert step == ContextStep(1.0, 0.8)
+    together = language.with_context(recordings, ask, spec, step, 1.3)
     assert sum(calls) == 21 and max(calls) == CONTEXT_WINDOWS_A_CALL
     for recording, got in zip(recordings, together, strict=True):
-        alone = language.with_context([recording], ask, spec, 1.3)[0]
+        alone = language.with_context([recording], ask, spec, step, 1.3)[0]
         np.testing.assert_array_equal(got, alone)
         assert np.abs(got - recording.probs).max() > 1e-3
 
@@ -291,3 +307,74 @@ def test_the_context_settings_travel_in_model_json(backbone):
     spec_file.write_text(json.dumps(raw))
     with pytest.raises(ModelError, match="context_threshold"):
         read_model_folder(models.language.folder)
+
+
+def with_whisper_context(backbone, root, threshold, weight=0.8):
+    """A copy of ``backbone`` whose Whisper asks its context under ``threshold``, with heads."""
+    import shutil
+
+    folder = root / backbone.folder.name
+    shutil.copytree(backbone.folder, folder)
+    raw = json.loads((folder / "backbone.json").read_text())
+    raw["language"] |= {"context_threshold": threshold, "context_weight": weight}
+    (folder / "backbone.json").write_text(json.dumps(raw))
+    shutil.copytree(backbone.folder.parent / "emotion-multi", root / "emotion-multi")
+    create_head_folder(root / "language", "language", LANGUAGES, read_backbone_folder(folder),
+                       layers=(2,), languages=LANGUAGES, switch_probability=0.05, seed=1)
+    return ModelSet.load(language_model=root / "language",
+                         emotion_models={"*": root / "emotion-multi"}).with_window(1.0)
+
+
+def whisper_columns(models, recording) -> np.ndarray:
+    plan = plan_run(models, window_s=1.0, language_id="whisper")
+    rows = Annotator(plan, models).load().annotate([recording]).to_pandas()
+    return rows.loc[rows["speech"], [f"lang_{c}" for c in LANGUAGES]].to_numpy()
+
+
+def test_whispers_own_identification_asks_its_context_as_the_cascade_does(backbone, tmp_path):
+    """``--language-id whisper`` takes its context settings from backbone.json: each unsure
+    stretch is fused with Whisper's answer on its padded 30 s window, before the smoothing."""
+    never = with_whisper_context(backbone, tmp_path / "never", 0.0)
+    always = with_whisper_context(backbone, tmp_path / "always", 1.0, weight=0.8)
+    spec = always.backbones["tiny-whisper"]
+    assert (spec.language.context_threshold, spec.language.context_weight) == (1.0, 0.8)
+    params = never.language.features
+    recording = a_recording(params)
+    before = whisper_columns(never, recording)
+    plain = dataclasses.replace(never.language, switch_probability=None)
+    whisper = whisper_columns(dataclasses.replace(never, language=plain), recording)
+    np.testing.assert_allclose(smooth_language(whisper, 0.05), before, atol=1e-9)
+
+    speech = recording.bounds[recording.speech]
+    frames = params.segment_frames(speech[:, 1] - speech[:, 0])
+    rows = recording.features[params][0]
+    runner = Backbone(spec, (0,), "litert", params.n_frames)
+    tokens = [LANGUAGE_CODES.index(c) for c in LANGUAGES]
+    want = whisper.copy()
+    for run in language_stretches(smooth_language(whisper, 0.05).argmax(axis=1), frames, 3000):
+        logits = runner.context_language(whisper_context([rows[i][: frames[i]] for i in run]))
+        context = softmax(logits[None, tokens].astype(float), spec.language.temperature)
+        want[run] = fuse_language(whisper[run], np.repeat(context, len(run), 0), 1.0, 0.8)
+    got = whisper_columns(always, recording)
+    np.testing.assert_allclose(got, smooth_language(want, 0.05), atol=1e-6)
+    assert np.abs(got - before).max() > 1e-3
+    # A known language is not asked.
+    assert WhisperLanguage(("de",), ("de",)).context_step(always.language, spec.language) is None
+
+
+def test_whispers_context_settings_travel_in_backbone_json(backbone, tmp_path):
+    models = with_whisper_context(backbone, tmp_path, 0.9, 1.5)
+    folder = models.backbones["tiny-whisper"].folder
+    spec = read_backbone_folder(folder)
+    assert WhisperLanguage(tuple(LANGUAGES), tuple(LANGUAGES)).context_step(
+        models.language, spec.language) == ContextStep(0.9, 1.5)
+    # The cascade keeps its own settings (none in this head's model.json).
+    assert CascadeLanguage(tuple(LANGUAGES), tuple(LANGUAGES)).context_step(
+        models.language, spec.language) is None
+    # Without the settings, the entry is written as before.
+    assert "context_threshold" not in backbone.language.to_json()
+    raw = json.loads((folder / "backbone.json").read_text())
+    raw["language"]["context_threshold"] = 1.5
+    (folder / "backbone.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="context_threshold"):
+        read_backbone_folder(folder)

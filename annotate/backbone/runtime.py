@@ -72,10 +72,11 @@ class Backbone:
         self._context_lock = threading.Lock()
         self._context: tuple | None = None  # (frames, step) of context_language
         self._lanes: list | None = None
-        # LiteRT: the lanes' encoder interpreters, and the language step's when
-        # it is shared (the context step borrows them rather than hold its own).
+        # LiteRT: the lanes' encoder interpreters, and the language step's, shared
+        # or one a lane (the context step borrows them rather than hold its own).
         self._encoders: list = []
         self._shared_language = None
+        self._lane_languages: list = []
         self._pool: ThreadPoolExecutor | None = None
         self.batch = spec.litert.batch if backend == "litert" and spec.litert else BATCH
 
@@ -118,6 +119,8 @@ class Backbone:
         turn = threading.Lock()
         if self.share_language:
             self._shared_language = interpreter
+        else:
+            self._lane_languages.append(interpreter)
 
         def step(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
             with turn:
@@ -236,8 +239,8 @@ class Backbone:
     def context_languages(self, windows: Sequence[np.ndarray]) -> np.ndarray:
         """Whisper's language logits for whole windows, every frame real.
 
-        The recording-level question of the cascade
-        (:meth:`annotate.modelling.language_source.CascadeLanguage.context_units`):
+        The recording-level question of a run's language source
+        (:meth:`annotate.modelling.language_source.LanguageSource.context_units`):
         Whisper's language step as Whisper itself asks it, on 30 s of padded
         log-mel (:func:`annotate.features.whisper_context`), not on one masked
         segment. Its encoder and language step are loaded on the first call
@@ -273,7 +276,7 @@ class Backbone:
         valid = np.ones((self.batch, n_frames), np.float32)
         if self.backend == "litert":
             self.load()
-            if self._encoders and self._shared_language is not None:
+            if self._encoders and (self._shared_language is not None or self._lane_languages):
                 return self._borrowed_context_step(n_frames)
             from annotate.modelling.inference import LITERT_THREADS
 
@@ -297,26 +300,30 @@ class Backbone:
         return lambda windows: [step(w) for w in windows]
 
     def _borrowed_context_step(self, n_frames: int):
-        """The context step on the lanes' encoders and the shared language step.
+        """The context step on the lanes' encoders and language steps.
 
         While the lanes are idle (``encode`` holds the same lock while they
         run), the interpreters are resized for the window, run, and resized
         back: their weights are not held twice (a second pair held about
-        630 MB more). Each lane's encoder takes the next window, and the
-        language step, shared, takes one window at a time: on two cores a
-        window costs 0.6 of its time alone (docs/benchmarks.md).
+        630 MB more). Each lane's encoder takes the next window; a shared
+        language step takes one window at a time (on two cores a window
+        then costs 0.6 of its time alone, docs/benchmarks.md), a lane's own
+        (``--language-id whisper``) runs beside the others.
         """
         mels, width = self.spec.features.n_mels, self.spec.width
-        language = self._shared_language
-        turn = threading.Lock()
+        if self._shared_language is not None:
+            languages, turn = [self._shared_language] * len(self._encoders), threading.Lock()
+        else:
+            languages, turn = self._lane_languages, None
         steps = [_window_step(encoder, language, width,
                               np.zeros((self.batch, n_frames, mels), np.float32),
                               np.ones((self.batch, n_frames), np.float32), turn)
-                 for encoder in self._encoders]
+                 for encoder, language in zip(self._encoders, languages, strict=True)]
 
         def sized(lanes: int, frames: int) -> list[tuple]:
             # The interpreters a call uses, each with its input shape for ``frames``.
-            return ([(language, [self.batch, (frames + 1) // 2, width])]
+            used = list(dict.fromkeys(languages[:lanes]))  # a shared one once
+            return ([(language, [self.batch, (frames + 1) // 2, width]) for language in used]
                     + [(e, [self.batch, frames, mels]) for e in self._encoders[:lanes]])
 
         def borrowed(windows: list[np.ndarray]) -> list[np.ndarray]:

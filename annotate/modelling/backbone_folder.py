@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +85,15 @@ class LanguageExport:
         temperature: Divides the logits; fitted on validation speakers'
             segments (1.0: not fitted).
         fitted_on: What the temperature was fitted on (free text).
+        context_threshold: With Whisper's identification alone
+            (``--language-id whisper``), a stretch of a recording whose
+            duration-weighted top probability is below it is asked once
+            more with Whisper's own 30 s context
+            (:meth:`annotate.modelling.language_source.LanguageSource.with_context`;
+            None: never). The cascade's own is in the language head's ``cascade``.
+        context_weight: Weight of that context's log-probabilities.
+        context_validation: What the context step was chosen on, and its
+            validation table (free form).
     """
 
     file: str
@@ -92,9 +101,22 @@ class LanguageExport:
     quantization: str
     temperature: float = 1.0
     fitted_on: str = ""
+    context_threshold: float | None = None
+    context_weight: float = 0.0
+    context_validation: dict = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if self.context_threshold is None:  # the entry reads as it did before the context step
+            for key in ("context_threshold", "context_weight", "context_validation"):
+                out.pop(key)
+        return out
+
+    def run_record(self) -> dict:
+        """What a run's metadata keeps of it: the file and settings, not validation tables."""
+        out = self.to_json()
+        out.pop("context_validation", None)
+        return out
 
 
 @dataclass(frozen=True)
@@ -224,14 +246,22 @@ def read_backbone_folder(folder: str | Path) -> BackboneSpec:
     if raw.get("language") is not None:
         entry = raw["language"]
         try:
+            context = entry.get("context_threshold")
             language = LanguageExport(str(entry["file"]), str(entry["weights_sha256"]),
                                       str(entry["quantization"]),
                                       float(entry.get("temperature", 1.0)),
-                                      str(entry.get("fitted_on", "")))
+                                      str(entry.get("fitted_on", "")),
+                                      None if context is None else float(context),
+                                      float(entry.get("context_weight", 0.0)),
+                                      dict(entry.get("context_validation") or {}))
         except (KeyError, TypeError, ValueError) as error:
             raise ModelError(f"{path}: bad language entry: {error}") from None
         if not language.temperature > 0:
             raise ModelError(f"{path}: language.temperature must be positive")
+        if language.context_threshold is not None and (
+                not 0 <= language.context_threshold <= 1 or language.context_weight < 0):
+            raise ModelError(f"{path}: language.context_threshold must be in [0, 1] and "
+                             "context_weight not negative")
     return BackboneSpec(folder, str(raw["name"]), raw["architecture"], features,
                         int(raw["width"]), int(raw["n_layers"]), dict(raw.get("source") or {}),
                         litert, language, weights)

@@ -129,6 +129,16 @@ CONTEXT_THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 #: within 15 % of the run without it on the benchmark corpora (concatenated
 #: clips of every corpus, switching language within files), where 8 % did not.
 CONTEXT_BUDGET = 0.05
+#: The same bound for Whisper's identification alone (``--language-id
+#: whisper``, ``scripts/fit_language_id.py``). Its own answer on segments of
+#: a few seconds is far weaker than the cascade's (0.941 per validation
+#: recording, mean over six sets), so the context pays on many more
+#: recordings: 0.957 with 4 % asked, 0.964 with 9 %, 0.968 with 15 %. A window
+#: costs about what 8 segments do in that mode, so asking 15 % of 3 s clips
+#: would about double a run on them, and less on longer recordings
+#: (docs/benchmarks.md); the mode serves languages the head does not know,
+#: where the label comes before the speed.
+WHISPER_CONTEXT_BUDGET = 0.15
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ Each source is an object that owns its branches, so that the annotator,
 - :class:`WhisperLanguage`: Whisper's language identification alone, for
   candidates beyond the head's languages (any of Whisper's 99 codes).
 
+The cascade and Whisper alone both ask Whisper once more, with its own 30 s
+context, for a stretch of a recording that stays unsure
+(:meth:`LanguageSource.with_context`); each source keeps its own
+:class:`ContextStep` (when to ask, and the answer's weight).
+
 A source holds data only (the candidates and the table's columns), so it
 travels with a run's plan to a cluster's workers; the models it reads are
 passed to its methods. :func:`choose_language_source` applies
@@ -26,6 +31,7 @@ import numpy as np
 
 from annotate.features import WHISPER_CONTEXT_FRAMES, whisper_context
 from annotate.labels import WHISPER_LANGUAGES
+from annotate.modelling.backbone_folder import LanguageExport
 from annotate.modelling.model_folder import ModelSpec
 from annotate.modelling.model_set import ModelSet
 from annotate.modelling.posteriors import (
@@ -134,9 +140,87 @@ class LanguageSource:
         """Whether the probabilities are smoothed along each recording."""
         return language.switch_probability is not None and not self.known
 
-    def asks_context(self, language: ModelSpec) -> bool:
-        """Whether unsure stretches get Whisper's 30 s context (:class:`CascadeLanguage`)."""
-        return False
+    def context_step(self, language: ModelSpec, whisper: LanguageExport | None
+                     ) -> ContextStep | None:
+        """When unsure stretches get Whisper's 30 s context (None: never).
+
+        Args:
+            language: The language model (the cascade's settings).
+            whisper: Whisper's language export (its own settings, for
+                :class:`WhisperLanguage`), None without one.
+        """
+        return None
+
+    def context_units(self, probs: np.ndarray, durations: np.ndarray, frames: np.ndarray,
+                      language: ModelSpec, step: ContextStep,
+                      max_frames: int) -> list[np.ndarray]:
+        """The stretches of one recording that Whisper's 30 s context is asked for.
+
+        A stretch is a run of segments of one language after the smoothing, so
+        a real switch inside a long recording keeps its two sides apart (cut
+        at ``max_frames`` of speech); it is asked when its duration-weighted
+        top probability is below ``step.threshold``.
+
+        Args:
+            probs: The recording's segment probabilities [shape=(n, k)]
+                (:meth:`segment_probs`).
+            durations: Each segment's seconds [shape=(n,)].
+            frames: Each segment's log-mel frames [shape=(n,)].
+            language: The language model (its smoothing).
+            step: When to ask (:meth:`context_step`).
+            max_frames: The context window's length in frames.
+
+        Returns:
+            The segment indices of each stretch asked for.
+        """
+        if not len(probs):
+            return []
+        smoothed = (smooth_language(probs, language.switch_probability, self.candidate_mask)
+                    if self.smoothed(language) else probs)
+        stretches = language_stretches(smoothed.argmax(axis=1), frames, max_frames)
+        return [s for s in stretches
+                if recording_mean(probs[s], durations[s]).max() < step.threshold]
+
+    def with_context(self, recordings: Sequence[ContextInput],
+                     ask: Callable[[list[np.ndarray]], np.ndarray],
+                     language: ModelSpec, step: ContextStep,
+                     temperature: float) -> list[np.ndarray]:
+        """Recordings' segment probabilities, their unsure stretches fused with Whisper's context.
+
+        Each stretch :meth:`context_units` picks is joined into one padded 30 s
+        window (:func:`annotate.features.whisper_context`) and put to Whisper
+        once; each of its segments' probabilities become
+        ``softmax(log p + step.weight * log p_context)``. The windows of
+        all the recordings go to ``ask`` :data:`CONTEXT_WINDOWS_A_CALL` at a
+        time, so a backbone can share them out among its lanes while no
+        more than those are held. The annotator and ``annotate evaluate``
+        both label through here.
+
+        Args:
+            recordings: Each recording's segment probabilities
+                (:meth:`segment_probs`), seconds and log-mel frames, and its
+                segments' log-mels (:class:`ContextInput`).
+            ask: Whisper's language logits [shape=(m, 99)] for m windows.
+            language: The language model (its smoothing).
+            step: When to ask, and the answer's weight (:meth:`context_step`).
+            temperature: Whisper's language temperature.
+
+        Returns:
+            Each recording's probabilities [shape=(n, k)].
+        """
+        out = [np.array(r.probs, dtype=np.float64) for r in recordings]
+        asked = [(r, unit) for r, rec in enumerate(recordings)
+                 for unit in self.context_units(rec.probs, rec.durations, rec.frames, language,
+                                                step, WHISPER_CONTEXT_FRAMES)]
+        for first in range(0, len(asked), CONTEXT_WINDOWS_A_CALL):
+            group = asked[first : first + CONTEXT_WINDOWS_A_CALL]
+            logits = ask([whisper_context([recordings[r].segment(i) for i in unit])
+                          for r, unit in group])
+            context = self.whisper_probs(np.asarray(logits), temperature)
+            for (r, unit), p in zip(group, context, strict=True):
+                out[r][unit] = fuse_language(out[r][unit], np.repeat(p[None], len(unit), axis=0),
+                                             1.0, step.weight)
+        return out
 
 
 @dataclass(frozen=True)
@@ -182,76 +266,12 @@ class CascadeLanguage(HeadLanguage):
                                        cascade.head_weight, cascade.whisper_weight)
         return out
 
-    def asks_context(self, language: ModelSpec) -> bool:
+    def context_step(self, language: ModelSpec, whisper: LanguageExport | None
+                     ) -> ContextStep | None:
         cascade = language.cascade
-        return not self.known and cascade is not None and cascade.context_threshold is not None
-
-    def context_units(self, probs: np.ndarray, durations: np.ndarray, frames: np.ndarray,
-                      language: ModelSpec, max_frames: int) -> list[np.ndarray]:
-        """The stretches of one recording that Whisper's 30 s context is asked for.
-
-        A stretch is a run of segments of one language after the smoothing, so
-        a real switch inside a long recording keeps its two sides apart (cut
-        at ``max_frames`` of speech); it is asked when its duration-weighted
-        top probability is below the model's ``cascade.context_threshold``.
-
-        Args:
-            probs: The recording's segment probabilities [shape=(n, k)]
-                (:meth:`segment_probs`).
-            durations: Each segment's seconds [shape=(n,)].
-            frames: Each segment's log-mel frames [shape=(n,)].
-            language: The language model.
-            max_frames: The context window's length in frames.
-
-        Returns:
-            The segment indices of each stretch asked for.
-        """
-        if not len(probs):
-            return []
-        smoothed = (smooth_language(probs, language.switch_probability, self.candidate_mask)
-                    if self.smoothed(language) else probs)
-        stretches = language_stretches(smoothed.argmax(axis=1), frames, max_frames)
-        threshold = language.cascade.context_threshold
-        return [s for s in stretches if recording_mean(probs[s], durations[s]).max() < threshold]
-
-    def with_context(self, recordings: Sequence[ContextInput],
-                     ask: Callable[[list[np.ndarray]], np.ndarray],
-                     language: ModelSpec, temperature: float) -> list[np.ndarray]:
-        """Recordings' segment probabilities, their unsure stretches fused with Whisper's context.
-
-        Each stretch :meth:`context_units` picks is joined into one padded 30 s
-        window (:func:`annotate.features.whisper_context`) and put to Whisper
-        once; each of its segments' probabilities become
-        ``softmax(log p + context_weight * log p_context)``. The windows of
-        all the recordings go to ``ask`` :data:`CONTEXT_WINDOWS_A_CALL` at a
-        time, so a backbone can share them out among its lanes while no
-        more than those are held. The annotator and ``annotate evaluate``
-        both label through here.
-
-        Args:
-            recordings: Each recording's segment probabilities
-                (:meth:`segment_probs`), seconds and log-mel frames, and its
-                segments' log-mels (:class:`ContextInput`).
-            ask: Whisper's language logits [shape=(m, 99)] for m windows.
-            language: The language model.
-            temperature: Whisper's language temperature.
-
-        Returns:
-            Each recording's probabilities [shape=(n, k)].
-        """
-        out = [np.array(r.probs, dtype=np.float64) for r in recordings]
-        asked = [(r, unit) for r, rec in enumerate(recordings)
-                 for unit in self.context_units(rec.probs, rec.durations, rec.frames, language,
-                                                WHISPER_CONTEXT_FRAMES)]
-        for first in range(0, len(asked), CONTEXT_WINDOWS_A_CALL):
-            group = asked[first : first + CONTEXT_WINDOWS_A_CALL]
-            logits = ask([whisper_context([recordings[r].segment(i) for i in unit])
-                          for r, unit in group])
-            context = self.whisper_probs(np.asarray(logits), temperature)
-            for (r, unit), p in zip(group, context, strict=True):
-                out[r][unit] = fuse_language(out[r][unit], np.repeat(p[None], len(unit), axis=0),
-                                             1.0, language.cascade.context_weight)
-        return out
+        if self.known or cascade is None or cascade.context_threshold is None:
+            return None
+        return ContextStep(cascade.context_threshold, cascade.context_weight)
 
 
 #: Context windows put to Whisper in one call: enough for every lane of a
@@ -260,8 +280,23 @@ CONTEXT_WINDOWS_A_CALL = 8
 
 
 @dataclass(frozen=True)
+class ContextStep:
+    """When a stretch is asked with Whisper's 30 s context, and how its answer is fused.
+
+    Attributes:
+        threshold: A stretch whose duration-weighted top probability is below
+            it is asked.
+        weight: The weight of the context's log-probabilities:
+            ``softmax(log p + weight * log p_context)``.
+    """
+
+    threshold: float
+    weight: float
+
+
+@dataclass(frozen=True)
 class ContextInput:
-    """One recording, as :meth:`CascadeLanguage.with_context` reads it.
+    """One recording, as :meth:`LanguageSource.with_context` reads it.
 
     Attributes:
         probs: Its segment probabilities [shape=(n, k)].
@@ -291,6 +326,12 @@ class WhisperLanguage(LanguageSource):
 
     def combine(self, head, whisper, language, asked=None):
         return np.asarray(whisper, np.float64)
+
+    def context_step(self, language: ModelSpec, whisper: LanguageExport | None
+                     ) -> ContextStep | None:
+        if self.known or whisper is None or whisper.context_threshold is None:
+            return None
+        return ContextStep(whisper.context_threshold, whisper.context_weight)
 
 
 SOURCES: dict[str, type[LanguageSource]] = {

@@ -258,7 +258,7 @@ class ModelSet:
                 "hash": folder_hash(spec.folder),
                 "layers": list(self.backbone_layers(name)),
                 "backend": backends[name],
-                **({"language": spec.language.to_json()}
+                **({"language": spec.language.run_record()}
                    if self.identifies_language(name, language_source) else {}),
             }
             for name, spec in self.backbones.items()

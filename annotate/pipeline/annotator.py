@@ -30,7 +30,7 @@ import pyarrow as pa
 from annotate.features import FeatureParams
 from annotate.labels import EMOTIONS
 from annotate.modelling.inference import Classifier
-from annotate.modelling.language_source import ContextInput
+from annotate.modelling.language_source import ContextInput, ContextStep
 from annotate.modelling.model_set import ModelSet
 from annotate.modelling.posteriors import smooth_language
 from annotate.pipeline.plan import RunPlan
@@ -200,16 +200,17 @@ class Annotator:
             head_logits, whisper_logits, spec,
             whisper.language.temperature if whisper is not None else None)
         per_recording = _split(probs, [r.speech.sum() for r in recordings])
-        if self.language.asks_context(spec):
-            per_recording = self._with_context(recordings, per_recording)
+        step = self.language.context_step(spec, whisper.language if whisper is not None else None)
+        if step is not None:
+            per_recording = self._with_context(recordings, per_recording, step)
         if not self.language.smoothed(spec):
             return per_recording
         # Along each recording: a language rarely changes between neighbouring segments.
         candidates = self.language.candidate_mask
         return [smooth_language(p, spec.switch_probability, candidates) for p in per_recording]
 
-    def _with_context(self, recordings: list[RecordingFeatures],
-                      per_recording: list[np.ndarray]) -> list[np.ndarray]:
+    def _with_context(self, recordings: list[RecordingFeatures], per_recording: list[np.ndarray],
+                      step: ContextStep) -> list[np.ndarray]:
         """The recordings' segment probabilities, unsure stretches given Whisper's context."""
         spec, whisper = self.models.language, self.models.whisper_language
         inputs = []
@@ -220,7 +221,7 @@ class Annotator:
             inputs.append(ContextInput(probs, durations, frames,
                                        _speech_segment(recording, spec.features, frames)))
         return self.language.with_context(
-            inputs, self.backbone(whisper.name).context_languages, spec,
+            inputs, self.backbone(whisper.name).context_languages, spec, step,
             whisper.language.temperature)
 
     def _routes(self, probs: np.ndarray) -> list:

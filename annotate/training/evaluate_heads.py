@@ -82,8 +82,8 @@ def head_probabilities(spec: ModelSpec, data, source: str = "head", jobs: int | 
     probs = Classifier(spec).load().predict(x)  # the backend a run would choose
     if source != "head":
         probs = with_whisper(spec, probs, whisper_probabilities(spec, data, jobs), source, report)
-    if source == "cascade":
-        probs = with_context(spec, probs, owner, durations, data, jobs, report)
+    if source != "head":
+        probs = with_context(spec, probs, owner, durations, data, source, jobs, report)
     if spec.task == "language" and spec.switch_probability is not None:
         probs = smooth_along_recordings(probs, owner, spec.switch_probability)
     return probs, owner, durations
@@ -116,32 +116,34 @@ def with_whisper(spec: ModelSpec, head: np.ndarray, whisper: np.ndarray, source:
 
 
 def with_context(spec: ModelSpec, probs: np.ndarray, owner: np.ndarray, durations: np.ndarray,
-                 data, jobs: int | None = None, report: Report | None = None) -> np.ndarray:
-    """The cascade's segment probabilities with Whisper's 30 s context where a run asks it.
+                 data, source: str = "cascade", jobs: int | None = None,
+                 report: Report | None = None) -> np.ndarray:
+    """A source's segment probabilities with Whisper's 30 s context where a run asks it.
 
-    Through :meth:`annotate.modelling.language_source.CascadeLanguage.with_context`,
+    Through :meth:`annotate.modelling.language_source.LanguageSource.with_context`,
     as the annotator labels; only the recordings with a stretch asked are read again.
     """
     from annotate.backbone.runtime import Backbone
     from annotate.features import WHISPER_CONTEXT_FRAMES
     from annotate.modelling.backbone_folder import backbone_of
     from annotate.modelling.inference import choose_backbone_backend
-    from annotate.modelling.language_source import CascadeLanguage, ContextInput
+    from annotate.modelling.language_source import SOURCES, ContextInput
     from annotate.training.training_data import load_recordings
 
-    language = CascadeLanguage(tuple(spec.labels), tuple(spec.labels))
-    if not language.asks_context(spec) or not len(probs):
+    language = SOURCES[source](tuple(spec.labels), tuple(spec.labels))
+    backbone = backbone_of(spec)
+    step = language.context_step(spec, backbone.language)
+    if step is None or not len(probs):
         return probs
     frames = spec.features.segment_frames(durations)
     rows = [np.flatnonzero(owner == r) for r in range(len(data.meta))]
     asked = [r for r, at in enumerate(rows)
-             if language.context_units(probs[at], durations[at], frames[at], spec,
+             if language.context_units(probs[at], durations[at], frames[at], spec, step,
                                        WHISPER_CONTEXT_FRAMES)]
     if report is not None:
         report(f"context: Whisper's 30 s window asked for {len(asked)} of {len(rows)} recordings")
     if not asked:
         return probs
-    backbone = backbone_of(spec)
     runner = Backbone(backbone, (0,), choose_backbone_backend(backbone, (0,)),
                       spec.features.n_frames)
     recordings, failures = load_recordings(data.meta.iloc[asked], spec.features, jobs)
@@ -155,7 +157,7 @@ def with_context(spec: ModelSpec, probs: np.ndarray, owner: np.ndarray, duration
 
         inputs.append(ContextInput(probs[at], durations[at], frames[at], segment))
     out = np.array(probs, dtype=np.float64)
-    fused = language.with_context(inputs, runner.context_languages, spec,
+    fused = language.with_context(inputs, runner.context_languages, spec, step,
                                   backbone.language.temperature)
     for r, p in zip(asked, fused, strict=True):
         out[rows[r]] = p

@@ -203,7 +203,8 @@ def test_windows_are_shared_out_among_the_lanes_with_the_bits_of_one_at_a_time(
     np.testing.assert_array_equal(before[1], after[1])
     assert shared.context_languages([]).shape == (0, 99)
 
-    # Lanes with a language step each (--language-id whisper) run windows side by side.
+    # Lanes with a language step each (--language-id whisper) lend both encoders and one
+    # language step the same way.
     threads.clear()
     lanes = Backbone(backbone, (0, 1), "litert", 100, language=True)
     before = lanes.encode([segment], np.array([100]))

@@ -305,25 +305,28 @@ class Backbone:
         While the lanes are idle (``encode`` holds the same lock while they
         run), the interpreters are resized for the window, run, and resized
         back: their weights are not held twice (a second pair held about
-        630 MB more). Each lane's encoder takes the next window; a shared
-        language step takes one window at a time (on two cores a window
-        then costs 0.6 of its time alone, docs/benchmarks.md), a lane's own
-        (``--language-id whisper``) runs beside the others.
+        630 MB more). Each lane's encoder takes the next window, and one
+        language step (the shared one, or the first lane's where each lane
+        has its own: ``--language-id whisper``) takes one window at a time:
+        on two cores a window costs 0.6 of its time alone
+        (docs/benchmarks.md). An interpreter resized for a window keeps its
+        larger arena for the rest of the run (on Whisper base about 170 MB
+        for the language step, 100 MB for an encoder), so only one language
+        step is: each lane's own pair would hold 160 MB more for 5 % less
+        time on the context step's corpora.
         """
         mels, width = self.spec.features.n_mels, self.spec.width
-        if self._shared_language is not None:
-            languages, turn = [self._shared_language] * len(self._encoders), threading.Lock()
-        else:
-            languages, turn = self._lane_languages, None
+        language = (self._shared_language if self._shared_language is not None
+                    else self._lane_languages[0])
+        turn = threading.Lock()
         steps = [_window_step(encoder, language, width,
                               np.zeros((self.batch, n_frames, mels), np.float32),
                               np.ones((self.batch, n_frames), np.float32), turn)
-                 for encoder, language in zip(self._encoders, languages, strict=True)]
+                 for encoder in self._encoders]
 
         def sized(lanes: int, frames: int) -> list[tuple]:
             # The interpreters a call uses, each with its input shape for ``frames``.
-            used = list(dict.fromkeys(languages[:lanes]))  # a shared one once
-            return ([(language, [self.batch, (frames + 1) // 2, width]) for language in used]
+            return ([(language, [self.batch, (frames + 1) // 2, width])]
                     + [(e, [self.batch, frames, mels]) for e in self._encoders[:lanes]])
 
         def borrowed(windows: list[np.ndarray]) -> list[np.ndarray]:

@@ -12,6 +12,7 @@ holds no speech and a file that is not audio.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -213,8 +214,8 @@ def test_loso_refuses_a_head_without_settings_and_a_single_speaker(heads, corpus
 def cascade_models(tmp_path_factory, corpus):
     """A backbone with Whisper's language step, and a language head whose cascade asks
     Whisper for about half of the corpus' segments (its threshold: their median top
-    probability) and then every recording with Whisper's 30 s context, beside an
-    emotion head for the run."""
+    probability) and then every recording with Whisper's 30 s context (as Whisper alone
+    does), beside an emotion head for the run."""
     from annotate.modelling.model_folder import LanguageCascade
     from annotate.training.evaluate import collect_items
     from annotate.training.evaluate_heads import encode_for_head, head_probabilities
@@ -223,6 +224,11 @@ def cascade_models(tmp_path_factory, corpus):
     root = tmp_path_factory.mktemp("cascade-models")
     backbone = create_backbone_folder(root / "tiny-whisper", n_layers=3, litert_blocks=2,
                                       language=True)
+    # Whisper alone asks its 30 s context for every recording too.
+    spec_file = backbone.folder / "backbone.json"
+    raw = json.loads(spec_file.read_text())
+    raw["language"] |= {"context_threshold": 1.0, "context_weight": 0.8}
+    spec_file.write_text(json.dumps(raw))
     create_head_folder(root / "emotion", "emotion", EMOTIONS, backbone, layers=(1, 2), seed=1)
     probe = create_head_folder(root / "probe", "language", ["de", "en"], backbone, layers=(2,),
                                languages=["de", "en"], seed=2)

@@ -198,8 +198,10 @@ def holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
 
 def _language_note(source: str) -> str:
     return {"head": "", "cascade": " (language: the cascade as annotate run gives it: Whisper's "
-            "language step where the head is unsure, with the recorded threshold and weights)",
-            "whisper": " (language: Whisper's language step alone)"}[source]
+            "language step where the head is unsure, with the recorded threshold and weights, "
+            "and its 30 s context where the run asks it)",
+            "whisper": " (language: Whisper's language step alone, and its 30 s context where "
+                       "the run asks it)"}[source]
 
 
 #: Keys a head's ``training.settings`` must hold for leave-one-speaker-out.
@@ -263,6 +265,8 @@ def loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
         fold_probs = softmax(logits, spec.temperature)
         if whisper is not None:
             fold_probs = with_whisper(spec, fold_probs, whisper[test], source)
+            fold_probs = with_context(spec, fold_probs, owner[test], durations[test], data,
+                                      source, jobs)
         if spec.task == "language" and spec.switch_probability is not None:
             fold_probs = smooth_along_recordings(fold_probs, owner[test],
                                                  spec.switch_probability)

@@ -140,7 +140,9 @@ was trained on 30 s windows; on segments of a few seconds it is less sure
 training data. So a stretch of a recording that stays unsure (its
 duration-weighted top probability below `language.context_threshold`,
 chosen on validation speakers with `language.context_validation`) is asked
-once more on its speech joined into one padded 30 s window, as Whisper asks.
+once more on its speech joined into one padded window, as Whisper asks
+(`language.context_window_frames`: 10 s, which did what Whisper's 30 s did
+on validation speakers for a third of the work).
 """
 
 

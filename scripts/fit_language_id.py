@@ -48,6 +48,7 @@ from annotate.modelling.backbone_folder import SPEC_FILE, read_backbone_folder  
 from annotate.modelling.language_fusion import (  # noqa: E402
     CONTEXT_THRESHOLDS,
     WHISPER_CONTEXT_BUDGET,
+    WHISPER_CONTEXT_WINDOW_FRAMES,
     ContextFit,
     fit_context,
 )
@@ -78,7 +79,10 @@ def fit_whisper_context(spec, items: pd.DataFrame, jobs: int | None) -> ContextF
     """Whisper-alone's context step, chosen on ``items`` (a column ``corpus`` names each set).
 
     Each recording's segments are scored as ``--language-id whisper`` scores
-    them (the candidates :data:`CANDIDATES`, Whisper's fitted temperature).
+    them (the candidates :data:`CANDIDATES`, Whisper's fitted temperature);
+    a recording asked is asked on its speech padded to
+    :data:`~annotate.modelling.language_fusion.WHISPER_CONTEXT_WINDOW_FRAMES`
+    (speech past it dropped: the run would ask the rest as another stretch).
     The thresholds tried go up to the first that asks more than the budget
     (so the table shows what the next step would buy); the recordings
     below it are asked with their padded 30 s window.
@@ -111,8 +115,8 @@ def fit_whisper_context(spec, items: pd.DataFrame, jobs: int | None) -> ContextF
     for first in range(0, len(need), 8):
         asked = need[first : first + 8]
         windows = [whisper_context([row[:n] for row, n in zip(
-            loaded.features[k], params.segment_frames(loaded.speech_durations(k)), strict=True)])
-            for k in asked]
+            loaded.features[k], params.segment_frames(loaded.speech_durations(k)), strict=True)],
+            WHISPER_CONTEXT_WINDOW_FRAMES) for k in asked]
         found = runner.context_languages(windows)[:, columns].astype(np.float64)
         context[asked] = softmax(found, spec.language.temperature)
     truth = loaded.meta["language"].map(CANDIDATES.index).to_numpy()[owner]
@@ -196,6 +200,7 @@ def main() -> None:
     print(f"chosen: context threshold {fit.threshold}, weight {fit.weight}")
     language = dataclasses.replace(
         language, context_threshold=fit.threshold, context_weight=fit.weight,
+        context_window_frames=WHISPER_CONTEXT_WINDOW_FRAMES,
         context_validation={
             "fitted_on": (f"training speakers (annotate/training/heldout.py): "
                           f"{', '.join(f'{n} {len(drawn[n])}' for n in names)} recordings, "

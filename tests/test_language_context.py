@@ -310,14 +310,15 @@ def test_the_context_settings_travel_in_model_json(backbone):
         read_model_folder(models.language.folder)
 
 
-def with_whisper_context(backbone, root, threshold, weight=0.8):
+def with_whisper_context(backbone, root, threshold, weight=0.8, window=WHISPER_CONTEXT_FRAMES):
     """A copy of ``backbone`` whose Whisper asks its context under ``threshold``, with heads."""
     import shutil
 
     folder = root / backbone.folder.name
     shutil.copytree(backbone.folder, folder)
     raw = json.loads((folder / "backbone.json").read_text())
-    raw["language"] |= {"context_threshold": threshold, "context_weight": weight}
+    raw["language"] |= {"context_threshold": threshold, "context_weight": weight,
+                        "context_window_frames": window}
     (folder / "backbone.json").write_text(json.dumps(raw))
     shutil.copytree(backbone.folder.parent / "emotion-multi", root / "emotion-multi")
     create_head_folder(root / "language", "language", LANGUAGES, read_backbone_folder(folder),
@@ -334,11 +335,13 @@ def whisper_columns(models, recording) -> np.ndarray:
 
 def test_whispers_own_identification_asks_its_context_as_the_cascade_does(backbone, tmp_path):
     """``--language-id whisper`` takes its context settings from backbone.json: each unsure
-    stretch is fused with Whisper's answer on its padded 30 s window, before the smoothing."""
+    stretch (cut where its speech fills the window) is fused with Whisper's answer on its
+    padded window, before the smoothing."""
     never = with_whisper_context(backbone, tmp_path / "never", 0.0)
-    always = with_whisper_context(backbone, tmp_path / "always", 1.0, weight=0.8)
+    always = with_whisper_context(backbone, tmp_path / "always", 1.0, weight=0.8, window=250)
     spec = always.backbones["tiny-whisper"]
-    assert (spec.language.context_threshold, spec.language.context_weight) == (1.0, 0.8)
+    assert (spec.language.context_threshold, spec.language.context_weight,
+            spec.language.context_window_frames) == (1.0, 0.8, 250)
     params = never.language.features
     recording = a_recording(params)
     before = whisper_columns(never, recording)
@@ -352,8 +355,11 @@ def test_whispers_own_identification_asks_its_context_as_the_cascade_does(backbo
     runner = Backbone(spec, (0,), "litert", params.n_frames)
     tokens = [LANGUAGE_CODES.index(c) for c in LANGUAGES]
     want = whisper.copy()
-    for run in language_stretches(smooth_language(whisper, 0.05).argmax(axis=1), frames, 3000):
-        logits = runner.context_language(whisper_context([rows[i][: frames[i]] for i in run]))
+    runs = language_stretches(smooth_language(whisper, 0.05).argmax(axis=1), frames, 250)
+    assert max(len(run) for run in runs) <= 2  # 100-frame segments: cut at 250 frames
+    for run in runs:
+        logits = runner.context_language(whisper_context([rows[i][: frames[i]] for i in run],
+                                                         250))
         context = softmax(logits[None, tokens].astype(float), spec.language.temperature)
         want[run] = fuse_language(whisper[run], np.repeat(context, len(run), 0), 1.0, 0.8)
     got = whisper_columns(always, recording)
@@ -368,14 +374,17 @@ def test_whispers_context_settings_travel_in_backbone_json(backbone, tmp_path):
     folder = models.backbones["tiny-whisper"].folder
     spec = read_backbone_folder(folder)
     assert WhisperLanguage(tuple(LANGUAGES), tuple(LANGUAGES)).context_step(
-        models.language, spec.language) == ContextStep(0.9, 1.5)
+        models.language, spec.language) == ContextStep(0.9, 1.5, WHISPER_CONTEXT_FRAMES)
     # The cascade keeps its own settings (none in this head's model.json).
     assert CascadeLanguage(tuple(LANGUAGES), tuple(LANGUAGES)).context_step(
         models.language, spec.language) is None
     # Without the settings, the entry is written as before.
     assert "context_threshold" not in backbone.language.to_json()
     raw = json.loads((folder / "backbone.json").read_text())
-    raw["language"]["context_threshold"] = 1.5
-    (folder / "backbone.json").write_text(json.dumps(raw))
-    with pytest.raises(ModelError, match="context_threshold"):
-        read_backbone_folder(folder)
+    for key, bad in (("context_threshold", 1.5), ("context_window_frames", 0),
+                     ("context_window_frames", WHISPER_CONTEXT_FRAMES + 1)):
+        wrong = json.loads(json.dumps(raw))
+        wrong["language"][key] = bad
+        (folder / "backbone.json").write_text(json.dumps(wrong))
+        with pytest.raises(ModelError, match="context_threshold"):
+            read_backbone_folder(folder)

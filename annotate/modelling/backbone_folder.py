@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from annotate.errors import ModelError
-from annotate.features import FeatureParams
+from annotate.features import WHISPER_CONTEXT_FRAMES, FeatureParams
 from annotate.modelling.model_folder import (
     ModelSpec,
     bundled_models_dir,
@@ -92,6 +92,8 @@ class LanguageExport:
             (:meth:`annotate.modelling.language_source.LanguageSource.with_context`;
             None: never). The cascade's own is in the language head's ``cascade``.
         context_weight: Weight of that context's log-probabilities.
+        context_window_frames: That window's length in log-mel frames
+            (Whisper's 30 s: 3000).
         context_validation: What the context step was chosen on, and its
             validation table (free form).
     """
@@ -103,12 +105,14 @@ class LanguageExport:
     fitted_on: str = ""
     context_threshold: float | None = None
     context_weight: float = 0.0
+    context_window_frames: int = WHISPER_CONTEXT_FRAMES
     context_validation: dict = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict:
         out = dict(self.__dict__)
         if self.context_threshold is None:  # the entry reads as it did before the context step
-            for key in ("context_threshold", "context_weight", "context_validation"):
+            for key in ("context_threshold", "context_weight", "context_window_frames",
+                        "context_validation"):
                 out.pop(key)
         return out
 
@@ -253,15 +257,19 @@ def read_backbone_folder(folder: str | Path) -> BackboneSpec:
                                       str(entry.get("fitted_on", "")),
                                       None if context is None else float(context),
                                       float(entry.get("context_weight", 0.0)),
+                                      int(entry.get("context_window_frames",
+                                                    WHISPER_CONTEXT_FRAMES)),
                                       dict(entry.get("context_validation") or {}))
         except (KeyError, TypeError, ValueError) as error:
             raise ModelError(f"{path}: bad language entry: {error}") from None
         if not language.temperature > 0:
             raise ModelError(f"{path}: language.temperature must be positive")
         if language.context_threshold is not None and (
-                not 0 <= language.context_threshold <= 1 or language.context_weight < 0):
-            raise ModelError(f"{path}: language.context_threshold must be in [0, 1] and "
-                             "context_weight not negative")
+                not 0 <= language.context_threshold <= 1 or language.context_weight < 0
+                or not 0 < language.context_window_frames <= WHISPER_CONTEXT_FRAMES):
+            raise ModelError(f"{path}: language.context_threshold must be in [0, 1], "
+                             "context_weight not negative and context_window_frames in "
+                             f"1..{WHISPER_CONTEXT_FRAMES}")
     return BackboneSpec(folder, str(raw["name"]), raw["architecture"], features,
                         int(raw["width"]), int(raw["n_layers"]), dict(raw.get("source") or {}),
                         litert, language, weights)

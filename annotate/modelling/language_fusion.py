@@ -133,12 +133,19 @@ CONTEXT_BUDGET = 0.05
 #: whisper``, ``scripts/fit_language_id.py``). Its own answer on segments of
 #: a few seconds is far weaker than the cascade's (0.941 per validation
 #: recording, mean over six sets), so the context pays on many more
-#: recordings: 0.957 with 4 % asked, 0.964 with 9 %, 0.968 with 15 %. A window
-#: costs about what 8 segments do in that mode, so asking 15 % of 3 s clips
-#: would about double a run on them, and less on longer recordings
+#: recordings: 0.957 with 4 % asked, 0.965 with 9 %, 0.968 with 15 %. A 30 s
+#: window costs about what 8 segments do in that mode (a 10 s one, below,
+#: about a third of that), so the step adds most to corpora of short clips
 #: (docs/benchmarks.md); the mode serves languages the head does not know,
 #: where the label comes before the speed.
 WHISPER_CONTEXT_BUDGET = 0.15
+#: Whisper alone asks on windows of 10 s (log-mel frames), not its 30 s: on
+#: validation recordings with up to 5 s of speech, the fused answer at the
+#: thresholds within the budget was the same with 10 s as with 30 s (0.954
+#: / 0.961 against 0.953 / 0.961; 5 s: 0.945 / 0.948), for about a third of
+#: the encoder's work (docs/accuracy.md). A stretch ends where its speech
+#: fills the window, so longer speech is asked 10 s at a time.
+WHISPER_CONTEXT_WINDOW_FRAMES = 1000
 
 
 @dataclass(frozen=True)

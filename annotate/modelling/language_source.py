@@ -187,8 +187,9 @@ class LanguageSource:
                      temperature: float) -> list[np.ndarray]:
         """Recordings' segment probabilities, their unsure stretches fused with Whisper's context.
 
-        Each stretch :meth:`context_units` picks is joined into one padded 30 s
-        window (:func:`annotate.features.whisper_context`) and put to Whisper
+        Each stretch :meth:`context_units` picks is joined into one padded
+        window (:func:`annotate.features.whisper_context`; 30 s unless
+        ``step.window_frames`` says less) and put to Whisper
         once; each of its segments' probabilities become
         ``softmax(log p + step.weight * log p_context)``. The windows of
         all the recordings go to ``ask`` :data:`CONTEXT_WINDOWS_A_CALL` at a
@@ -211,11 +212,11 @@ class LanguageSource:
         out = [np.array(r.probs, dtype=np.float64) for r in recordings]
         asked = [(r, unit) for r, rec in enumerate(recordings)
                  for unit in self.context_units(rec.probs, rec.durations, rec.frames, language,
-                                                step, WHISPER_CONTEXT_FRAMES)]
+                                                step, step.window_frames)]
         for first in range(0, len(asked), CONTEXT_WINDOWS_A_CALL):
             group = asked[first : first + CONTEXT_WINDOWS_A_CALL]
-            logits = ask([whisper_context([recordings[r].segment(i) for i in unit])
-                          for r, unit in group])
+            logits = ask([whisper_context([recordings[r].segment(i) for i in unit],
+                                          step.window_frames) for r, unit in group])
             context = self.whisper_probs(np.asarray(logits), temperature)
             for (r, unit), p in zip(group, context, strict=True):
                 out[r][unit] = fuse_language(out[r][unit], np.repeat(p[None], len(unit), axis=0),
@@ -288,10 +289,13 @@ class ContextStep:
             it is asked.
         weight: The weight of the context's log-probabilities:
             ``softmax(log p + weight * log p_context)``.
+        window_frames: The window's length in log-mel frames (Whisper's 30 s
+            by default); a stretch ends where its speech fills the window.
     """
 
     threshold: float
     weight: float
+    window_frames: int = WHISPER_CONTEXT_FRAMES
 
 
 @dataclass(frozen=True)
@@ -331,7 +335,8 @@ class WhisperLanguage(LanguageSource):
                      ) -> ContextStep | None:
         if self.known or whisper is None or whisper.context_threshold is None:
             return None
-        return ContextStep(whisper.context_threshold, whisper.context_weight)
+        return ContextStep(whisper.context_threshold, whisper.context_weight,
+                           whisper.context_window_frames)
 
 
 SOURCES: dict[str, type[LanguageSource]] = {

@@ -124,7 +124,6 @@ def with_context(spec: ModelSpec, probs: np.ndarray, owner: np.ndarray, duration
     as the annotator labels; only the recordings with a stretch asked are read again.
     """
     from annotate.backbone.runtime import Backbone
-    from annotate.features import WHISPER_CONTEXT_FRAMES
     from annotate.modelling.backbone_folder import backbone_of
     from annotate.modelling.inference import choose_backbone_backend
     from annotate.modelling.language_source import SOURCES, ContextInput
@@ -139,7 +138,7 @@ def with_context(spec: ModelSpec, probs: np.ndarray, owner: np.ndarray, duration
     rows = [np.flatnonzero(owner == r) for r in range(len(data.meta))]
     asked = [r for r, at in enumerate(rows)
              if language.context_units(probs[at], durations[at], frames[at], spec, step,
-                                       WHISPER_CONTEXT_FRAMES)]
+                                       step.window_frames)]
     if report is not None:
         report(f"context: Whisper's 30 s window asked for {len(asked)} of {len(rows)} recordings")
     if not asked:

@@ -215,12 +215,7 @@ def main() -> None:
     context = context_probs(backbone, backend, recordings, fused, owners, all_durations,
                             columns, args.jobs)
     context_fit = fit_context(fused, context, truth, owners, all_durations, group)
-    print(f"{'context':>9} {'asked':>6} {'weight':>6} {'mean':>6} "
-          + " ".join(f"{n[:11]:>11}" for n in names))
-    for row in context_fit.table:
-        print(f"{row['threshold']:>9} {row['asked']:>6.3f} {row['weight']:>6} "
-              f"{row['mean_accuracy']:>6.3f} " + " ".join(f"{row[n]:>11.3f}" for n in names))
-    print(f"chosen: context threshold {context_fit.threshold}, weight {context_fit.weight}")
+    print(context_fit.report(names))
     counts = pd.Series(group).value_counts().reindex(names)
     cascade = LanguageCascade(
         threshold=fit.threshold, head_weight=fit.head_weight, whisper_weight=fit.whisper_weight,

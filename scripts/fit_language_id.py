@@ -192,12 +192,7 @@ def main() -> None:
                      ignore_index=True)
     fit = fit_whisper_context(spec, sets, args.jobs)
     names = sorted(drawn)
-    print(f"{'context':>9} {'asked':>6} {'weight':>6} {'mean':>6} "
-          + " ".join(f"{n[:11]:>11}" for n in names))
-    for row in fit.table:
-        print(f"{row['threshold']:>9} {row['asked']:>6.3f} {row['weight']:>6} "
-              f"{row['mean_accuracy']:>6.3f} " + " ".join(f"{row[n]:>11.3f}" for n in names))
-    print(f"chosen: context threshold {fit.threshold}, weight {fit.weight}")
+    print(fit.report(names))
     language = dataclasses.replace(
         language, context_threshold=fit.threshold, context_weight=fit.weight,
         context_window_frames=WHISPER_CONTEXT_WINDOW_FRAMES,

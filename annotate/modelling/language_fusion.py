@@ -158,6 +158,16 @@ class ContextFit:
     #: and the per-recording accuracy of each group (and their mean).
     table: list[dict]
 
+    def report(self, groups: list[str]) -> str:
+        """The table as text, a row per threshold and a column per group, then the choice."""
+        lines = [f"{'context':>9} {'asked':>6} {'weight':>6} {'mean':>6} "
+                 + " ".join(f"{g[:11]:>11}" for g in groups)]
+        lines += [f"{row['threshold']:>9} {row['asked']:>6.3f} {row['weight']:>6} "
+                  f"{row['mean_accuracy']:>6.3f} " + " ".join(f"{row[g]:>11.3f}" for g in groups)
+                  for row in self.table]
+        lines.append(f"chosen: context threshold {self.threshold}, weight {self.weight}")
+        return "\n".join(lines)
+
 
 def fit_context(probs: np.ndarray, context: np.ndarray, truth: np.ndarray, owner: np.ndarray,
                 durations: np.ndarray, group: np.ndarray, tolerance: float = 0.002,

@@ -115,17 +115,28 @@ def with_whisper(spec: ModelSpec, head: np.ndarray, whisper: np.ndarray, source:
     return language.combine(head, whisper, spec)
 
 
-def with_context(spec: ModelSpec, probs: np.ndarray, owner: np.ndarray, durations: np.ndarray,
-                 data, source: str = "cascade", jobs: int | None = None,
-                 report: Report | None = None) -> np.ndarray:
-    """A source's segment probabilities with Whisper's 30 s context where a run asks it.
-
-    Through :meth:`annotate.modelling.language_source.LanguageSource.with_context`,
-    as the annotator labels; only the recordings with a stretch asked are read again.
-    """
+def context_runner(spec: ModelSpec):
+    """The backbone that answers a language head's context windows (loaded on first use)."""
     from annotate.backbone.runtime import Backbone
     from annotate.modelling.backbone_folder import backbone_of
     from annotate.modelling.inference import choose_backbone_backend
+
+    backbone = backbone_of(spec)
+    return Backbone(backbone, (0,), choose_backbone_backend(backbone, (0,)),
+                    spec.features.n_frames)
+
+
+def with_context(spec: ModelSpec, probs: np.ndarray, owner: np.ndarray, durations: np.ndarray,
+                 data, source: str = "cascade", jobs: int | None = None,
+                 report: Report | None = None, runner=None) -> np.ndarray:
+    """A source's segment probabilities with Whisper's context where a run asks it.
+
+    Through :meth:`annotate.modelling.language_source.LanguageSource.with_context`,
+    as the annotator labels; only the recordings with a stretch asked are read again.
+    ``runner``: a :func:`context_runner` to reuse (leave-one-speaker-out asks
+    in every fold); by default one is made for the call.
+    """
+    from annotate.modelling.backbone_folder import backbone_of
     from annotate.modelling.language_source import SOURCES, ContextInput
     from annotate.training.training_data import load_recordings
 
@@ -140,11 +151,10 @@ def with_context(spec: ModelSpec, probs: np.ndarray, owner: np.ndarray, duration
              if language.context_units(probs[at], durations[at], frames[at], spec, step,
                                        step.window_frames)]
     if report is not None:
-        report(f"context: Whisper's 30 s window asked for {len(asked)} of {len(rows)} recordings")
+        report(f"context: Whisper's window asked for {len(asked)} of {len(rows)} recordings")
     if not asked:
         return probs
-    runner = Backbone(backbone, (0,), choose_backbone_backend(backbone, (0,)),
-                      spec.features.n_frames)
+    runner = runner or context_runner(spec)
     recordings, failures = load_recordings(data.meta.iloc[asked], spec.features, jobs)
     inputs = []
     for k, r in enumerate(asked):
@@ -248,6 +258,7 @@ def loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
     segment_corpus = corpus_codes(data)[owner]
     probs = np.zeros((len(x), len(labels)))
     whisper = whisper_probabilities(spec, data, jobs) if source != "head" else None
+    runner = context_runner(spec) if whisper is not None else None  # one for every fold
     folds = []
     for number, speaker in enumerate(speakers, start=1):
         test = segment_speaker == speaker
@@ -265,7 +276,7 @@ def loso_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
         if whisper is not None:
             fold_probs = with_whisper(spec, fold_probs, whisper[test], source)
             fold_probs = with_context(spec, fold_probs, owner[test], durations[test], data,
-                                      source, jobs)
+                                      source, jobs, runner=runner)
         if spec.task == "language" and spec.switch_probability is not None:
             fold_probs = smooth_along_recordings(fold_probs, owner[test],
                                                  spec.switch_probability)

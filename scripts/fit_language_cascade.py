@@ -19,9 +19,9 @@ threshold and the fusion weights on the training speakers only
 Each corpus weighs the same in the accuracy the threshold is chosen on; the
 lowest threshold within 0.002 of the best wins (the cheapest that is as
 good). Then the context step, the same way: which recordings, still unsure
-after the cascade, are asked once more with Whisper's own 30 s context
-(their speech joined and padded, as a run builds it) and the weight of that
-answer (:func:`annotate.modelling.language_fusion.fit_context`). The choice and its validation table go into the language model's
+after the cascade, are asked once more with Whisper's own context (their
+speech joined and padded to a 10 s window, as a run builds it) and the
+weight of that answer (:func:`annotate.modelling.language_fusion.fit_context`). The choice and its validation table go into the language model's
 ``model.json`` (``cascade``) and its card; the weights files stay as they are.
 
 Usage: python scripts/fit_language_cascade.py --corpora ../shared/corpora [--models models]
@@ -48,6 +48,7 @@ from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E40
 from annotate.modelling.inference import choose_backbone_backend  # noqa: E402
 from annotate.modelling.language_fusion import (  # noqa: E402
     CONTEXT_THRESHOLDS,
+    CONTEXT_WINDOW_FRAMES,
     fit_cascade,
     fit_context,
 )
@@ -58,7 +59,10 @@ from annotate.modelling.model_folder import (  # noqa: E402
     write_model_folder,
 )
 from annotate.modelling.posteriors import apply_cascade, softmax  # noqa: E402
-from annotate.training.calibration import whisper_language_logits  # noqa: E402
+from annotate.training.calibration import (  # noqa: E402
+    context_language_probs,
+    whisper_language_logits,
+)
 from annotate.training.cards import head_card  # noqa: E402
 from annotate.training.encoding import Copies, default_cache_dir, encode_items  # noqa: E402
 from annotate.training.metrics import expected_calibration_error  # noqa: E402
@@ -101,14 +105,14 @@ def whisper_probs(backbone, items: pd.DataFrame, columns: list[int], jobs) -> np
 def context_probs(backbone, backend: str, recordings: pd.DataFrame, probs: np.ndarray,
                   owner: np.ndarray, durations: np.ndarray, columns: list[int],
                   jobs) -> np.ndarray:
-    """Whisper's calibrated probabilities with its 30 s context, per recording.
+    """Whisper's calibrated probabilities with its context, per recording.
 
     Asked, as a run asks, of each recording whose top probability after the
     cascade is below the highest context threshold tried (NaN for the rest):
-    its speech segments joined into one padded window.
+    its speech segments joined into one window of
+    :data:`~annotate.modelling.language_fusion.CONTEXT_WINDOW_FRAMES`.
     """
     from annotate.backbone.runtime import Backbone
-    from annotate.features import whisper_context
     from annotate.modelling.posteriors import recording_means
     from annotate.training.training_data import load_recordings
 
@@ -116,19 +120,13 @@ def context_probs(backbone, backend: str, recordings: pd.DataFrame, probs: np.nd
     need = np.flatnonzero(top < max(CONTEXT_THRESHOLDS))
     print(f"context: {len(need)} of {len(recordings)} recordings below "
           f"{max(CONTEXT_THRESHOLDS)}", flush=True)
-    params = backbone.features
-    loaded, failures = load_recordings(recordings.iloc[need], params, jobs)
+    loaded, failures = load_recordings(recordings.iloc[need], backbone.features, jobs)
     if failures:
         raise SystemExit(f"cannot read {failures[0].path}: {failures[0].message}")
-    runner = Backbone(backbone, (0,), backend, params.n_frames)
+    runner = Backbone(backbone, (0,), backend, backbone.features.n_frames)
     out = np.full((len(recordings), len(columns)), np.nan)
-    for k, i in enumerate(need):
-        frames = params.segment_frames(loaded.speech_durations(k))
-        if not len(frames):
-            continue
-        window = whisper_context([row[:n] for row, n in zip(loaded.features[k], frames)])
-        logits = runner.context_language(window)[None, columns].astype(np.float64)
-        out[i] = softmax(logits, backbone.language.temperature)[0]
+    out[need] = context_language_probs(runner, loaded, np.arange(len(need)), columns,
+                                       backbone.language.temperature, CONTEXT_WINDOW_FRAMES)
     return out
 
 
@@ -225,7 +223,8 @@ def main() -> None:
                    "clips band-limited, scored by their speaker's fold"),
         validation={"per_recording_accuracy": fit.table, "segment_ece": ece,
                     "asked": float(asked.mean()), "context": context_fit.table},
-        context_threshold=context_fit.threshold, context_weight=context_fit.weight)
+        context_threshold=context_fit.threshold, context_weight=context_fit.weight,
+        context_window_frames=CONTEXT_WINDOW_FRAMES)
     head = dataclasses.replace(head, cascade=cascade)
     write_model_folder(head, head_card(head))
     print(f"wrote {head.folder / SPEC_FILE} and its card")

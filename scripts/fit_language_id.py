@@ -47,14 +47,18 @@ from annotate.backbone.whisper_language import LANGUAGE_CODES  # noqa: E402
 from annotate.modelling.backbone_folder import SPEC_FILE, read_backbone_folder  # noqa: E402
 from annotate.modelling.language_fusion import (  # noqa: E402
     CONTEXT_THRESHOLDS,
+    CONTEXT_WINDOW_FRAMES,
     WHISPER_CONTEXT_BUDGET,
-    WHISPER_CONTEXT_WINDOW_FRAMES,
     ContextFit,
     fit_context,
 )
 from annotate.modelling.posteriors import softmax  # noqa: E402
 from annotate.training import heldout  # noqa: E402
-from annotate.training.calibration import fit_temperature, whisper_language_logits  # noqa: E402
+from annotate.training.calibration import (  # noqa: E402
+    context_language_probs,
+    fit_temperature,
+    whisper_language_logits,
+)
 from annotate.training.corpora import read_corpus  # noqa: E402
 from annotate.training.encoding import default_cache_dir  # noqa: E402
 from annotate.training.metrics import expected_calibration_error  # noqa: E402
@@ -81,14 +85,13 @@ def fit_whisper_context(spec, items: pd.DataFrame, jobs: int | None) -> ContextF
     Each recording's segments are scored as ``--language-id whisper`` scores
     them (the candidates :data:`CANDIDATES`, Whisper's fitted temperature);
     a recording asked is asked on its speech padded to
-    :data:`~annotate.modelling.language_fusion.WHISPER_CONTEXT_WINDOW_FRAMES`
+    :data:`~annotate.modelling.language_fusion.CONTEXT_WINDOW_FRAMES`
     (speech past it dropped: the run would ask the rest as another stretch).
     The thresholds tried go up to the first that asks more than the budget
     (so the table shows what the next step would buy); the recordings
-    below it are asked with their padded 30 s window.
+    below it are asked with their padded window.
     """
     from annotate.backbone.runtime import Backbone
-    from annotate.features import whisper_context
     from annotate.modelling.posteriors import recording_means
     from annotate.training.training_data import load_recordings
 
@@ -111,14 +114,8 @@ def fit_whisper_context(spec, items: pd.DataFrame, jobs: int | None) -> ContextF
             break
     need = np.flatnonzero(seen & (top < max(tried)))
     print(f"context: {len(need)} of {seen.sum()} recordings below {max(tried)}", flush=True)
-    context = np.full((len(loaded), len(columns)), np.nan)
-    for first in range(0, len(need), 8):
-        asked = need[first : first + 8]
-        windows = [whisper_context([row[:n] for row, n in zip(
-            loaded.features[k], params.segment_frames(loaded.speech_durations(k)), strict=True)],
-            WHISPER_CONTEXT_WINDOW_FRAMES) for k in asked]
-        found = runner.context_languages(windows)[:, columns].astype(np.float64)
-        context[asked] = softmax(found, spec.language.temperature)
+    context = context_language_probs(runner, loaded, need, columns, spec.language.temperature,
+                                     CONTEXT_WINDOW_FRAMES)
     truth = loaded.meta["language"].map(CANDIDATES.index).to_numpy()[owner]
     group = loaded.meta["corpus"].astype(str).to_numpy()
     return fit_context(probs, context, truth, owner, durations, group, thresholds=tuple(tried),
@@ -195,7 +192,7 @@ def main() -> None:
     print(fit.report(names))
     language = dataclasses.replace(
         language, context_threshold=fit.threshold, context_weight=fit.weight,
-        context_window_frames=WHISPER_CONTEXT_WINDOW_FRAMES,
+        context_window_frames=CONTEXT_WINDOW_FRAMES,
         context_validation={
             "fitted_on": (f"training speakers (annotate/training/heldout.py): "
                           f"{', '.join(f'{n} {len(drawn[n])}' for n in names)} recordings, "

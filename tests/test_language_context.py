@@ -81,10 +81,11 @@ def backbone(tmp_path_factory):
     return spec
 
 
-def models_with(backbone, name, context_threshold, context_weight=0.8):
+def models_with(backbone, name, context_threshold, context_weight=0.8,
+                window=WHISPER_CONTEXT_FRAMES):
     folder = backbone.folder.parent / name
     cascade = LanguageCascade(0.9, 0.6, 0.9, "tests", context_threshold=context_threshold,
-                              context_weight=context_weight)
+                              context_weight=context_weight, context_window_frames=window)
     create_head_folder(folder, "language", LANGUAGES, backbone, layers=(2,),
                        languages=LANGUAGES, switch_probability=0.05, seed=1, cascade=cascade)
     return ModelSet.load(language_model=folder,
@@ -299,15 +300,28 @@ def test_the_choice_stays_within_the_budget_of_asked_recordings():
 
 
 def test_the_context_settings_travel_in_model_json(backbone):
-    models = models_with(backbone, "saved", 0.95, 1.3)
+    models = models_with(backbone, "saved", 0.95, 1.3, window=1000)
     cascade = read_model_folder(models.language.folder).cascade
-    assert (cascade.context_threshold, cascade.context_weight) == (0.95, 1.3)
+    assert (cascade.context_threshold, cascade.context_weight,
+            cascade.context_window_frames) == (0.95, 1.3, 1000)
+    assert CascadeLanguage(tuple(LANGUAGES), tuple(LANGUAGES)).context_step(
+        models.language, None) == ContextStep(0.95, 1.3, 1000)
     spec_file = models.language.folder / "model.json"
     raw = json.loads(spec_file.read_text())
-    raw["cascade"]["context_threshold"] = 1.5
-    spec_file.write_text(json.dumps(raw))
-    with pytest.raises(ModelError, match="context_threshold"):
-        read_model_folder(models.language.folder)
+    # A cascade fitted before the window was a setting asks on Whisper's 30 s.
+    older = json.loads(json.dumps(raw))
+    del older["cascade"]["context_window_frames"]
+    spec_file.write_text(json.dumps(older))
+    assert read_model_folder(models.language.folder).cascade.context_window_frames == \
+        WHISPER_CONTEXT_FRAMES
+    for key, bad in (("context_threshold", 1.5), ("context_window_frames", 0),
+                     ("context_window_frames", WHISPER_CONTEXT_FRAMES + 1),
+                     ("context_window_frames", 10.5)):
+        wrong = json.loads(json.dumps(raw))
+        wrong["cascade"][key] = bad
+        spec_file.write_text(json.dumps(wrong))
+        with pytest.raises(ModelError, match="context_threshold"):
+            read_model_folder(models.language.folder)
 
 
 def with_whisper_context(backbone, root, threshold, weight=0.8, window=WHISPER_CONTEXT_FRAMES):
@@ -388,3 +402,31 @@ def test_whispers_context_settings_travel_in_backbone_json(backbone, tmp_path):
         (folder / "backbone.json").write_text(json.dumps(wrong))
         with pytest.raises(ModelError, match="context_threshold"):
             read_backbone_folder(folder)
+
+
+def test_the_fit_scripts_ask_the_context_as_a_run_builds_its_window(backbone, tmp_path):
+    """The validation windows of the context fits: each asked recording's speech joined and
+    padded to the window, its answer at Whisper's temperature; the rest not asked."""
+    import pandas as pd
+
+    from annotate.testing import speech_like
+    from annotate.training.calibration import context_language_probs
+    from annotate.training.training_data import load_recordings
+    from conftest import write_audio
+
+    paths = [write_audio(tmp_path / f"{k}.wav", speech_like(s, seed=k), 16000)
+             for k, s in enumerate((4.5, 2.2, 3.1))]
+    params = backbone.features
+    items = pd.DataFrame({"path": [str(p) for p in paths], "label": "en", "speaker": "s",
+                          "corpus": "tests", "language": "en", "split": "train"})
+    loaded, failures = load_recordings(items, params)
+    assert not failures and all(len(loaded.speech_durations(k)) for k in range(3))
+    runner = Backbone(backbone, (0,), "litert", params.n_frames)
+    tokens = [LANGUAGE_CODES.index(c) for c in LANGUAGES]
+    got = context_language_probs(runner, loaded, np.array([0, 2]), tokens, 1.3, 250)
+    assert np.isnan(got[1]).all()
+    for k in (0, 2):
+        frames = params.segment_frames(loaded.speech_durations(k))
+        window = whisper_context([row[:n] for row, n in zip(loaded.features[k], frames)], 250)
+        want = softmax(runner.context_language(window)[None, tokens].astype(float), 1.3)
+        np.testing.assert_allclose(got[k], want[0], atol=1e-6)

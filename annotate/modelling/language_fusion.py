@@ -139,13 +139,15 @@ CONTEXT_BUDGET = 0.05
 #: (docs/benchmarks.md); the mode serves languages the head does not know,
 #: where the label comes before the speed.
 WHISPER_CONTEXT_BUDGET = 0.15
-#: Whisper alone asks on windows of 10 s (log-mel frames), not its 30 s: on
-#: validation recordings with up to 5 s of speech, the fused answer at the
-#: thresholds within the budget was the same with 10 s as with 30 s (0.954
-#: / 0.961 against 0.953 / 0.961; 5 s: 0.945 / 0.948), for about a third of
-#: the encoder's work (docs/accuracy.md). A stretch ends where its speech
-#: fills the window, so longer speech is asked 10 s at a time.
-WHISPER_CONTEXT_WINDOW_FRAMES = 1000
+#: The context step asks on windows of 10 s (log-mel frames), not Whisper's
+#: 30 s, in the cascade and in Whisper alone: on validation recordings with up
+#: to 5 s of speech, Whisper alone's fused answer at the thresholds within its
+#: budget was the same with 10 s as with 30 s (0.954 / 0.961 against 0.953 /
+#: 0.961; 5 s: 0.945 / 0.948), for about a third of the encoder's work
+#: (docs/accuracy.md). A stretch ends where its speech fills the window, so
+#: longer speech is asked 10 s at a time. The fit scripts write it into the
+#: settings they fit (a model that names none asks on 30 s).
+CONTEXT_WINDOW_FRAMES = 1000
 
 
 @dataclass(frozen=True)

@@ -272,7 +272,8 @@ class CascadeLanguage(HeadLanguage):
         cascade = language.cascade
         if self.known or cascade is None or cascade.context_threshold is None:
             return None
-        return ContextStep(cascade.context_threshold, cascade.context_weight)
+        return ContextStep(cascade.context_threshold, cascade.context_weight,
+                           cascade.context_window_frames)
 
 
 #: Context windows put to Whisper in one call: enough for every lane of a

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from annotate.errors import ModelError, expected_one_of
-from annotate.features import FeatureParams
+from annotate.features import WHISPER_CONTEXT_FRAMES, FeatureParams
 from annotate.labels import EMOTIONS, TASKS
 
 FORMAT = "annotate-model/1"
@@ -98,11 +98,11 @@ class LanguageCascade:
     first. ``scripts/fit_language_cascade.py`` fits it.
 
     Then the context step: a stretch of a recording (its segments of one
-    language after the smoothing, at most 30 s of speech) whose
-    duration-weighted top probability is still below ``context_threshold``
-    is asked once more, as Whisper asks: its speech joined into one padded
-    30 s window. Each of its segments' probabilities becomes
-    ``softmax(log p + context_weight * log p_context)``.
+    language after the smoothing, at most ``context_window_frames`` of
+    speech) whose duration-weighted top probability is still below
+    ``context_threshold`` is asked once more, as Whisper asks: its speech
+    joined into one padded window. Each of its segments' probabilities
+    becomes ``softmax(log p + context_weight * log p_context)``.
 
     Attributes:
         threshold: Segments whose top head probability is below it go on to Whisper.
@@ -111,8 +111,10 @@ class LanguageCascade:
         fitted_on: What the threshold and weights were chosen on.
         validation: Figures on those recordings (free form).
         context_threshold: Stretches whose top probability is below it get
-            Whisper's 30 s context (None: never).
+            Whisper's context (None: never).
         context_weight: Weight of the context's log-probabilities.
+        context_window_frames: The context window's length in log-mel
+            frames (Whisper's 30 s, 3000, when the entry names none).
     """
 
     threshold: float
@@ -122,13 +124,15 @@ class LanguageCascade:
     validation: dict = field(default_factory=dict, compare=False)
     context_threshold: float | None = None
     context_weight: float = 0.0
+    context_window_frames: int = WHISPER_CONTEXT_FRAMES
 
     def to_json(self) -> dict:
         return {"threshold": self.threshold, "head_weight": self.head_weight,
                 "whisper_weight": self.whisper_weight, "fitted_on": self.fitted_on,
                 "validation": self.validation,
                 **({"context_threshold": self.context_threshold,
-                    "context_weight": self.context_weight}
+                    "context_weight": self.context_weight,
+                    "context_window_frames": self.context_window_frames}
                    if self.context_threshold is not None else {})}
 
 
@@ -410,14 +414,19 @@ def _read_cascade(raw, spec_path: Path, task: str) -> LanguageCascade | None:
                          "weights not negative")
     context = raw.get("context_threshold")
     weight = raw.get("context_weight", 0.0)
+    window = raw.get("context_window_frames", WHISPER_CONTEXT_FRAMES)
     if context is not None and (not isinstance(context, (int, float)) or not 0 <= context <= 1
-                                or not isinstance(weight, (int, float)) or weight < 0):
-        raise ModelError(f"{spec_path}: cascade context_threshold must be in [0, 1] and "
-                         "context_weight not negative")
+                                or not isinstance(weight, (int, float)) or weight < 0
+                                or not isinstance(window, int) or isinstance(window, bool)
+                                or not 0 < window <= WHISPER_CONTEXT_FRAMES):
+        raise ModelError(f"{spec_path}: cascade context_threshold must be in [0, 1], "
+                         "context_weight not negative and context_window_frames in "
+                         f"1..{WHISPER_CONTEXT_FRAMES}")
     return LanguageCascade(float(raw["threshold"]), float(raw["head_weight"]),
                            float(raw["whisper_weight"]), str(raw.get("fitted_on", "")),
                            dict(raw.get("validation") or {}),
-                           None if context is None else float(context), float(weight))
+                           None if context is None else float(context), float(weight),
+                           window)
 
 
 def _read_backbone(raw, spec_path: Path) -> BackboneInput | None:

@@ -237,6 +237,45 @@ def whisper_language_logits(backbone: BackboneSpec, items: pd.DataFrame, window_
     return logits, recordings.meta.iloc[owner].reset_index(drop=True), failures
 
 
+def context_language_probs(runner, recordings, asked: np.ndarray, columns: list[int],
+                           temperature: float, window_frames: int) -> np.ndarray:
+    """Whisper's calibrated probabilities with its context, for the recordings ``asked``.
+
+    Each asked recording's speech segments are joined and padded to one
+    window of ``window_frames`` log-mel frames, as a run asks a stretch
+    (:func:`annotate.features.whisper_context`; speech past the window is
+    dropped: a run would ask it as another stretch), and put to
+    ``runner.context_languages`` a few windows a call, so that every lane
+    has work.
+
+    Args:
+        runner: A loaded :class:`annotate.backbone.runtime.Backbone`.
+        recordings: What :func:`annotate.training.training_data.load_recordings` read.
+        asked: Indices of the recordings to ask.
+        columns: Whisper's language tokens kept, in the order of the result's columns.
+        temperature: Whisper's fitted temperature.
+        window_frames: The window's length.
+
+    Returns:
+        np.ndarray [shape=(len(recordings), len(columns))]: NaN for the rows not asked.
+    """
+    from annotate.features import whisper_context
+    from annotate.modelling.language_source import CONTEXT_WINDOWS_A_CALL
+
+    params = runner.spec.features
+    out = np.full((len(recordings), len(columns)), np.nan)
+    asked = [k for k in asked if len(recordings.speech_durations(k))]
+    for first in range(0, len(asked), CONTEXT_WINDOWS_A_CALL):
+        batch = asked[first : first + CONTEXT_WINDOWS_A_CALL]
+        windows = [whisper_context(
+            [row[:n] for row, n in zip(recordings.features[k],
+                                       params.segment_frames(recordings.speech_durations(k)),
+                                       strict=True)], window_frames) for k in batch]
+        logits = runner.context_languages(windows)[:, columns].astype(np.float64)
+        out[batch] = softmax(logits, temperature)
+    return out
+
+
 def whisper_language_probs(backbone: BackboneSpec, data: EncodedRecordings,
                            labels: tuple[str, ...], window_s: float,
                            jobs: int | None = None) -> np.ndarray:

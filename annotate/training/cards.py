@@ -49,11 +49,13 @@ def head_card(spec: ModelSpec) -> str:
         if c.context_threshold is not None:
             rows = {row["threshold"]: row for row in c.validation.get("context", [])}
             chosen = rows.get(c.context_threshold, {})
+            window = f"{c.context_window_frames / 100:g} s"  # 100 log-mel frames a second
             cascade += (f"\n**Whisper's context.** Where a stretch of a recording (its "
-                        "segments of one language after the smoothing, up to 30 s of speech) "
-                        f"is still below {c.context_threshold} after the cascade, its speech "
-                        "is joined into one padded 30 s window and put to Whisper's language "
-                        "identification once; each segment's probabilities become "
+                        f"segments of one language after the smoothing, up to {window} of "
+                        f"speech) is still below {c.context_threshold} after the cascade, its "
+                        f"speech is joined into one padded {window} window and put to "
+                        "Whisper's language identification once; each segment's "
+                        "probabilities become "
                         f"softmax(log p + {c.context_weight} log p_context) before the "
                         f"smoothing: {chosen.get('asked', float('nan')):.1%} of the "
                         "validation recordings, mean per-corpus accuracy "

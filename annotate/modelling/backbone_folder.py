@@ -88,7 +88,8 @@ class LanguageExport:
         context_threshold: With Whisper's identification alone
             (``--language-id whisper``), a stretch of a recording whose
             duration-weighted top probability is below it is asked once
-            more with Whisper's own 30 s context
+            more with Whisper's own context, on a window of
+            ``context_window_frames``
             (:meth:`annotate.modelling.language_source.LanguageSource.with_context`;
             None: never). The cascade's own is in the language head's ``cascade``.
         context_weight: Weight of that context's log-probabilities.

@@ -12,8 +12,8 @@ where they are used). The threshold trades accuracy against the cost of the
 language step: it is the lowest one within a small tolerance of the best
 validation accuracy (:func:`fit_cascade`). Then the context step
 (:func:`fit_context`): a recording still unsure after the cascade is asked
-once with Whisper's own 30 s context, and that answer fused into its
-segments. The settings live in the language model's ``model.json``
+once with Whisper's own context (its speech joined into one padded window),
+and that answer fused into its segments. The settings live in the language model's ``model.json``
 (:class:`annotate.modelling.model_folder.LanguageCascade`).
 """
 
@@ -121,13 +121,14 @@ def fit_cascade(head: np.ndarray, whisper: np.ndarray, truth: np.ndarray,
 
 
 #: Thresholds the context fit tries (a recording's top probability below it:
-#: ask Whisper once with its 30 s context).
+#: ask Whisper once with its context).
 CONTEXT_THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 #: The largest share of validation recordings the chosen threshold may ask.
-#: Each ask is one 30 s encoder pass (about what a minute of audio costs the
-#: rest of the run), so this bounds the step's cost: 5 % kept the default run
-#: within 15 % of the run without it on the benchmark corpora (concatenated
-#: clips of every corpus, switching language within files), where 8 % did not.
+#: Each ask was one 30 s encoder pass when this was chosen (about what a minute
+#: of audio costs the rest of the run; a 10 s window costs a third of it), so
+#: this bounds the step's cost: 5 % kept the default run within 15 % of the
+#: run without it on the benchmark corpora (concatenated clips of every corpus,
+#: switching language within files), where 8 % did not.
 CONTEXT_BUDGET = 0.05
 #: The same bound for Whisper's identification alone (``--language-id
 #: whisper``, ``scripts/fit_language_id.py``). Its own answer on segments of
@@ -175,7 +176,7 @@ def fit_context(probs: np.ndarray, context: np.ndarray, truth: np.ndarray, owner
                 durations: np.ndarray, group: np.ndarray, tolerance: float = 0.002,
                 thresholds=CONTEXT_THRESHOLDS, min_asked: int = 10,
                 budget: float = CONTEXT_BUDGET) -> ContextFit:
-    """When a recording is asked with Whisper's 30 s context, and the context's weight.
+    """When a recording is asked with Whisper's context, and the context's weight.
 
     Each recording whose duration-weighted top probability is below the
     threshold has its segments fused with its context probabilities:
@@ -184,7 +185,7 @@ def fit_context(probs: np.ndarray, context: np.ndarray, truth: np.ndarray, owner
     for. Of the thresholds asking at most ``budget`` of the recordings, the
     one chosen is the lowest whose mean per-recording accuracy over the
     groups is within ``tolerance`` of the best of them: each asked
-    recording costs one 30 s encoder pass.
+    recording costs one encoder pass on its window.
 
     Args:
         probs: Each segment's probabilities after the cascade [shape=(n, k)].

@@ -11,10 +11,11 @@ Each source is an object that owns its branches, so that the annotator,
 - :class:`WhisperLanguage`: Whisper's language identification alone, for
   candidates beyond the head's languages (any of Whisper's 99 codes).
 
-The cascade and Whisper alone both ask Whisper once more, with its own 30 s
-context, for a stretch of a recording that stays unsure
-(:meth:`LanguageSource.with_context`); each source keeps its own
-:class:`ContextStep` (when to ask, and the answer's weight).
+The cascade and Whisper alone both ask Whisper once more, with its own
+context (the stretch's speech joined into one padded window), for a stretch
+of a recording that stays unsure (:meth:`LanguageSource.with_context`); each
+source keeps its own :class:`ContextStep` (when to ask, the answer's weight
+and the window's length).
 
 A source holds data only (the candidates and the table's columns), so it
 travels with a run's plan to a cluster's workers; the models it reads are
@@ -142,7 +143,7 @@ class LanguageSource:
 
     def context_step(self, language: ModelSpec, whisper: LanguageExport | None
                      ) -> ContextStep | None:
-        """When unsure stretches get Whisper's 30 s context (None: never).
+        """When unsure stretches get Whisper's context, and on what window (None: never).
 
         Args:
             language: The language model (the cascade's settings).
@@ -154,7 +155,7 @@ class LanguageSource:
     def context_units(self, probs: np.ndarray, durations: np.ndarray, frames: np.ndarray,
                       language: ModelSpec, step: ContextStep,
                       max_frames: int) -> list[np.ndarray]:
-        """The stretches of one recording that Whisper's 30 s context is asked for.
+        """The stretches of one recording that Whisper's context is asked for.
 
         A stretch is a run of segments of one language after the smoothing, so
         a real switch inside a long recording keeps its two sides apart (cut
@@ -283,7 +284,7 @@ CONTEXT_WINDOWS_A_CALL = 8
 
 @dataclass(frozen=True)
 class ContextStep:
-    """When a stretch is asked with Whisper's 30 s context, and how its answer is fused.
+    """When a stretch is asked with Whisper's context, and how its answer is fused.
 
     Attributes:
         threshold: A stretch whose duration-weighted top probability is below

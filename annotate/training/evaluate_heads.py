@@ -208,8 +208,8 @@ def holdout_head(spec: ModelSpec, items: pd.DataFrame, jobs, report: Report,
 def _language_note(source: str) -> str:
     return {"head": "", "cascade": " (language: the cascade as annotate run gives it: Whisper's "
             "language step where the head is unsure, with the recorded threshold and weights, "
-            "and its 30 s context where the run asks it)",
-            "whisper": " (language: Whisper's language step alone, and its 30 s context where "
+            "and its context where the run asks it)",
+            "whisper": " (language: Whisper's language step alone, and its context where "
                        "the run asks it)"}[source]
 
 

@@ -48,7 +48,7 @@ from train_bundled_models import training_items  # noqa: E402
 from annotate.audio.discover import Recording  # noqa: E402
 from annotate.backbone.runtime import Backbone  # noqa: E402
 from annotate.modelling.backbone_folder import read_backbone_folder  # noqa: E402
-from annotate.modelling.model_folder import folder_hash  # noqa: E402
+from annotate.modelling.model_folder import file_sha256  # noqa: E402
 from annotate.modelling.speech_head import write_speech_head  # noqa: E402
 from annotate.prepare.featurize import SegmentSettings, featurize_recording  # noqa: E402
 
@@ -223,7 +223,9 @@ def main() -> None:
     head = {
         "format": "annotate-speech-head/1",
         "backbone": spec.name,
-        "backbone_hash": folder_hash(args.backbone),
+        # The export it read, not the folder: scripts/fit_language_id.py rewrites the
+        # folder's backbone.json after this, so its hash would change at every rebuild.
+        "encoder_sha256": file_sha256(spec.folder / spec.litert.file),
         "width": int(len(w)),
         "layer": LAYER,
         "threshold": threshold,

@@ -1,4 +1,4 @@
-"""Whisper's 30 s context for the stretches of a recording a run stays unsure of."""
+"""Whisper's context (one padded window) for the stretches of a recording a run stays unsure of."""
 
 from __future__ import annotations
 
@@ -408,11 +408,11 @@ def test_the_fit_scripts_ask_the_context_as_a_run_builds_its_window(backbone, tm
     """The validation windows of the context fits: each asked recording's speech joined and
     padded to the window, its answer at Whisper's temperature; the rest not asked."""
     import pandas as pd
+    from conftest import write_audio
 
     from annotate.testing import speech_like
     from annotate.training.calibration import context_language_probs
     from annotate.training.training_data import load_recordings
-    from conftest import write_audio
 
     paths = [write_audio(tmp_path / f"{k}.wav", speech_like(s, seed=k), 16000)
              for k, s in enumerate((4.5, 2.2, 3.1))]
@@ -427,6 +427,7 @@ def test_the_fit_scripts_ask_the_context_as_a_run_builds_its_window(backbone, tm
     assert np.isnan(got[1]).all()
     for k in (0, 2):
         frames = params.segment_frames(loaded.speech_durations(k))
-        window = whisper_context([row[:n] for row, n in zip(loaded.features[k], frames)], 250)
+        rows = [row[:n] for row, n in zip(loaded.features[k], frames, strict=True)]
+        window = whisper_context(rows, 250)
         want = softmax(runner.context_language(window)[None, tokens].astype(float), 1.3)
         np.testing.assert_allclose(got[k], want[0], atol=1e-6)

@@ -249,7 +249,8 @@ def context_language_probs(runner, recordings, asked: np.ndarray, columns: list[
     has work.
 
     Args:
-        runner: A loaded :class:`annotate.backbone.runtime.Backbone`.
+        runner: A :class:`annotate.backbone.runtime.Backbone` (its context step
+            loads on the first call).
         recordings: What :func:`annotate.training.training_data.load_recordings` read.
         asked: Indices of the recordings to ask.
         columns: Whisper's language tokens kept, in the order of the result's columns.

@@ -49,7 +49,7 @@ def head_card(spec: ModelSpec) -> str:
         if c.context_threshold is not None:
             rows = {row["threshold"]: row for row in c.validation.get("context", [])}
             chosen = rows.get(c.context_threshold, {})
-            window = f"{c.context_window_frames / 100:g} s"  # 100 log-mel frames a second
+            window = f"{c.context_window_frames * spec.features.hop_s:g} s"
             cascade += (f"\n**Whisper's context.** Where a stretch of a recording (its "
                         f"segments of one language after the smoothing, up to {window} of "
                         f"speech) is still below {c.context_threshold} after the cascade, its "

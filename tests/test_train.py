@@ -292,6 +292,41 @@ def test_temperature_fit_recovers_the_temperature_of_the_data():
     assert fit_temperature(logits, true) == pytest.approx(2.0, rel=0.1)
 
 
+def test_confidence_temperature_calibrates_the_recordings_top_label():
+    """Top labels right as often as softmax(logits / 1.5) says, the others' labels uniform.
+
+    The log-likelihood's temperature is pulled by the labels that are not
+    the top; the confidence temperature matches the top probability of each
+    recording (two segments each) to how often the top label is right.
+    """
+    from annotate.modelling.posteriors import recording_means, softmax
+    from annotate.training.calibration import fit_confidence_temperature, fit_temperature
+    from annotate.training.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(1)
+    n_rec, k = 3000, 5
+    shared = rng.normal(0, 2.5, (n_rec, k))
+    logits = np.repeat(shared, 2, axis=0) + rng.normal(0, 0.3, (2 * n_rec, k))
+    owner, durations = np.repeat(np.arange(n_rec), 2), np.ones(2 * n_rec)
+    top_true = recording_means(softmax(logits, 1.5), owner, durations, n_rec)
+    top = top_true.argmax(1)
+    right = rng.random(n_rec) < top_true.max(1)
+    other = (top + rng.integers(1, k, n_rec)) % k
+    true = np.where(right, top, other)
+
+    t_conf = fit_confidence_temperature(logits, owner, durations, true)
+    t_nll = fit_temperature(logits, true[owner])
+    assert t_conf == pytest.approx(1.5, rel=0.1)
+    assert abs(t_nll - 1.5) > 0.15
+    rec = recording_means(softmax(logits, t_conf), owner, durations, n_rec)
+    assert abs(rec.max(1).mean() - np.mean(rec.argmax(1) == true)) < 0.02
+    nll_rec = recording_means(softmax(logits, t_nll), owner, durations, n_rec)
+    assert expected_calibration_error(rec, true) < expected_calibration_error(nll_rec, true)
+    weights = np.where(np.arange(n_rec) < n_rec // 2, 1.0, 0.0)
+    assert fit_confidence_temperature(logits, owner, durations, true, weights) == pytest.approx(
+        1.5, rel=0.15)
+
+
 # --- training end to end ----------------------------------------------------------------
 
 

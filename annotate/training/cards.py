@@ -87,6 +87,9 @@ def head_card(spec: ModelSpec) -> str:
                     "log-probabilities are centred on that speaker's mean (the run's mean "
                     f"added back) and divided by {a.temperature:g}, fitted on {a.fitted_on}"
                     f"{': ' + gains if gains else ''}.\n")
+    calibrated = ("" if spec.task == "language" else
+                  " (fitted on the out-of-fold predictions, so that each recording's top "
+                  "probability matches how often the top label is right)")
     return f"""# {spec.name}
 
 {article} {spec.task} head on the `{info.get('backbone')}` backbone (its folder holds
@@ -94,7 +97,7 @@ the encoder's card and licence): it reads the
 mean and standard deviation over each speech segment of hidden states
 {list(spec.backbone.layers)} and outputs {len(spec.labels)} logits
 ({', '.join(spec.labels)}), divided by the calibration temperature
-{spec.temperature:.3f}.{switch} Serves: {', '.join(spec.languages)}.
+{spec.temperature:.3f}{calibrated}.{switch} Serves: {', '.join(spec.languages)}.
 {cascade}{cross}
 ## Data
 

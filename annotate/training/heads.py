@@ -8,7 +8,8 @@ hidden layer, logits. Its settings are chosen by a search over
 speaker-disjoint folds of the training speakers
 (:mod:`annotate.training.search`); the test speakers are never seen. The
 temperature is fitted on the out-of-fold logits of the chosen settings
-(:mod:`annotate.training.calibration`, with the language smoothing, the
+(:mod:`annotate.training.calibration`: for an emotion head, on its
+recordings' top-label confidence; with the language smoothing, the
 cascade and the per-speaker temperature), which also give the validation
 metrics written to ``model.json``; the final head is then trained on every
 training speaker, and its card written (:mod:`annotate.training.cards`).
@@ -37,6 +38,7 @@ from annotate.modelling.posteriors import PRIOR_S, recording_means, softmax, uar
 from annotate.training.calibration import (
     calibration_rows,
     corpus_weights,
+    fit_confidence_temperature,
     fit_language_cascade,
     fit_speaker_adaptation,
     fit_switch_probability,
@@ -153,12 +155,14 @@ def train_head(task: str, data: EncodedRecordings, labels: tuple[str, ...],
         transfer_logits = out_of_fold_logits(data, y_rec, len(labels), settings,
                                              search["folds"], seed, copies)
         fitted = learnable_elsewhere(y_rec, corpus_code)
-        temperature = fit_temperature(transfer_logits[fitted[owner]], y_rec[owner][fitted[owner]])
+        temperature = fit_confidence_temperature(transfer_logits, owner, durations, y_rec,
+                                                  fitted.astype(np.float64))
     elif task == "language":
         temperature = fit_temperature(logits, y_rec[owner])
     else:  # every corpus it trained on, each weighing the same
         fitted = np.ones(len(data.meta), bool)
-        temperature = fit_temperature(logits, y_rec[owner], corpus_weights(data)[owner])
+        temperature = fit_confidence_temperature(logits, owner, durations, y_rec,
+                                                 corpus_weights(data))
     rec = recording_means(softmax(logits, temperature), owner, durations, len(data.meta))
     metrics = {
         "split": f"out-of-fold over {len(folds)} speaker-disjoint folds of the training speakers",

@@ -89,6 +89,25 @@ def test_ece_is_zero_when_confidence_matches_accuracy_and_large_when_overconfide
     assert expected_calibration_error(overconfident, true) == pytest.approx(0.29)
 
 
+def test_ece_of_a_calibrated_model_on_a_small_set_sits_within_its_floor():
+    """On 120 recordings a calibrated model's binned ECE is far from 0: the floor says how far."""
+    from annotate.training.metrics import ece_if_calibrated, top_label_ece
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(5) * 0.6, 120)
+    assert top_label_ece(probs.max(1), probs.argmax(1) == 2) == pytest.approx(
+        expected_calibration_error(probs, np.full(120, 2)))
+    confidence = probs.max(1)
+    mean, p95 = ece_if_calibrated(confidence, draws=400)
+    assert 0.03 < mean < p95 < 0.2
+    calibrated = [top_label_ece(confidence, rng.random(120) < confidence) for _ in range(200)]
+    assert 0.8 < np.mean(calibrated) / mean < 1.2
+    assert np.mean(np.array(calibrated) > p95) < 0.1
+    overconfident = rng.random(120) < confidence - 0.25
+    assert top_label_ece(confidence, overconfident) > p95
+    assert ece_if_calibrated(np.zeros(0)) == (0.0, 0.0)
+
+
 def test_absent_label_has_no_recall_and_does_not_count_in_uar():
     metrics = classification_metrics(np.array([0, 0, 1]), np.eye(3)[[0, 1, 1]], ["a", "b", "c"])
     assert metrics["per_class_recall"]["c"] is None

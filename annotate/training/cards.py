@@ -174,7 +174,9 @@ def model_card(spec: ModelSpec) -> str:
         f"batch {hyper.get('batch_size')}, learning rate {hyper.get('learning_rate')}, "
         f"seed {hyper.get('seed')}; augmentation {'on' if hyper.get('augment') else 'off'}; "
         f"{training.get('class_balancing', '')}. Temperature {spec.temperature:.3f} "
-        "fitted on the validation logits.",
+        + ("fitted on the validation logits." if spec.task == "language" else
+           "fitted on the validation recordings, so that each one's top probability matches "
+           "how often the top label is right."),
         "",
         "## Validation metrics",
         "",

@@ -5,7 +5,8 @@ crops (training) and whole recordings cut as ``annotate run`` cuts them
 (validation) -> network (fresh, or started from a donor model's layers)
 fitted with class-balanced loss, fresh augmentation every epoch and early
 stopping on validation loss -> ``model.keras`` and its LiteRT export
-``model.tflite`` -> temperature fitted on validation logits -> validation
+``model.tflite`` -> temperature fitted on validation logits (for an
+emotion or attitude model, on each recording's top label) -> validation
 metrics per recording and per segment -> ``model.json`` + ``MODEL_CARD.md``.
 
 The epochs are fitted in :mod:`annotate.training.fitting`, the temperature
@@ -35,7 +36,7 @@ from annotate.modelling.model_folder import (
 )
 from annotate.modelling.networks import ARCHITECTURES, network_options
 from annotate.training.augment import AugmentSettings
-from annotate.training.calibration import fit_temperature
+from annotate.training.calibration import fit_confidence_temperature, fit_temperature
 from annotate.training.cards import model_card
 from annotate.training.corpora.base import Corpus
 from annotate.training.fitting import fit_network
@@ -374,7 +375,12 @@ def fit_model_folder(
     spec = convert_to_litert(spec, required=False)  # model.tflite for `annotate run`
     # The saved model, loaded as `annotate run` loads it, gives the validation outputs.
     logits = Classifier(spec).load().logits(val_features)
-    temperature = fit_temperature(logits, val_true[owner])
+    if task == "language":
+        temperature = fit_temperature(logits, val_true[owner])
+    else:  # the top label a recording reports, as for a head (calibration)
+        durations = np.concatenate([validation.speech_durations(i)
+                                    for i in range(len(validation))])
+        temperature = fit_confidence_temperature(logits, owner, durations, val_true)
     segment_probs = softmax(logits, temperature)
     recording_probs, scored = recording_probabilities(validation, segment_probs)
     per_recording = classification_metrics(val_true[scored], recording_probs[scored], labels)

@@ -100,7 +100,7 @@ def fit_whisper_context(spec, items: pd.DataFrame, jobs: int | None) -> ContextF
     for failure in failures:
         print(f"  skipped {failure.path}: {failure.message}")
     features, owner = loaded.stacked(params)
-    durations = np.concatenate([loaded.speech_durations(i) for i in range(len(loaded))])
+    durations = loaded.segment_durations()
     runner = Backbone(spec, (0,), "litert", params.n_frames, language=True)
     _, logits = runner.encode([features], params.segment_frames(durations))
     columns = [LANGUAGE_CODES.index(code) for code in CANDIDATES]

@@ -270,8 +270,7 @@ def whisper_language_logits(backbone: BackboneSpec, items: pd.DataFrame, window_
     params = dataclasses.replace(backbone.features, segment_s=window_s)
     recordings, failures = load_recordings(items, params, jobs)
     features, owner = recordings.stacked(params)
-    durations = np.concatenate([recordings.speech_durations(i) for i in range(len(recordings))]
-                               or [np.zeros(0)])
+    durations = recordings.segment_durations()
     runner = Backbone(backbone, (0,), "litert", params.n_frames, language=True)
     _, logits = runner.encode([features], params.segment_frames(durations))
     return logits, recordings.meta.iloc[owner].reset_index(drop=True), failures

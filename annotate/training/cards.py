@@ -13,6 +13,11 @@ import math
 
 from annotate.modelling.model_folder import ModelSpec
 
+#: How an emotion (any non-language) model's temperature was fitted
+#: (:func:`annotate.training.calibration.fit_confidence_temperature`).
+TOP_LABEL_CALIBRATION = ("so that each recording's top probability matches how often the top "
+                         "label is right")
+
 
 def head_card(spec: ModelSpec) -> str:
     """A model card for a head (data, split, settings, validation figures, limits)."""
@@ -88,8 +93,7 @@ def head_card(spec: ModelSpec) -> str:
                     f"added back) and divided by {a.temperature:g}, fitted on {a.fitted_on}"
                     f"{': ' + gains if gains else ''}.\n")
     calibrated = ("" if spec.task == "language" else
-                  " (fitted on the out-of-fold predictions, so that each recording's top "
-                  "probability matches how often the top label is right)")
+                  f" (fitted on the out-of-fold predictions, {TOP_LABEL_CALIBRATION})")
     return f"""# {spec.name}
 
 {article} {spec.task} head on the `{info.get('backbone')}` backbone (its folder holds
@@ -175,8 +179,7 @@ def model_card(spec: ModelSpec) -> str:
         f"seed {hyper.get('seed')}; augmentation {'on' if hyper.get('augment') else 'off'}; "
         f"{training.get('class_balancing', '')}. Temperature {spec.temperature:.3f} "
         + ("fitted on the validation logits." if spec.task == "language" else
-           "fitted on the validation recordings, so that each one's top probability matches "
-           "how often the top label is right."),
+           f"fitted on the validation recordings, {TOP_LABEL_CALIBRATION}."),
         "",
         "## Validation metrics",
         "",

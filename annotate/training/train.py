@@ -378,9 +378,8 @@ def fit_model_folder(
     if task == "language":
         temperature = fit_temperature(logits, val_true[owner])
     else:  # the top label a recording reports, as for a head (calibration)
-        durations = np.concatenate([validation.speech_durations(i)
-                                    for i in range(len(validation))])
-        temperature = fit_confidence_temperature(logits, owner, durations, val_true)
+        temperature = fit_confidence_temperature(logits, owner, validation.segment_durations(),
+                                                 val_true)
     segment_probs = softmax(logits, temperature)
     recording_probs, scored = recording_probabilities(validation, segment_probs)
     per_recording = classification_metrics(val_true[scored], recording_probs[scored], labels)

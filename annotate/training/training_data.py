@@ -424,6 +424,11 @@ class Recordings:
         bounds = self.bounds[i][self.speech[i]]
         return bounds[:, 1] - bounds[:, 0]
 
+    def segment_durations(self) -> np.ndarray:
+        """Every speech segment's duration in seconds, in :meth:`stacked`'s order."""
+        return np.concatenate([self.speech_durations(i) for i in range(len(self))]
+                              or [np.zeros(0)])
+
     def stacked(self, params: FeatureParams) -> tuple[np.ndarray, np.ndarray]:
         """Every speech segment's features and the index of its recording.
 
